@@ -1,0 +1,51 @@
+"""Every knob of an edit job, with the defaults of ../shared/method.md (open choices marked)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Module = Literal["gate", "up", "gate+up", "down"]
+Positions = Literal["template", "last", "all"]
+NullSpace = Literal["soft", "hard"]
+JudgeName = Literal["refusal", "guard", "openai"]
+
+SUPPORTED_LANGS = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
+
+
+@dataclass
+class EditConfig:
+    model: str = "demo"  # hub id, local directory, .gguf file, or "demo"
+    calibration: str | None = None  # path to JSONL/CSV; None = the bundled demo set
+    source_lang: str = "en"
+    target_langs: list[str] = field(default_factory=lambda: [lg for lg in SUPPORTED_LANGS if lg != "en"])
+    eval_split: float = 0.3  # share of harmful ids held out for before/after ASR
+    val_split: float = 0.2  # share of the calibration ids used to pick layers ("auto")
+    seed: int = 0
+    # localisation
+    layers: list[int] | Literal["auto"] = "auto"
+    layer_band: tuple[float, float] = (0.4, 0.8)  # [open] depth band swept by layers="auto"
+    module: Module = "gate"  # [open]
+    tau_z: float = 2.0
+    tau_d: float = 1.0
+    neuron_budget: float | None = None  # fraction (<1) or count (>=1) of top-scored neurons; overrides taus
+    positions: Positions = "template"  # [open]
+    # solve
+    rank: int = 32
+    gamma: float = 1.0  # [open] utility-anchor weight (normalised)
+    lam: float = 0.1  # [open] ridge weight (normalised); must stay > 0
+    null_space: NullSpace = "soft"
+    null_space_threshold: float = 1e-2  # relative eigenvalue threshold of the hard projector
+    # evaluation
+    judge: JudgeName = "refusal"
+    judge_model: str | None = None  # guard model path (judge="guard")
+    judge_url: str | None = None  # OpenAI-compatible base URL (judge="openai")
+    judge_api_model: str | None = None
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    max_eval_prompts: int | None = None  # per language cap on held-out prompts
+    device: str | None = None  # None: cuda (bf16) when present, else cpu (float32)
+    dtype: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
