@@ -44,6 +44,7 @@ class EditConfig:
     max_new_tokens: int = 48
     batch_size: int = 16
     max_eval_prompts: int | None = None  # per language cap on held-out prompts
+    screen_prompts: int = 16  # validation ids per language for the layers="auto" refusal screen
     device: str | None = None  # None: cuda (bf16) when present, else cpu (float32)
     dtype: str | None = None
 

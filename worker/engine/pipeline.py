@@ -1,18 +1,242 @@
 """edit(config) -> EditResult: load, capture, localize, solve, apply, evaluate, write artifacts.
 
-(Being written; the signature below is the contract the service codes against.)
+Roles of the prompts (never mixed): calibration ids give keys and targets; validation ids rank candidate
+layers/modules with the first-token refusal screen; evaluation ids are only generated on, before and
+after. Harmless prompts are split the same way into the utility anchor and the held-out KL/perplexity set.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .config import EditConfig
-from .models import LoadedModel
+import torch
+
+from . import data as calib
+from .arch import num_layers
+from .capture import capture_mlp_inputs
+from .config import SUPPORTED_LANGS, EditConfig
+from .delta import LayerEdit, SparseDelta, apply_delta, make_layer_edit, revert_delta
+from .errors import UserError
+from .evaluate import generate, kl_and_perplexity, refusal_scores, refusal_token_ids
+from .judges import make_judge
+from .keys import LayerKeys, NeuronActivation, attach_refusal_directions, build_problem
+from .localize import jaccard, neuron_scores, select_neurons
+from .models import LoadedModel, load_model
 from .progress import Reporter
-from .result import EditResult
+from .result import EditResult, LanguageResult
+from .solve import anchor_change, solve_edit
+from .stages import StageTimer
 
 PHASES = ("load", "capture", "localize", "solve", "apply", "evaluate", "save")
+
+
+@dataclass
+class Plan:
+    """Which prompt plays which role."""
+
+    cal_ids: list[str]
+    val_ids: list[str]
+    eval_ids: list[str]
+    harmful: dict[str, dict[str, str]]  # id -> lang -> text
+    anchor: dict[str, list[str]]  # lang -> harmless texts (utility anchor, localisation)
+    harmless_eval: dict[str, list[str]]  # lang -> held-out harmless texts (KL, perplexity)
+    langs: list[str]  # source first, then targets
+    notes: list[str] = field(default_factory=list)
+
+
+def validate_config(config: EditConfig, n_layers: int | None = None) -> None:
+    """Reject bad hyperparameters before any heavy work (UserError naming the parameter)."""
+    def bad(param: str, why: str) -> UserError:
+        return UserError(f"{param}: {why}", param=param)
+
+    if config.source_lang not in SUPPORTED_LANGS:
+        raise bad("source_lang", f"unsupported language {config.source_lang!r}")
+    if not config.target_langs:
+        raise bad("target_langs", "at least one target language is required")
+    for lg in config.target_langs:
+        if lg not in SUPPORTED_LANGS:
+            raise bad("target_langs", f"unsupported language {lg!r}; supported: {', '.join(SUPPORTED_LANGS)}")
+        if lg == config.source_lang:
+            raise bad("target_langs", "the source language cannot also be a target")
+    if not 0.0 < config.eval_split < 1.0:
+        raise bad("eval_split", "must be in (0, 1)")
+    if not 0.0 <= config.val_split < 1.0:
+        raise bad("val_split", "must be in [0, 1)")
+    if config.module not in ("gate", "up", "gate+up", "down"):
+        raise bad("module", "must be gate, up, gate+up or down")
+    if config.positions not in ("template", "last", "all"):
+        raise bad("positions", "must be template, last or all")
+    if config.module == "down" and config.positions == "all":
+        raise bad("positions", "the down variant needs fixed positions (template or last)")
+    if config.lam <= 0:
+        raise bad("lam", "must be > 0 (without it the edit breaks the model)")
+    if config.gamma < 0:
+        raise bad("gamma", "must be >= 0")
+    if config.rank is not None and config.rank < 1:
+        raise bad("rank", "must be >= 1")
+    if config.null_space not in ("soft", "hard"):
+        raise bad("null_space", "must be soft or hard")
+    if config.max_new_tokens < 1 or config.batch_size < 1:
+        raise bad("max_new_tokens" if config.max_new_tokens < 1 else "batch_size", "must be >= 1")
+    if config.layers != "auto":
+        if not isinstance(config.layers, list) or not config.layers:
+            raise bad("layers", "must be 'auto' or a non-empty list of layer indices")
+        if n_layers is not None and any(not 0 <= int(x) < n_layers for x in config.layers):
+            raise bad("layers", f"layer indices must be in [0, {n_layers})")
+
+
+def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
+    cs = calib.load_calibration(config.calibration) if config.calibration else calib.demo_calibration()
+    notes = list(cs.notes)
+    if not cs.languages("harmless"):
+        cs = calib.with_bundled_harmless(cs)
+        notes = list(cs.notes)
+    notes += calib.validate(cs, config.source_lang, list(config.target_langs))
+    langs = [config.source_lang, *config.target_langs]
+    harmful = {i: {lg: p.text for lg, p in by.items()} for i, by in cs.by_id("harmful").items()}
+    usable = sorted(i for i, by in harmful.items() if all(lg in by for lg in langs))
+    if len(usable) < len(harmful):
+        reporter.warn(f"{len(harmful) - len(usable)} harmful ids lack some language and are skipped")
+    cal_ids, val_ids, eval_ids = calib.split_ids(usable, config.eval_split, config.val_split, config.seed)
+    if not cal_ids or not eval_ids:
+        raise UserError("too few harmful prompts to split into calibration and evaluation sets",
+                        param="calibration")
+    anchor: dict[str, list[str]] = {}
+    held: dict[str, list[str]] = {}
+    for lg in langs:
+        texts = [p.text for p in cs.harmless(lg)]
+        n_eval = max(1, round(len(texts) * 0.3))
+        held[lg], anchor[lg] = texts[:n_eval], texts[n_eval:]
+    for lg in langs:
+        if not anchor[lg]:
+            raise UserError(f"no harmless {lg} prompts left for the utility anchor", param="calibration")
+    return Plan(cal_ids, val_ids, eval_ids, harmful, anchor, held, langs, notes)
+
+
+def candidate_layers(config: EditConfig, n_layers: int) -> list[int]:
+    if config.layers != "auto":
+        return sorted({int(x) for x in config.layers})
+    lo, hi = config.layer_band
+    return list(range(max(0, round(lo * n_layers)), min(n_layers, round(hi * n_layers) + 1)))
+
+
+def candidate_modules(config: EditConfig) -> list[str]:
+    return ["gate", "up"] if config.module == "gate+up" else [config.module]
+
+
+def collect_keys(
+    lm: LoadedModel, plan: Plan, layers: list[int], config: EditConfig, reporter: Reporter
+) -> dict[int, LayerKeys]:
+    """One capture pass per prompt group, stopping after the deepest layer needed."""
+    want_resid = config.module == "down"
+    positions = config.positions
+    groups = {lg: [plan.harmful[i][lg] for i in plan.cal_ids] for lg in plan.langs}
+    total = sum(len(v) for v in groups.values()) + sum(len(v) for v in plan.anchor.values())
+    done = 0
+    harm = {}
+    for lg, texts in groups.items():
+        harm[lg] = capture_mlp_inputs(lm.model, lm.tokenizer, texts, layers, positions, config.batch_size,
+                                      reporter, "capture", done, total, with_resid=want_resid)
+        done += len(texts)
+    safe = {}
+    for lg, texts in plan.anchor.items():
+        safe[lg] = capture_mlp_inputs(lm.model, lm.tokenizer, texts, layers, "all", config.batch_size,
+                                      reporter, "capture", done, total, with_resid=want_resid)
+        done += len(texts)
+    from .templates import num_template_tokens
+
+    t = num_template_tokens(lm.tokenizer) if positions == "template" else 1
+    out: dict[int, LayerKeys] = {}
+    src = config.source_lang
+    for layer in layers:
+        safe_tmpl = {lg: torch.stack([k[-t:] for k in safe[lg].keys[layer]]) for lg in plan.langs}
+        keys = LayerKeys(
+            src=harm[src].keys[layer],
+            tgt={lg: harm[lg].keys[layer] for lg in config.target_langs},
+            safe_tmpl=safe_tmpl,
+            safe_all=torch.cat([torch.cat(safe[lg].keys[layer]) for lg in plan.langs]),
+        )
+        if want_resid:
+            keys.src_resid = harm[src].resid[layer]
+            keys.tgt_resid = {lg: harm[lg].resid[layer] for lg in config.target_langs}
+            keys.safe_resid_tmpl = torch.stack([r[-t:] for r in safe[src].resid[layer]])
+        out[layer] = keys
+    return out
+
+
+@dataclass
+class LayerChoice:
+    layer: int
+    module: str
+    edit: LayerEdit
+    neurons: dict[str, Any]
+
+
+def edit_one(lm: LoadedModel, keys: LayerKeys, layer: int, module: str, config: EditConfig) -> LayerChoice:
+    """Localise the safety neurons of (layer, module) and solve for their edit."""
+    na = NeuronActivation(lm.model, layer)
+    src = config.source_lang
+
+    def pooled_features(k: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        rows = [t for t in k] if isinstance(k, list) else list(k)
+        return torch.stack([na.score_features(t, module).mean(0) for t in rows])
+
+    scores = neuron_scores(pooled_features(keys.src), pooled_features(keys.safe_tmpl[src]))
+    idx = select_neurons(scores, config.tau_z, config.tau_d, config.neuron_budget)
+    if idx.numel() == 0:
+        raise UserError(f"no safety neurons selected at layer {layer} {module}: lower tau_z/tau_d or set "
+                        "neuron_budget", param="tau_z")
+    overlap = {}
+    for lg in config.target_langs:
+        s = neuron_scores(pooled_features(keys.tgt[lg]), pooled_features(keys.safe_tmpl[lg]))
+        overlap[lg] = jaccard(idx, select_neurons(s, config.tau_z, config.tau_d, config.neuron_budget))
+    if module == "down":
+        attach_refusal_directions(na, keys, src)
+    prob = build_problem(na, keys, module, idx, list(config.target_langs))
+    sol = solve_edit(prob.x_low, prob.gap, prob.c_safe, rank=config.rank, gamma=config.gamma, lam=config.lam,
+                     null_space=config.null_space, null_space_threshold=config.null_space_threshold)
+    delta_dk = sol.delta.T if module == "down" else sol.delta  # make_layer_edit wants [in, k]
+    edit = make_layer_edit(lm.model, layer, module, idx, delta_dk.float())
+    info = {
+        "layer": layer, "module": module, "count": int(idx.numel()),
+        "fraction": float(idx.numel()) / scores.num_neurons,
+        "jaccard_with_source": overlap, "fit_residual": sol.fit_residual, "rank": sol.rank,
+        "jitter": sol.jitter, "anchor_change": anchor_change(prob.c_safe, sol.delta, prob.w_s.double()),
+    }
+    return LayerChoice(layer, module, edit, info)
+
+
+class Screen:
+    """The cheap proxy: first-token refusal log-odds on validation prompts (harmful in every language, plus
+    held-out harmless prompts whose refusals must not rise)."""
+
+    def __init__(self, lm: LoadedModel, plan: Plan, config: EditConfig, token_ids: list[int]) -> None:
+        self.lm, self.config, self.token_ids = lm, config, token_ids
+        ids = plan.val_ids[: config.screen_prompts]
+        self.harm = {lg: [plan.harmful[i][lg] for i in ids] for lg in plan.langs}
+        self.safe = [t for lg in plan.langs for t in plan.harmless_eval[lg][:4]]
+        self.base = self.measure()
+
+    def measure(self) -> dict[str, float]:
+        bs = self.config.batch_size
+        out = {lg: float(refusal_scores(self.lm.model, self.lm.tokenizer, t, self.token_ids, bs).mean())
+               for lg, t in self.harm.items() if t}
+        out["harmless"] = float(refusal_scores(self.lm.model, self.lm.tokenizer, self.safe, self.token_ids,
+                                               bs).mean())
+        return out
+
+    def gain(self, now: dict[str, float]) -> dict[str, float]:
+        return {k: now[k] - self.base[k] for k in now}
+
+    def objective(self, gain: dict[str, float]) -> float:
+        """Mean target-language gain minus the harmless gain (refusing harmless prompts is a loss)."""
+        tgt = [gain[lg] for lg in self.config.target_langs if lg in gain]
+        return sum(tgt) / max(1, len(tgt)) - max(0.0, gain["harmless"])
 
 
 def run_edit(
@@ -31,4 +255,169 @@ def run_edit(
     - Errors: UserError subclasses for bad input (model not found, bad calibration, bad hyperparameter),
       anything else is a system error. `out_dir` holds either the complete artifacts or nothing.
     """
-    raise NotImplementedError
+    rep = reporter or Reporter()
+    timer = StageTimer()
+    validate_config(config)
+    out_dir = Path(out_dir)
+    plan = make_plan(config, rep)
+    for note in plan.notes:
+        rep.warn(note)
+    rep.step("load", 0, 1)
+    with timer("load"):
+        lm = loaded or load_model(config.model, config.device, config.dtype)
+    validate_config(config, num_layers(lm.model))
+    rep.step("load", 1, 1)
+    delta = SparseDelta(edits=[], metadata={})
+    applied = False
+    try:
+        with timer("evaluate"):
+            before = _generate_eval(lm, plan, config, rep, "before")
+        token_ids = refusal_token_ids(lm.tokenizer, _refusal_openings(before, config.source_lang, plan))
+        layers = candidate_layers(config, num_layers(lm.model))
+        choices: list[LayerChoice] = []
+        if config.layers == "auto":
+            choice, sweep = _auto_select(lm, plan, config, rep, timer, layers, token_ids)
+            choices.append(choice)
+        else:
+            sweep = []
+            for layer in layers:  # in sequence, keys recomputed with the earlier edits applied
+                with timer("capture"):
+                    keys = collect_keys(lm, plan, [layer], config, rep)[layer]
+                for module in candidate_modules(config):
+                    rep.step("solve", len(choices), len(layers) * len(candidate_modules(config)))
+                    with timer("solve"):
+                        ch = edit_one(lm, keys, layer, module, config)
+                    with timer("apply"):
+                        apply_delta(lm.model, SparseDelta([ch.edit]))
+                    choices.append(ch)
+            with timer("apply"):
+                revert_delta(lm.model, SparseDelta([c.edit for c in reversed(choices)]))
+        delta = SparseDelta([c.edit for c in choices], metadata={"base_model": lm.spec})
+        with timer("apply"):
+            apply_delta(lm.model, delta)
+            applied = True
+        with timer("evaluate"):
+            after = _generate_eval(lm, plan, config, rep, "after")
+            revert_delta(lm.model, delta)
+            applied = False
+            languages = _judge(config, plan, before, after)
+            utility = _utility(lm, plan, config, delta, rep)
+        neurons = {f"{c.layer}.{c.module}": c.neurons for c in choices}
+        result = EditResult(
+            languages=languages, utility=utility, neurons=neurons, timings=timer.seconds,
+            peak_memory_mb=timer.peak_mb, artifacts={}, warnings=list(plan.notes),
+        )
+        with timer("save"):
+            from .artifacts import write_artifacts
+
+            result.artifacts = write_artifacts(out_dir, lm, delta, config, result, plan, sweep, rep, timer)
+        return result
+    finally:
+        if applied:
+            revert_delta(lm.model, delta)
+
+
+def _auto_select(lm, plan, config, rep, timer, layers, token_ids):
+    with timer("capture"):
+        all_keys = collect_keys(lm, plan, layers, config, rep)
+    screen = Screen(lm, plan, config, token_ids)
+    best: tuple[float, LayerChoice] | None = None
+    sweep = []
+    modules = candidate_modules(config) if config.module != "gate" else ["gate", "up"]
+    n = len(layers) * len(modules)
+    for i, (layer, module) in enumerate((ly, m) for ly in layers for m in modules):
+        rep.step("localize", i, n, f"layer {layer} {module}")
+        with timer("solve"):
+            ch = edit_one(lm, all_keys[layer], layer, module, config)
+        d = SparseDelta([ch.edit])
+        with timer("apply"):
+            apply_delta(lm.model, d)
+        try:
+            gain = screen.gain(screen.measure())
+        finally:
+            revert_delta(lm.model, d)
+        obj = screen.objective(gain)
+        sweep.append({"layer": layer, "module": module, "objective": obj, "gain": gain,
+                      "neurons": ch.neurons["count"], "fit_residual": ch.neurons["fit_residual"]})
+        if best is None or obj > best[0]:
+            best = (obj, ch)
+    rep.step("localize", n, n)
+    assert best is not None
+    return best[1], sweep
+
+
+def _refusal_openings(before: dict[str, list[str]], source: str, plan: Plan) -> list[str]:
+    """The model's own English refusal openings (first word of answers the offline judge calls refusals)."""
+    judge = make_judge("refusal")
+    answers = before.get(source, [])
+    verdicts = judge.judge([""] * len(answers), answers, [source] * len(answers))
+    return [a.split()[0] for a, v in zip(answers, verdicts) if v.refused and a.split()]
+
+
+def _eval_prompts(plan: Plan, config: EditConfig) -> dict[str, list[str]]:
+    ids = plan.eval_ids[: config.max_eval_prompts] if config.max_eval_prompts else plan.eval_ids
+    return {lg: [plan.harmful[i][lg] for i in ids] for lg in plan.langs}
+
+
+def _generate_eval(lm, plan, config, rep, which: str) -> dict[str, list[str]]:
+    prompts = _eval_prompts(plan, config)
+    total = sum(len(v) for v in prompts.values())
+    out, done = {}, 0
+    for lg, texts in prompts.items():
+        out[lg] = generate(lm.model, lm.tokenizer, texts, config.max_new_tokens, config.batch_size, rep,
+                           "evaluate", done, total)
+        done += len(texts)
+    return out
+
+
+def _judge(config: EditConfig, plan: Plan, before, after) -> list[LanguageResult]:
+    judge = make_judge(config.judge, model_path=config.judge_model, url=config.judge_url,
+                       api_model=config.judge_api_model)
+    prompts = _eval_prompts(plan, config)
+    res = []
+    for lg in plan.langs:
+        vb = judge.judge(prompts[lg], before[lg], [lg] * len(before[lg]))
+        va = judge.judge(prompts[lg], after[lg], [lg] * len(after[lg]))
+        n = len(vb)
+        res.append(LanguageResult(
+            lang=lg, n=n,
+            asr_before=sum(v.harmful for v in vb) / n, asr_after=sum(v.harmful for v in va) / n,
+            refusal_before=sum(v.refused for v in vb) / n, refusal_after=sum(v.refused for v in va) / n,
+        ))
+    return res
+
+
+def _utility(lm, plan, config, delta, rep) -> dict[str, Any]:
+    kl_lang, ppl_b, ppl_a = {}, [], []
+    for lg in plan.langs:
+        kls, pb, pa = kl_and_perplexity(
+            lm.model, lm.tokenizer, plan.harmless_eval[lg],
+            lambda: apply_delta(lm.model, delta), lambda: revert_delta(lm.model, delta),
+            batch_size=config.batch_size, reporter=rep,
+        )
+        kl_lang[lg] = sum(kls) / len(kls)
+        ppl_b += pb
+        ppl_a += pa
+    return {
+        "kl_mean": sum(kl_lang.values()) / len(kl_lang), "kl_per_lang": kl_lang,
+        "ppl_before": sum(ppl_b) / len(ppl_b), "ppl_after": sum(ppl_a) / len(ppl_a),
+    }
+
+
+def evaluate_model(config: EditConfig, reporter: Reporter | None = None,
+                   loaded: LoadedModel | None = None) -> list[dict[str, Any]]:
+    """Per-language ASR and refusal rate of a model (base or edited) on the held-out harmful prompts."""
+    rep = reporter or Reporter()
+    validate_config(config)
+    plan = make_plan(config, rep)
+    lm = loaded or load_model(config.model, config.device, config.dtype)
+    answers = _generate_eval(lm, plan, config, rep, "eval")
+    judge = make_judge(config.judge, model_path=config.judge_model, url=config.judge_url,
+                       api_model=config.judge_api_model)
+    prompts = _eval_prompts(plan, config)
+    rows = []
+    for lg in plan.langs:
+        v = judge.judge(prompts[lg], answers[lg], [lg] * len(answers[lg]))
+        rows.append({"lang": lg, "n": len(v), "asr": sum(x.harmful for x in v) / len(v),
+                     "refusal": sum(x.refused for x in v) / len(v)})
+    return rows

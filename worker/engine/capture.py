@@ -1,0 +1,136 @@
+"""Activation capture: MLP inputs (post_attention_layernorm outputs) at chosen token positions.
+
+One batched, gradient-free forward pass per prompt set serves localisation, keys and targets: everything
+the edit needs (gate/up pre-activations, neuron activations, MLP outputs) is a function of the MLP input x.
+The forward pass stops after the deepest layer needed. Prompts are left-padded, so template positions are
+counted from the right end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .arch import decoder_layers, mlp_of
+from .progress import Reporter
+from .templates import format_prompt, num_template_tokens
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class Captured:
+    """Per layer: `keys[layer]` is [n_prompts, T, d] (fixed positions) or a list of [len_i, d] (all)."""
+
+    keys: dict[int, torch.Tensor | list[torch.Tensor]]
+    positions: str
+    n_prompts: int
+    # residual stream entering the MLP block (before post_attention_layernorm), same layout; only when asked
+    resid: dict[int, torch.Tensor | list[torch.Tensor]] | None = None
+
+
+def _tokenize(tokenizer: object, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    formatted = [format_prompt(tokenizer, t) for t in texts]
+    enc = tokenizer(formatted, return_tensors="pt", padding=True, add_special_tokens=False)  # type: ignore
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+@torch.no_grad()
+def capture_mlp_inputs(
+    model: nn.Module,
+    tokenizer: object,
+    texts: list[str],
+    layers: list[int],
+    positions: str = "template",
+    batch_size: int = 16,
+    reporter: Reporter | None = None,
+    phase: str = "capture",
+    done_offset: int = 0,
+    total: int | None = None,
+    with_resid: bool = False,
+) -> Captured:
+    """Capture MLP inputs of `layers` for every text.
+
+    positions: "template" (the post-instruction template tokens, [n, T, d]), "last" ([n, 1, d]) or
+    "all" (every non-pad token of the formatted prompt, a list of [len_i, d]).
+    """
+    if positions not in ("template", "last", "all"):
+        raise ValueError(f"unknown positions {positions!r}")
+    n_fixed = num_template_tokens(tokenizer) if positions == "template" else 1
+    device = next(model.parameters()).device
+    deepest = max(layers)
+    store: dict[int, list] = {layer: [] for layer in layers}
+    resid_store: dict[int, list] = {layer: [] for layer in layers}
+    current_mask: list[torch.Tensor] = []
+
+    def keep(bucket: list, x: torch.Tensor) -> None:
+        if positions == "all":
+            mask = current_mask[0].bool()
+            bucket.extend(x[i][mask[i]].float().cpu() for i in range(x.shape[0]))
+        else:
+            bucket.append(x[:, -n_fixed:, :].float().cpu())
+
+    def make_hook(layer: int):
+        def hook(_module: nn.Module, args: tuple) -> None:
+            keep(store[layer], args[0].detach())
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    def make_resid_hook(layer: int):
+        def hook(_module: nn.Module, args: tuple) -> None:
+            keep(resid_store[layer], args[0].detach())
+
+        return hook
+
+    # Batches of similar length waste little compute on padding; results are put back in input order.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    texts = [texts[i] for i in order]
+    handles = [mlp_of(model, layer).register_forward_pre_hook(make_hook(layer)) for layer in layers]
+    if with_resid:
+        handles += [
+            decoder_layers(model)[layer].post_attention_layernorm.register_forward_pre_hook(make_resid_hook(layer))
+            for layer in layers
+        ]
+    total = total if total is not None else len(texts)
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = _tokenize(tokenizer, texts[start:start + batch_size], device)
+            current_mask[:] = [enc["attention_mask"]]
+            try:
+                model(**enc, use_cache=False)
+            except _StopForward:
+                pass
+            if reporter is not None:
+                reporter.step(phase, done_offset + min(start + batch_size, len(texts)), total)
+    finally:
+        for h in handles:
+            h.remove()
+    inverse = sorted(range(len(order)), key=lambda j: order[j])
+
+    def gather(buckets: dict[int, list]) -> dict[int, torch.Tensor | list[torch.Tensor]]:
+        if positions == "all":
+            return {layer: [b[j] for j in inverse] for layer, b in buckets.items()}
+        return {layer: torch.cat(b, dim=0)[inverse] for layer, b in buckets.items()}
+
+    return Captured(keys=gather(store), positions=positions, n_prompts=len(texts),
+                    resid=gather(resid_store) if with_resid else None)
+
+
+def pooled(keys: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """Mean over positions per prompt: [n, d]."""
+    if isinstance(keys, list):
+        return torch.stack([k.mean(dim=0) for k in keys])
+    return keys.mean(dim=1)
+
+
+def flat(keys: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """All (prompt, position) rows stacked: [n_rows, d]."""
+    if isinstance(keys, list):
+        return torch.cat(keys, dim=0)
+    return keys.reshape(-1, keys.shape[-1])

@@ -1,0 +1,214 @@
+"""Engine subcommands of `lingua-edit`: edit, eval, apply-delta, revert-delta.
+
+`register(subparsers)` adds them to the top-level parser (app/cli.py); they import only the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import SUPPORTED_LANGS, EditConfig
+from .errors import EngineError
+
+
+def _langs(value: str) -> list[str]:
+    langs = [x.strip() for x in value.split(",") if x.strip()]
+    bad = [x for x in langs if x not in SUPPORTED_LANGS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unsupported language(s) {', '.join(bad)}; "
+                                         f"supported: {','.join(SUPPORTED_LANGS)}")
+    return langs
+
+
+def _layers(value: str) -> list[int] | str:
+    if value == "auto":
+        return "auto"
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("--layers takes 'auto' or comma-separated integers") from exc
+
+
+def _budget(value: str) -> float | int:
+    try:
+        v = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("--neuron-budget takes a fraction (<1) or a count") from exc
+    return int(v) if v >= 1 else v
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    d = EditConfig()
+    p.add_argument("--model", default=d.model, help="hub id, local directory, .gguf file, or 'demo'")
+    p.add_argument("--calibration", default=None, help="JSONL or CSV calibration file (default: bundled demo)")
+    p.add_argument("--source-lang", default=d.source_lang, choices=SUPPORTED_LANGS)
+    p.add_argument("--target-langs", type=_langs, default=d.target_langs, help="comma-separated codes")
+    p.add_argument("--eval-split", type=float, default=d.eval_split, help="share of harmful ids held out")
+    p.add_argument("--val-split", type=float, default=d.val_split)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--layers", type=_layers, default=d.layers, help="'auto' or e.g. 14 or 12,16")
+    p.add_argument("--module", default=d.module, choices=["gate", "up", "gate+up", "down"])
+    p.add_argument("--tau-z", type=float, default=d.tau_z)
+    p.add_argument("--tau-d", type=float, default=d.tau_d)
+    p.add_argument("--neuron-budget", type=_budget, default=None)
+    p.add_argument("--positions", default=d.positions, choices=["template", "last", "all"])
+    p.add_argument("--rank", type=int, default=d.rank)
+    p.add_argument("--gamma", type=float, default=d.gamma)
+    p.add_argument("--lam", type=float, default=d.lam)
+    p.add_argument("--null-space", default=d.null_space, choices=["soft", "hard"])
+    p.add_argument("--judge", default=d.judge, choices=["refusal", "guard", "openai"])
+    p.add_argument("--judge-model", default=None, help="guard model path (--judge guard)")
+    p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL (--judge openai)")
+    p.add_argument("--judge-api-model", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-eval-prompts", type=int, default=None, help="cap held-out prompts per language")
+    p.add_argument("--screen-prompts", type=int, default=d.screen_prompts)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+
+
+def config_from_args(a: argparse.Namespace) -> EditConfig:
+    fields = EditConfig.__dataclass_fields__
+    return EditConfig(**{k: v for k, v in vars(a).items() if k in fields})
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("edit", help="run the sparse safety edit and write artifacts")
+    add_config_flags(p)
+    p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    p.set_defaults(func=cmd_edit)
+
+    p = subparsers.add_parser("apply-delta", help="apply a delta.safetensors to a base model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--delta", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_apply)
+
+    p = subparsers.add_parser("revert-delta", help="remove a delta from an edited model (bit-for-bit base)")
+    p.add_argument("--model", required=True, help="the edited model directory")
+    p.add_argument("--delta", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_revert)
+
+    p = subparsers.add_parser("eval", help="per-language ASR of a model on held-out harmful prompts")
+    add_config_flags(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_eval)
+
+
+class _Bars:
+    """tqdm bar per phase."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.phase = None
+
+    def __call__(self, phase: str, done: int, total: int, message: str | None = None) -> None:
+        from tqdm import tqdm
+
+        if phase == "warning":
+            print(f"note: {message}", file=sys.stderr)
+            return
+        if phase != self.phase or self.bar is None or (total and self.bar.total != total):
+            if self.bar is not None:
+                self.bar.close()
+            self.bar, self.phase = tqdm(total=total or None, desc=phase, leave=False, file=sys.stderr), phase
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def format_table(languages: list[dict[str, Any]]) -> str:
+    lines = [f"{'lang':<6}{'n':>5}{'ASR before':>12}{'ASR after':>11}{'change':>9}"]
+    for r in languages:
+        lines.append(f"{r['lang']:<6}{r['n']:>5}{r['asr_before']:>12.3f}{r['asr_after']:>11.3f}"
+                     f"{r['asr_after'] - r['asr_before']:>+9.3f}")
+    others = [r for r in languages[1:]]
+    if others:
+        b = sum(r["asr_before"] for r in others) / len(others)
+        a = sum(r["asr_after"] for r in others) / len(others)
+        rel = (b - a) / b if b else 0.0
+        lines.append(f"{'mean*':<6}{'':>5}{b:>12.3f}{a:>11.3f}{a - b:>+9.3f}   (*targets; relative drop {rel:.1%})")
+    return "\n".join(lines)
+
+
+def cmd_edit(a: argparse.Namespace) -> int:
+    from .pipeline import run_edit
+    from .progress import Reporter
+
+    bars = _Bars()
+    try:
+        res = run_edit(config_from_args(a), Path(a.out), Reporter(progress=bars))
+    finally:
+        bars.close()
+    d = res.to_dict()
+    print(format_table(d["languages"]))
+    u = res.utility
+    print(f"harmless KL (mean, nats/token): {u['kl_mean']:.4f}   perplexity {u['ppl_before']:.2f} -> "
+          f"{u['ppl_after']:.2f}")
+    for key, n in res.neurons.items():
+        print(f"edited layer.module {key}: {n['count']} neurons ({n['fraction']:.2%}), "
+              f"fit residual {n['fit_residual']:.2f}, harmless-key change {n['anchor_change']:.3f}")
+    print(f"artifacts in {Path(a.out).resolve()}: " + ", ".join(res.artifacts))
+    return 0
+
+
+def cmd_apply(a: argparse.Namespace) -> int:
+    from .delta import apply_delta, load_delta
+    from .models import load_model, save_model_dir
+
+    delta = load_delta(a.delta)
+    lm = load_model(a.model, device="cpu")
+    apply_delta(lm.model, delta)
+    save_model_dir(lm.model, lm.tokenizer, Path(a.out))
+    print(f"applied {len(delta.edits)} edit(s); edited model written to {a.out}")
+    return 0
+
+
+def cmd_revert(a: argparse.Namespace) -> int:
+    from .delta import load_delta, revert_delta
+    from .models import load_model, save_model_dir
+
+    delta = load_delta(a.delta)
+    lm = load_model(a.model, device="cpu")
+    revert_delta(lm.model, delta)
+    save_model_dir(lm.model, lm.tokenizer, Path(a.out))
+    print(f"reverted {len(delta.edits)} edit(s); base model written to {a.out}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .pipeline import evaluate_model
+
+    rows = evaluate_model(config_from_args(a))
+    if a.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'lang':<6}{'n':>5}{'ASR':>8}{'refusal':>9}")
+        for r in rows:
+            print(f"{r['lang']:<6}{r['n']:>5}{r['asr']:>8.3f}{r['refusal']:>9.3f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Engine-only entry point (`python -m worker.engine.cli`), same subcommands as `lingua-edit`."""
+    parser = argparse.ArgumentParser(prog="lingua-edit-engine")
+    register(parser.add_subparsers(dest="command", required=True))
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except EngineError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Keys and targets of one layer's edit (MEMIT-style: collect keys, compute targets, then solve).
+
+Everything is computed from captured MLP inputs x (and, for the down_proj variant, the residual stream
+entering the MLP block), so one capture pass serves localisation, keys and targets.
+
+- gate / up: keys are x; the target of neuron j is the English prompt's pre-activation W[j]·x_en, so the
+  gap is D = X_en W_S - X_low W_S (method.md, step 3).
+- down: keys are the safety neurons' activations a_S(x) = act(gate_S x) * up_S x; the target is the change
+  of the block's output that moves the target-language residual stream to the English one along the
+  refusal direction (difference of means of English harmful vs harmless at the same template position).
+  The edit then writes W_down[:, S] += Δᵀ: the safety neurons themselves emit the English-context signal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .arch import linear_of, mlp_of
+
+
+@dataclass
+class LayerKeys:
+    """Captured inputs of one layer. Harmful sets are row-aligned by calibration id across languages.
+
+    src / tgt[lang]: [n, T, d] at fixed positions, or lists of [len_i, d] for positions="all".
+    safe_tmpl[lang]: harmless prompts' template-position rows [n_s, T, d] (localisation).
+    safe_all: every harmless token row of every language [N, d] (the utility anchor).
+    src_resid / tgt_resid: residual stream entering the MLP block, same layout (down variant only).
+    """
+
+    src: Tensor | list[Tensor]
+    tgt: dict[str, Tensor | list[Tensor]]
+    safe_tmpl: dict[str, Tensor]
+    safe_all: Tensor
+    src_resid: Tensor | list[Tensor] | None = None
+    tgt_resid: dict[str, Tensor | list[Tensor]] | None = None
+    safe_resid_tmpl: Tensor | None = None
+
+
+def _rows(k: Tensor | list[Tensor]) -> Tensor:
+    return torch.cat(k, dim=0) if isinstance(k, list) else k.reshape(-1, k.shape[-1])
+
+
+def _pooled(k: Tensor | list[Tensor]) -> Tensor:
+    return torch.stack([t.mean(0) for t in k]) if isinstance(k, list) else k.mean(1)
+
+
+def _aligned_targets(src_values: Tensor | list[Tensor], tgt_keys: Tensor | list[Tensor]) -> Tensor:
+    """Targets row-aligned with `_rows(tgt_keys)`: position by position for fixed positions; for "all"
+    positions (lengths differ across languages) every row of a prompt gets its English prompt's mean."""
+    if isinstance(tgt_keys, list):
+        means = _pooled(src_values)
+        return torch.cat([means[i].expand(len(t), -1) for i, t in enumerate(tgt_keys)])
+    return src_values.reshape(-1, src_values.shape[-1]) if isinstance(src_values, Tensor) else _rows(src_values)
+
+
+def _map(k: Tensor | list[Tensor], fn) -> Tensor | list[Tensor]:
+    return [fn(t) for t in k] if isinstance(k, list) else fn(k)
+
+
+class NeuronActivation:
+    """Pre-activations and activations of a layer's MLP neurons as functions of the MLP input x."""
+
+    def __init__(self, model: nn.Module, layer: int) -> None:
+        self.gate = linear_of(model, layer, "gate").weight.detach().float().cpu()
+        self.up = linear_of(model, layer, "up").weight.detach().float().cpu()
+        self.down = linear_of(model, layer, "down").weight.detach().float().cpu()
+        self.act = mlp_of(model, layer).act_fn
+
+    def pre(self, x: Tensor, module: str, idx: Tensor | None = None) -> Tensor:
+        w = self.gate if module == "gate" else self.up
+        return x @ (w if idx is None else w[idx]).T
+
+    def neurons(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
+        g = self.gate if idx is None else self.gate[idx]
+        u = self.up if idx is None else self.up[idx]
+        return self.act(x @ g.T) * (x @ u.T)
+
+    def mlp_out(self, x: Tensor) -> Tensor:
+        return self.neurons(x) @ self.down.T
+
+    def score_features(self, x: Tensor, module: str) -> Tensor:
+        """What localisation scores per neuron: the module's own output (down: the neuron activation)."""
+        return self.neurons(x) if module == "down" else self.pre(x, module)
+
+
+@dataclass
+class EditProblem:
+    """Inputs of `solve_edit` for one (layer, module): X_low [n, m], D [n, out], C_safe [m, m], W_S."""
+
+    x_low: Tensor
+    gap: Tensor
+    c_safe: Tensor
+    w_s: Tensor
+
+
+def build_problem(
+    na: NeuronActivation, keys: LayerKeys, module: str, idx: Tensor, langs: list[str]
+) -> EditProblem:
+    if module in ("gate", "up"):
+        w_s = (na.gate if module == "gate" else na.up)[idx].T  # [d, k]
+        x_low = torch.cat([_rows(keys.tgt[lg]) for lg in langs])
+        target = torch.cat([_aligned_targets(_map(keys.src, lambda t: t @ w_s), keys.tgt[lg]) for lg in langs])
+        gap = target - x_low @ w_s
+        safe = keys.safe_all.double()
+        return EditProblem(x_low, gap, safe.T @ safe / len(safe), w_s)
+    if module == "down":
+        return _down_problem(na, keys, idx, langs)
+    raise ValueError(f"unknown module {module!r}")
+
+
+def refusal_directions(na: NeuronActivation, keys: LayerKeys, source_lang: str) -> Tensor:
+    """Unit refusal direction per template position of the block's output: mean English harmful minus mean
+    harmless (source language) residual stream after the MLP, [T, d]."""
+    if keys.src_resid is None or keys.safe_resid_tmpl is None or isinstance(keys.src, list):
+        raise ValueError("the down_proj variant needs fixed-position keys and residual captures")
+    harm = keys.src_resid + _map(keys.src, lambda t: na.mlp_out(t))
+    safe_x = keys.safe_tmpl[source_lang]
+    safe = keys.safe_resid_tmpl + na.mlp_out(safe_x)
+    direction = harm.mean(0) - safe.mean(0)
+    return direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+
+def _down_problem(na: NeuronActivation, keys: LayerKeys, idx: Tensor, langs: list[str]) -> EditProblem:
+    assert keys.tgt_resid is not None and keys.src_resid is not None
+    rhat = keys_rhat = getattr(keys, "_rhat", None)
+    if keys_rhat is None:
+        raise ValueError("refusal directions not set: call attach_refusal_directions first")
+    post_src = keys.src_resid + na.mlp_out(keys.src)
+    x_rows, gaps = [], []
+    for lg in langs:
+        post = keys.tgt_resid[lg] + na.mlp_out(keys.tgt[lg])
+        gap = ((post_src - post) * rhat).sum(-1, keepdim=True) * rhat  # gap along the refusal direction
+        x_rows.append(_rows(na.neurons(keys.tgt[lg], idx)))
+        gaps.append(gap.reshape(-1, gap.shape[-1]))
+    a_safe = na.neurons(keys.safe_all, idx).double()
+    w_s = na.down[:, idx].T  # [k, d]
+    return EditProblem(torch.cat(x_rows), torch.cat(gaps), a_safe.T @ a_safe / len(a_safe), w_s)
+
+
+def attach_refusal_directions(na: NeuronActivation, keys: LayerKeys, source_lang: str) -> None:
+    keys._rhat = refusal_directions(na, keys, source_lang)  # type: ignore[attr-defined]
