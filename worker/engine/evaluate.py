@@ -75,14 +75,17 @@ def refusal_scores(
     """Log-odds that the first answer token opens a refusal (Arditi et al.'s cheap screen), one per text."""
     device = next(model.parameters()).device
     idx = torch.tensor(token_ids, device=device)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
     scores = []
     for start in range(0, len(texts), batch_size):
-        enc = _tokenize(tokenizer, texts[start:start + batch_size], device)
+        enc = _tokenize(tokenizer, [texts[i] for i in order[start:start + batch_size]], device)
         logits = model(**enc, use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
         logp = F.log_softmax(logits, dim=-1)
         p_ref = torch.logsumexp(logp[:, idx], dim=-1)
         scores.append((p_ref - torch.log1p(-p_ref.exp().clamp(max=1 - 1e-6))).cpu())
-    return torch.cat(scores)
+    out = torch.empty(len(texts))
+    out[torch.tensor(order, dtype=torch.long)] = torch.cat(scores) if scores else out
+    return out
 
 
 @contextmanager
