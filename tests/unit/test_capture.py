@@ -41,9 +41,12 @@ def test_template_rows_match_unpadded_forward(family_model):
     cap = capture_mlp_inputs(model, tok, TEXTS, [1, 2], "template", batch_size=3)
     assert cap.keys[2].shape == (len(TEXTS), t, model.config.hidden_size)
     for i, text in enumerate(TEXTS):
-        seen = {}
-        layer = decoder_layers(model)[2]
-        h = layer.mlp.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].detach()))
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(_m, args, seen=seen):
+            seen["x"] = args[0].detach()
+
+        h = decoder_layers(model)[2].mlp.register_forward_pre_hook(keep)
         ids = tok(format_prompt(tok, text), return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             model(**ids)

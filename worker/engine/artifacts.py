@@ -21,11 +21,11 @@ ARTIFACT_NAMES = ("model", "delta.safetensors", "manifest.json", "report.json")
 
 
 def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import safetensors
     import torch
     import transformers
-
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         own = version("lingua-edit")

@@ -21,6 +21,7 @@ class EditConfig:
     target_langs: list[str] = field(default_factory=lambda: [lg for lg in SUPPORTED_LANGS if lg != "en"])
     eval_split: float = 0.3  # share of harmful ids held out for before/after ASR
     val_split: float = 0.2  # share of the calibration ids used to pick layers ("auto")
+    max_calibration_ids: int | None = None  # cap on harmful calibration ids (compute budget)
     seed: int = 0
     # localisation
     layers: list[int] | Literal["auto"] = "auto"
@@ -36,6 +37,7 @@ class EditConfig:
     lam: float = 0.1  # [open] ridge weight (normalised); must stay > 0
     null_space: NullSpace = "soft"
     null_space_threshold: float = 1e-2  # relative eigenvalue threshold of the hard projector
+    target_scale: float = 1.0  # >1 overshoots the English target (closes more of the gap per unit fit)
     # evaluation
     judge: JudgeName = "refusal"
     judge_model: str | None = None  # guard model path (judge="guard")

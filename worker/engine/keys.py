@@ -98,48 +98,46 @@ class EditProblem:
 
 
 def build_problem(
-    na: NeuronActivation, keys: LayerKeys, module: str, idx: Tensor, langs: list[str]
+    na: NeuronActivation, keys: LayerKeys, module: str, idx: Tensor, langs: list[str],
+    source_lang: str = "en", target_scale: float = 1.0,
 ) -> EditProblem:
+    """Keys, gap and anchor of one (layer, module); `target_scale` > 1 overshoots the English target."""
     if module in ("gate", "up"):
         w_s = (na.gate if module == "gate" else na.up)[idx].T  # [d, k]
         x_low = torch.cat([_rows(keys.tgt[lg]) for lg in langs])
         target = torch.cat([_aligned_targets(_map(keys.src, lambda t: t @ w_s), keys.tgt[lg]) for lg in langs])
-        gap = target - x_low @ w_s
+        gap = target_scale * (target - x_low @ w_s)
         safe = keys.safe_all.double()
         return EditProblem(x_low, gap, safe.T @ safe / len(safe), w_s)
     if module == "down":
-        return _down_problem(na, keys, idx, langs)
+        return _down_problem(na, keys, idx, langs, refusal_directions(na, keys, source_lang), target_scale)
     raise ValueError(f"unknown module {module!r}")
 
 
 def refusal_directions(na: NeuronActivation, keys: LayerKeys, source_lang: str) -> Tensor:
-    """Unit refusal direction per template position of the block's output: mean English harmful minus mean
-    harmless (source language) residual stream after the MLP, [T, d]."""
+    """Unit refusal direction per template position of the block's output: mean source-language harmful
+    minus mean source-language harmless residual stream after the MLP, [T, d] (Arditi et al. 2024)."""
     if keys.src_resid is None or keys.safe_resid_tmpl is None or isinstance(keys.src, list):
         raise ValueError("the down_proj variant needs fixed-position keys and residual captures")
-    harm = keys.src_resid + _map(keys.src, lambda t: na.mlp_out(t))
-    safe_x = keys.safe_tmpl[source_lang]
-    safe = keys.safe_resid_tmpl + na.mlp_out(safe_x)
+    harm = keys.src_resid + na.mlp_out(keys.src)
+    safe = keys.safe_resid_tmpl + na.mlp_out(keys.safe_tmpl[source_lang])
     direction = harm.mean(0) - safe.mean(0)
     return direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-8)
 
 
-def _down_problem(na: NeuronActivation, keys: LayerKeys, idx: Tensor, langs: list[str]) -> EditProblem:
+def _down_problem(
+    na: NeuronActivation, keys: LayerKeys, idx: Tensor, langs: list[str], rhat: Tensor, target_scale: float
+) -> EditProblem:
+    """Keys a_S(x) of the target languages; gap = the English-minus-target residual stream after the block,
+    along the refusal direction, so W_down[:, S] learns to write the missing refusal signal."""
     assert keys.tgt_resid is not None and keys.src_resid is not None
-    rhat = keys_rhat = getattr(keys, "_rhat", None)
-    if keys_rhat is None:
-        raise ValueError("refusal directions not set: call attach_refusal_directions first")
     post_src = keys.src_resid + na.mlp_out(keys.src)
     x_rows, gaps = [], []
     for lg in langs:
         post = keys.tgt_resid[lg] + na.mlp_out(keys.tgt[lg])
-        gap = ((post_src - post) * rhat).sum(-1, keepdim=True) * rhat  # gap along the refusal direction
+        gap = ((post_src - post) * rhat).sum(-1, keepdim=True) * rhat
         x_rows.append(_rows(na.neurons(keys.tgt[lg], idx)))
-        gaps.append(gap.reshape(-1, gap.shape[-1]))
+        gaps.append(target_scale * gap.reshape(-1, gap.shape[-1]))
     a_safe = na.neurons(keys.safe_all, idx).double()
     w_s = na.down[:, idx].T  # [k, d]
     return EditProblem(torch.cat(x_rows), torch.cat(gaps), a_safe.T @ a_safe / len(a_safe), w_s)
-
-
-def attach_refusal_directions(na: NeuronActivation, keys: LayerKeys, source_lang: str) -> None:
-    keys._rhat = refusal_directions(na, keys, source_lang)  # type: ignore[attr-defined]

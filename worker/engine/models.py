@@ -46,7 +46,9 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def pick_device_dtype(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
+def pick_device_dtype(
+    device: str | None = None, dtype: str | None = None
+) -> tuple[torch.device, torch.dtype]:
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dtype:
         try:
@@ -133,18 +135,30 @@ def demo_model_dir() -> Path:
     gguf = assemble_demo_gguf(cache_dir() / "gguf" / DEMO_GGUF_NAME)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent if target.parent.exists() else None,
-                                prefix=".demo-")) if target.parent.exists() else None
-    if tmp is None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".demo-"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".demo-"))
+    tmp.chmod(0o755)
     save_model_dir(model, tok, tmp)
+    _check_same_logits(model, tmp)
     (tmp / "lingua_edit_source.json").write_text(
         json.dumps({"source": DEMO_MODEL_ID, "gguf_sha256": DEMO_SHA256})
     )
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target
+
+
+def _check_same_logits(model: nn.Module, saved_dir: Path) -> None:
+    """The safetensors copy must reproduce the GGUF-loaded model exactly (same logits on a probe input)."""
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(saved_dir, dtype=torch.float32).eval()
+    probe = torch.tensor([[151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645]])
+    with torch.no_grad():
+        same = torch.equal(model.eval()(probe).logits, reloaded(probe).logits)
+    del reloaded
+    if not same:
+        raise RuntimeError("the cached demo model does not reproduce the GGUF model's logits")
 
 
 def resolve_model_path(spec: str, registry: dict[str, str] | None = None) -> tuple[str, str | None]:

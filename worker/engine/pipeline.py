@@ -7,9 +7,6 @@ after. Harmless prompts are split the same way into the utility anchor and the h
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,7 @@ from .delta import LayerEdit, SparseDelta, apply_delta, make_layer_edit, revert_
 from .errors import UserError
 from .evaluate import generate, kl_and_perplexity, refusal_scores, refusal_token_ids
 from .judges import make_judge
-from .keys import LayerKeys, NeuronActivation, attach_refusal_directions, build_problem
+from .keys import LayerKeys, NeuronActivation, build_problem
 from .localize import jaccard, neuron_scores, select_neurons
 from .models import LoadedModel, load_model
 from .progress import Reporter
@@ -44,6 +41,7 @@ class Plan:
     eval_ids: list[str]
     harmful: dict[str, dict[str, str]]  # id -> lang -> text
     anchor: dict[str, list[str]]  # lang -> harmless texts (utility anchor, localisation)
+    harmless_val: dict[str, list[str]]  # lang -> harmless texts for the layers="auto" screen
     harmless_eval: dict[str, list[str]]  # lang -> held-out harmless texts (KL, perplexity)
     langs: list[str]  # source first, then targets
     notes: list[str] = field(default_factory=list)
@@ -73,6 +71,8 @@ def validate_config(config: EditConfig, n_layers: int | None = None) -> None:
         raise bad("positions", "must be template, last or all")
     if config.module == "down" and config.positions == "all":
         raise bad("positions", "the down variant needs fixed positions (template or last)")
+    if config.target_scale <= 0:
+        raise bad("target_scale", "must be > 0")
     if config.lam <= 0:
         raise bad("lam", "must be > 0 (without it the edit breaks the model)")
     if config.gamma < 0:
@@ -103,19 +103,22 @@ def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
     if len(usable) < len(harmful):
         reporter.warn(f"{len(harmful) - len(usable)} harmful ids lack some language and are skipped")
     cal_ids, val_ids, eval_ids = calib.split_ids(usable, config.eval_split, config.val_split, config.seed)
+    if config.max_calibration_ids:
+        cal_ids = cal_ids[: config.max_calibration_ids]
     if not cal_ids or not eval_ids:
         raise UserError("too few harmful prompts to split into calibration and evaluation sets",
                         param="calibration")
     anchor: dict[str, list[str]] = {}
+    val: dict[str, list[str]] = {}
     held: dict[str, list[str]] = {}
     for lg in langs:
-        texts = [p.text for p in cs.harmless(lg)]
-        n_eval = max(1, round(len(texts) * 0.3))
-        held[lg], anchor[lg] = texts[:n_eval], texts[n_eval:]
-    for lg in langs:
-        if not anchor[lg]:
-            raise UserError(f"no harmless {lg} prompts left for the utility anchor", param="calibration")
-    return Plan(cal_ids, val_ids, eval_ids, harmful, anchor, held, langs, notes)
+        by_id = {p.id: p.text for p in cs.harmless(lg)}
+        a_ids, v_ids, e_ids = calib.split_ids(sorted(by_id), 0.3, 0.15, config.seed)
+        anchor[lg], val[lg], held[lg] = ([by_id[i] for i in g] for g in (a_ids, v_ids, e_ids))
+        if not anchor[lg] or not held[lg]:
+            raise UserError(f"too few harmless {lg} prompts for the utility anchor and the held-out set",
+                            param="calibration")
+    return Plan(cal_ids, val_ids, eval_ids, harmful, anchor, val, held, langs, notes)
 
 
 def candidate_layers(config: EditConfig, n_layers: int) -> list[int]:
@@ -177,8 +180,11 @@ class LayerChoice:
     neurons: dict[str, Any]
 
 
-def edit_one(lm: LoadedModel, keys: LayerKeys, layer: int, module: str, config: EditConfig) -> LayerChoice:
-    """Localise the safety neurons of (layer, module) and solve for their edit."""
+def edit_one(
+    lm: LoadedModel, keys: LayerKeys, layer: int, module: str, config: EditConfig,
+    indices: torch.Tensor | None = None,
+) -> LayerChoice:
+    """Localise the safety neurons of (layer, module) (or take `indices`) and solve for their edit."""
     na = NeuronActivation(lm.model, layer)
     src = config.source_lang
 
@@ -187,7 +193,8 @@ def edit_one(lm: LoadedModel, keys: LayerKeys, layer: int, module: str, config: 
         return torch.stack([na.score_features(t, module).mean(0) for t in rows])
 
     scores = neuron_scores(pooled_features(keys.src), pooled_features(keys.safe_tmpl[src]))
-    idx = select_neurons(scores, config.tau_z, config.tau_d, config.neuron_budget)
+    idx = indices if indices is not None else select_neurons(scores, config.tau_z, config.tau_d,
+                                                             config.neuron_budget)
     if idx.numel() == 0:
         raise UserError(f"no safety neurons selected at layer {layer} {module}: lower tau_z/tau_d or set "
                         "neuron_budget", param="tau_z")
@@ -195,9 +202,7 @@ def edit_one(lm: LoadedModel, keys: LayerKeys, layer: int, module: str, config: 
     for lg in config.target_langs:
         s = neuron_scores(pooled_features(keys.tgt[lg]), pooled_features(keys.safe_tmpl[lg]))
         overlap[lg] = jaccard(idx, select_neurons(s, config.tau_z, config.tau_d, config.neuron_budget))
-    if module == "down":
-        attach_refusal_directions(na, keys, src)
-    prob = build_problem(na, keys, module, idx, list(config.target_langs))
+    prob = build_problem(na, keys, module, idx, list(config.target_langs), src, config.target_scale)
     sol = solve_edit(prob.x_low, prob.gap, prob.c_safe, rank=config.rank, gamma=config.gamma, lam=config.lam,
                      null_space=config.null_space, null_space_threshold=config.null_space_threshold)
     delta_dk = sol.delta.T if module == "down" else sol.delta  # make_layer_edit wants [in, k]
@@ -219,7 +224,7 @@ class Screen:
         self.lm, self.config, self.token_ids = lm, config, token_ids
         ids = plan.val_ids[: config.screen_prompts]
         self.harm = {lg: [plan.harmful[i][lg] for i in ids] for lg in plan.langs}
-        self.safe = [t for lg in plan.langs for t in plan.harmless_eval[lg][:4]]
+        self.safe = [t for lg in plan.langs for t in plan.harmless_val[lg][:4]]
         self.base = self.measure()
 
     def measure(self) -> dict[str, float]:
@@ -351,7 +356,7 @@ def _refusal_openings(before: dict[str, list[str]], source: str, plan: Plan) -> 
     judge = make_judge("refusal")
     answers = before.get(source, [])
     verdicts = judge.judge([""] * len(answers), answers, [source] * len(answers))
-    return [a.split()[0] for a, v in zip(answers, verdicts) if v.refused and a.split()]
+    return [a.split()[0] for a, v in zip(answers, verdicts, strict=True) if v.refused and a.split()]
 
 
 def _eval_prompts(plan: Plan, config: EditConfig) -> dict[str, list[str]]:
