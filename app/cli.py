@@ -1,0 +1,187 @@
+"""`lingua-edit`: serve, worker, keys, db, demo (+ the engine's edit/eval/apply-delta/revert-delta).
+
+Heavy imports (torch, FastAPI, Celery) happen inside each subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.db.migrate import SchemaOutOfDateError
+    from app.embedded import prepare_embedded, start_worker, stop_redis, stop_worker
+    from app.main import create_app
+    from app.settings import get_settings
+
+    server = prepare_embedded(Path(args.data_dir) if args.data_dir else None)
+    try:
+        api = create_app(get_settings())
+    except SchemaOutOfDateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if server is not None:
+            stop_redis(server)
+        return 2
+    worker = None if args.no_worker else start_worker(log_level=args.log_level)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; with a Python handler installed that becomes
+    # SystemExit, so the finally below still stops the worker and the embedded Redis.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(api, host=args.host, port=args.port, log_level=args.log_level.lower())
+    finally:
+        if worker:
+            stop_worker(worker)
+        if server is not None:
+            stop_redis(server)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from app.broker import BrokerNotConfiguredError
+    from app.settings import get_settings
+    from worker.celery_app import make_celery
+
+    settings = get_settings()
+    try:
+        app = make_celery(settings, include_tasks=True)
+    except BrokerNotConfiguredError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    argv = [
+        "worker",
+        "-Q",
+        settings.queue,
+        "-c",
+        "1",
+        "--pool",
+        args.pool,
+        "-l",
+        args.log_level,
+        "-n",
+        f"lingua-edit-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    app.worker_main(argv)
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from app.context import make_context
+    from app.db.migrate import SchemaOutOfDateError, check_current
+    from app.keys.service import create_key
+    from app.settings import get_settings
+
+    ctx = make_context(get_settings())
+    try:
+        check_current(ctx.engine)
+    except SchemaOutOfDateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with ctx.sessions() as s:
+        key = create_key(s, args.tenant)
+        s.commit()
+    print(key)
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from app.db.migrate import upgrade
+    from app.settings import get_settings
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url(), args.revision)
+    return 0
+
+
+def _db_downgrade(args: argparse.Namespace) -> int:
+    from app.db.migrate import downgrade
+    from app.settings import get_settings
+
+    downgrade(get_settings().resolved_database_url(), args.revision)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lingua-edit", description="Sparse closed-form safety edits for multilingual chat LLMs."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser(
+        "serve", help="API + one worker (embedded SQLite and Redis unless URLs are configured)"
+    )
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--data-dir", help="where the embedded database, Redis, uploads and artifacts live")
+    s.add_argument("--no-worker", action="store_true", help="start the API only")
+    s.add_argument("--log-level", default="INFO")
+    s.set_defaults(func=_serve)
+
+    w = sub.add_parser("worker", help="a worker alone (needs LINGUA_EDIT_BROKER_URL)")
+    w.add_argument("--log-level", default="INFO")
+    w.add_argument("--pool", default="prefork", choices=["prefork", "solo"])
+    w.set_defaults(func=_worker)
+
+    k = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    kc = k.add_parser("create", help="create an API key and print it (shown once)")
+    kc.add_argument("--tenant", required=True)
+    kc.set_defaults(func=_keys_create)
+
+    d = sub.add_parser("db", help="database migrations").add_subparsers(dest="db_command", required=True)
+    du = d.add_parser("upgrade", help="migrate the database to the latest revision")
+    du.add_argument("--revision", default="head")
+    du.set_defaults(func=_db_upgrade)
+    dd = d.add_parser("downgrade", help="migrate the database down (default: to an empty schema)")
+    dd.add_argument("--revision", default="base")
+    dd.set_defaults(func=_db_downgrade)
+
+    from app.demo import add_arguments
+
+    add_arguments(sub.add_parser("demo", help="start the embedded stack and run a demo edit job over HTTP"))
+    sub.choices["demo"].set_defaults(func=_demo)
+
+    try:  # the engine's own subcommands (edit, eval, apply-delta, revert-delta)
+        from worker.engine.cli import register
+    except ImportError:
+        pass
+    else:
+        register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(getattr(args, "log_level", "INFO")).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from worker.engine.errors import EngineError
+
+    try:
+        return int(args.func(args) or 0)
+    except EngineError as exc:  # bad input: a clear message, never a traceback
+        where = f" ({exc.param})" if exc.param else ""
+        print(f"lingua-edit: error{where}: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lingua-edit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
