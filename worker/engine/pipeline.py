@@ -97,6 +97,7 @@ def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
         cs = calib.with_bundled_harmless(cs)
         notes = list(cs.notes)
     notes += calib.validate(cs, config.source_lang, list(config.target_langs))
+    notes = list(dict.fromkeys(notes))  # the loaders and the validator may repeat a note
     langs = [config.source_lang, *config.target_langs]
     harmful = {i: {lg: p.text for lg, p in by.items()} for i, by in cs.by_id("harmful").items()}
     usable = sorted(i for i, by in harmful.items() if all(lg in by for lg in langs))
@@ -285,18 +286,20 @@ def run_edit(
             choices.append(choice)
         else:
             sweep = []
-            for layer in layers:  # in sequence, keys recomputed with the earlier edits applied
-                with timer("capture"):
-                    keys = collect_keys(lm, plan, [layer], config, rep)[layer]
-                for module in candidate_modules(config):
-                    rep.step("solve", len(choices), len(layers) * len(candidate_modules(config)))
-                    with timer("solve"):
-                        ch = edit_one(lm, keys, layer, module, config)
-                    with timer("apply"):
-                        apply_delta(lm.model, SparseDelta([ch.edit]))
-                    choices.append(ch)
-            with timer("apply"):
-                revert_delta(lm.model, SparseDelta([c.edit for c in reversed(choices)]))
+            try:
+                for layer in layers:  # in sequence, keys recomputed with the earlier edits applied
+                    with timer("capture"):
+                        keys = collect_keys(lm, plan, [layer], config, rep)[layer]
+                    for module in candidate_modules(config):
+                        rep.step("solve", len(choices), len(layers) * len(candidate_modules(config)))
+                        with timer("solve"):
+                            ch = edit_one(lm, keys, layer, module, config)
+                        with timer("apply"):
+                            apply_delta(lm.model, SparseDelta([ch.edit]))
+                        choices.append(ch)
+            finally:  # back to the base weights, also when cancelled mid-sequence
+                with timer("apply"):
+                    revert_delta(lm.model, SparseDelta([c.edit for c in reversed(choices)]))
         delta = SparseDelta([c.edit for c in choices], metadata={"base_model": lm.spec})
         with timer("apply"):
             apply_delta(lm.model, delta)
@@ -394,11 +397,12 @@ def _judge(config: EditConfig, plan: Plan, before, after) -> list[LanguageResult
 
 def _utility(lm, plan, config, delta, rep) -> dict[str, Any]:
     kl_lang, ppl_b, ppl_a = {}, [], []
+    cap = config.max_eval_prompts
     for lg in plan.langs:
         kls, pb, pa = kl_and_perplexity(
-            lm.model, lm.tokenizer, plan.harmless_eval[lg],
+            lm.model, lm.tokenizer, plan.harmless_eval[lg][:cap] if cap else plan.harmless_eval[lg],
             lambda: apply_delta(lm.model, delta), lambda: revert_delta(lm.model, delta),
-            batch_size=config.batch_size, reporter=rep,
+            batch_size=max(1, config.batch_size // 4), reporter=rep,  # full-vocabulary logits are large
         )
         kl_lang[lg] = sum(kls) / len(kls)
         ppl_b += pb

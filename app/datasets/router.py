@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, UploadFile
+
+from app.datasets import service
+from app.datasets.schemas import DatasetOut
+from app.deps import CtxDep, SessionDep, TenantDep
+from app.errors import ApiError
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+def to_out(ds) -> DatasetOut:  # noqa: ANN001
+    return DatasetOut(
+        id=ds.id,
+        filename=ds.filename,
+        format=ds.format,
+        size=ds.size,
+        sha256=ds.sha256,
+        rows=ds.rows,
+        languages=ds.languages or [],
+        created_at=ds.created_at,
+    )
+
+
+@router.post("", status_code=201, response_model=DatasetOut)
+def upload_dataset(
+    ctx: CtxDep, session: SessionDep, tenant: TenantDep, file: UploadFile | None = None
+) -> DatasetOut:
+    if file is None:
+        raise ApiError(422, "invalid_request", "multipart field 'file' is required", "file")
+    if file.size is not None and file.size > ctx.settings.max_upload_bytes:
+        raise ApiError(
+            413, "payload_too_large", f"dataset larger than {ctx.settings.max_upload_bytes} bytes", "file"
+        )
+    ds = service.create_from_upload(ctx, session, tenant, file.filename or "", file.file)
+    return to_out(ds)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(session: SessionDep, tenant: TenantDep, dataset_id: str) -> DatasetOut:
+    return to_out(service.get_dataset(session, tenant, dataset_id))

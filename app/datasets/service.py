@@ -1,0 +1,194 @@
+"""Calibration datasets: uploads and inline rows, checked with the engine rules, stored under new names."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.context import Context
+from app.db.models import Dataset
+from app.errors import ApiError, not_found
+from app.ids import new_id
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+
+
+_PARAMS = {"target_langs": "target_languages", "source_lang": "source_language"}
+
+
+def _calibration_error(
+    exc: Exception, prefix: str, path: Path | None = None, display: str = "dataset"
+) -> ApiError:
+    """Map an engine CalibrationError/UserError to a 422 naming the request field it is about."""
+    param = getattr(exc, "param", None)
+    field = _PARAMS.get(param or "", prefix)
+    message = getattr(exc, "message", str(exc))
+    if path is not None:  # server paths stay on the server
+        message = message.replace(str(path), display)
+    return ApiError(422, getattr(exc, "code", "invalid_calibration"), message, field)
+
+
+def _languages(cs: Any) -> list[str]:
+    langs = getattr(cs, "languages", None)
+    if callable(langs):
+        langs = langs()
+    return list(langs) if langs else []
+
+
+def _rows(cs: Any) -> int:
+    try:
+        return len(cs)
+    except TypeError:
+        return len(getattr(cs, "rows", []) or [])
+
+
+def _store(
+    ctx: Context, session: Session, tenant: str, src: Path, filename: str, fmt: str, cs: Any, inline: bool
+) -> Dataset:
+    h = hashlib.sha256()
+    with open(src, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    size = src.stat().st_size
+    ds_id = new_id("ds")
+    key = f"datasets/{ds_id}/data.{fmt}"
+    ctx.storage.put_file(src, key)
+    row = Dataset(
+        id=ds_id,
+        tenant=tenant,
+        filename=filename[:255],
+        format=fmt,
+        storage_key=key,
+        size=size,
+        sha256=h.hexdigest(),
+        rows=_rows(cs),
+        languages=_languages(cs),
+        inline=inline,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def create_from_upload(
+    ctx: Context, session: Session, tenant: str, filename: str, stream: BinaryIO
+) -> Dataset:
+    from worker.engine.data import load_calibration
+    from worker.engine.errors import UserError
+
+    fmt = FORMATS.get(Path(filename or "").suffix.lower())
+    if fmt is None:
+        raise ApiError(422, "invalid_request", "file must be .jsonl or .csv", "file")
+    limit = ctx.settings.max_upload_bytes
+    scratch = Path(tempfile.mkdtemp(prefix="le-upload-", dir=_scratch_root(ctx)))
+    try:
+        tmp = scratch / f"upload.{fmt}"  # generated name: the client's filename never reaches the filesystem
+        written = 0
+        with open(tmp, "wb") as out:
+            while block := stream.read(1 << 20):
+                written += len(block)
+                if written > limit:
+                    raise ApiError(413, "payload_too_large", f"dataset larger than {limit} bytes", "file")
+                out.write(block)
+        try:
+            cs = load_calibration(tmp, max_bytes=limit)
+        except UserError as exc:
+            raise _calibration_error(exc, "file", tmp, Path(filename).name or "upload") from exc
+        return _store(ctx, session, tenant, tmp, filename, fmt, cs, inline=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def create_inline(
+    ctx: Context,
+    session: Session,
+    tenant: str,
+    rows: list[dict[str, Any]],
+    source_lang: str,
+    target_langs: list[str] | None,
+) -> Dataset:
+    from worker.engine.data import parse_rows
+    from worker.engine.errors import UserError
+
+    if len(rows) > ctx.settings.max_inline_rows:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"at most {ctx.settings.max_inline_rows} inline rows; upload a dataset instead",
+            "calibration_rows",
+        )
+    try:
+        cs = parse_rows(rows, source="inline")
+        check_languages(cs, source_lang, target_langs)
+    except UserError as exc:
+        raise _calibration_error(exc, "calibration_rows") from exc
+    scratch = Path(tempfile.mkdtemp(prefix="le-inline-", dir=_scratch_root(ctx)))
+    try:
+        tmp = scratch / "rows.jsonl"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        return _store(ctx, session, tenant, tmp, "inline.jsonl", "jsonl", cs, inline=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_languages(cs: Any, source_lang: str, target_langs: list[str] | None) -> None:
+    from worker.engine.config import SUPPORTED_LANGS
+    from worker.engine.data import validate, with_bundled_harmless
+
+    targets = target_langs or [lg for lg in SUPPORTED_LANGS if lg != source_lang]
+    # The engine adds its bundled harmless prompts to a set that has none; validate what it will use.
+    validate(with_bundled_harmless(cs), source_lang, targets)
+
+
+def check_dataset_languages(
+    ctx: Context, ds: Dataset, source_lang: str, target_langs: list[str] | None
+) -> None:
+    from worker.engine.data import load_calibration
+    from worker.engine.errors import UserError
+
+    scratch = Path(tempfile.mkdtemp(prefix="le-check-", dir=_scratch_root(ctx)))
+    try:
+        path = ctx.storage.local_path(ds.storage_key, scratch)
+        try:
+            check_languages(load_calibration(path), source_lang, target_langs)
+        except UserError as exc:
+            raise _calibration_error(exc, "dataset_id", path, ds.filename) from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def get_dataset(session: Session, tenant: str, ds_id: str) -> Dataset:
+    row = session.scalar(select(Dataset).where(Dataset.id == ds_id, Dataset.tenant == tenant))
+    if row is None:
+        raise not_found("dataset", "dataset_id")
+    return row
+
+
+def _scratch_root(ctx: Context) -> Path:
+    root = ctx.settings.data_dir / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def check_bundled_languages(source_lang: str, target_langs: list[str] | None) -> None:
+    """Without a dataset the engine uses its bundled demo set: check it covers the languages asked for."""
+    from worker.engine.data import demo_calibration
+    from worker.engine.errors import UserError
+
+    try:
+        bundled = demo_calibration()
+    except OSError:  # bundled files not installed: the worker reports it as a job error
+        return
+    try:
+        check_languages(bundled, source_lang, target_langs)
+    except UserError as exc:
+        raise _calibration_error(exc, "target_languages") from exc

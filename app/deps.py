@@ -1,0 +1,73 @@
+"""Request dependencies: database session, the caller's tenant, pagination."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+from sqlalchemy.orm import Session
+
+from app.context import Context
+from app.errors import ApiError
+from app.keys.service import tenant_for_key
+
+
+def get_ctx(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+CtxDep = Annotated[Context, Depends(get_ctx)]
+
+
+def get_session(ctx: CtxDep) -> Iterator[Session]:
+    session = ctx.sessions()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> str:
+    unauthorized = ApiError(
+        401,
+        "unauthorized",
+        "missing or invalid API key (Authorization: Bearer <key>)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise unauthorized
+    tenant = tenant_for_key(session, authorization[7:].strip())
+    if tenant is None:
+        raise unauthorized
+    return tenant
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+@dataclass
+class Page:
+    after: str | None
+    limit: int
+
+
+def get_page(
+    ctx: CtxDep,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1)] = 20,
+) -> Page:
+    if limit > ctx.settings.max_page_size:
+        raise ApiError(422, "invalid_request", f"limit must be <= {ctx.settings.max_page_size}", "limit")
+    return Page(after=after, limit=limit)
+
+
+PageDep = Annotated[Page, Depends(get_page)]

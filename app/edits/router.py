@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from app.deps import PageDep, SessionDep, TenantDep
+from app.edits import repository as repo
+from app.edits import service
+from app.edits.schemas import EditCreate, EditList, EditOut, EventList, EventOut, Status
+from app.errors import ApiError
+
+router = APIRouter(prefix="/v1/edits", tags=["edits"])
+_META = re.compile(r"^metadata\[(.{1,64})\]$")
+
+
+@router.post("", status_code=202, response_model=EditOut)
+def create_edit(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    tenant: TenantDep,
+    body: EditCreate,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+) -> EditOut:
+    job, _created = service.create_edit(request.app.state.ctx, session, tenant, body, idempotency_key)
+    response.headers["Location"] = f"/v1/edits/{job.id}"
+    return service.render(session, job)
+
+
+@router.get("", response_model=EditList)
+def list_edits(
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    page: PageDep,
+    status: Annotated[Status | None, Query()] = None,
+) -> EditList:
+    metadata = {m.group(1): v for k, v in request.query_params.items() if (m := _META.match(k))}
+    after = None
+    if page.after:
+        after = repo.get_job(session, tenant, page.after)
+        if after is None:
+            raise ApiError(422, "invalid_request", "unknown cursor", "after")
+    jobs, has_more = repo.list_jobs(
+        session, tenant, after=after, limit=page.limit, status=status, metadata=metadata
+    )
+    return EditList(data=[service.render(session, j) for j in jobs], has_more=has_more)
+
+
+@router.get("/{job_id}", response_model=EditOut)
+def get_edit(session: SessionDep, tenant: TenantDep, job_id: str) -> EditOut:
+    return service.render(session, service.get_edit(session, tenant, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=EditOut)
+def cancel_edit(session: SessionDep, tenant: TenantDep, job_id: str) -> EditOut:
+    return service.render(session, service.cancel_edit(session, tenant, job_id))
+
+
+@router.get("/{job_id}/events", response_model=EventList)
+def list_events(session: SessionDep, tenant: TenantDep, job_id: str, page: PageDep) -> EventList:
+    job = service.get_edit(session, tenant, job_id)
+    after = None
+    if page.after is not None:
+        if not page.after.isdigit():
+            raise ApiError(422, "invalid_request", "after must be an event id", "after")
+        after = int(page.after)
+    events, has_more = repo.list_events(session, job.id, after=after, limit=page.limit)
+    return EventList(
+        data=[
+            EventOut(
+                id=e.id, type=e.type, level=e.level, message=e.message, data=e.data, created_at=e.created_at
+            )
+            for e in events
+        ],
+        has_more=has_more,
+    )

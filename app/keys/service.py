@@ -1,0 +1,31 @@
+"""API keys: random, shown once, stored as sha256 (a 256-bit random key needs no slow hash)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.models import ApiKey
+
+PREFIX = "le_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, tenant: str) -> str:
+    if not tenant or len(tenant) > 128:
+        raise ValueError("tenant must be 1-128 characters")
+    key = PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiKey(tenant=tenant, key_hash=hash_key(key), prefix=key[:10]))
+    session.flush()
+    return key
+
+
+def tenant_for_key(session: Session, key: str) -> str | None:
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+    return row.tenant if row else None

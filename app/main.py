@@ -1,0 +1,67 @@
+"""create_app(): routers, error envelope, metrics, schema check, and the periodic reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from app import errors
+from app.artifacts.router import router as artifacts_router
+from app.context import Context, make_context
+from app.datasets.router import router as datasets_router
+from app.db.migrate import check_current
+from app.edits.router import router as edits_router
+from app.health import router as health_router
+from app.metrics import LatencyMiddleware, make_registry
+from app.models.router import router as models_router
+from app.settings import Settings, get_settings
+
+log = logging.getLogger("lingua_edit.api")
+
+
+async def _reaper_loop(ctx: Context) -> None:
+    from worker.reaper import reap
+
+    while True:
+        await asyncio.sleep(ctx.settings.reaper_interval_s)
+        try:
+            await asyncio.to_thread(reap, ctx)
+        except Exception:
+            log.exception("reaper run failed")
+
+
+def create_app(
+    settings: Settings | None = None, ctx: Context | None = None, check_schema: bool = True
+) -> FastAPI:
+    settings = settings or get_settings()
+    ctx = ctx or make_context(settings)
+    if check_schema:
+        check_current(ctx.engine)  # refuse to serve on a database that is behind
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_reaper_loop(ctx)) if settings.reaper_interval_s > 0 else None
+        yield
+        if task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="lingua-edit",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Sparse closed-form safety edits for multilingual chat LLMs, as a job API.",
+    )
+    app.state.ctx = ctx
+    registry, latency = make_registry(ctx)
+    app.state.metrics_registry = registry
+    app.add_middleware(LatencyMiddleware, histogram=latency)
+    errors.install(app)
+    for r in (health_router, edits_router, artifacts_router, datasets_router, models_router):
+        app.include_router(r)
+    return app

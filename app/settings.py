@@ -1,0 +1,71 @@
+"""Every service setting, read from environment variables prefixed LINGUA_EDIT_ (see docs/service.md)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LINGUA_EDIT_", extra="ignore")
+
+    # Where the embedded stack keeps its SQLite file, Redis dump, uploads and artifacts.
+    data_dir: Path = Path("./data")
+    # None = embedded defaults: SQLite in data_dir, and a Redis started by `lingua-edit serve`.
+    database_url: str | None = None
+    broker_url: str | None = None
+    queue: str = "gpu"
+    # Redis redelivers an unacked task after this many seconds; must exceed the longest job.
+    visibility_timeout_s: int = 43200
+
+    storage: Literal["local", "s3"] = "local"
+    storage_dir: Path | None = None  # default: data_dir/storage
+    s3_bucket: str = "lingua-edit"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_prefix: str = ""
+
+    # name -> local model directory (JSON in the environment: {"tiny": "/models/tiny"}).
+    model_registry: dict[str, str] = Field(default_factory=dict)
+    allow_hub_models: bool = True
+    model_cache_size: int = 1  # models kept loaded per worker process (LRU)
+    device: str | None = None
+    dtype: str | None = None
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_inline_rows: int = 2000
+    max_page_size: int = 100
+
+    heartbeat_interval_s: float = 10.0
+    stale_after_s: float = 120.0  # a running job without heartbeat this long is reaped
+    max_attempts: int = 2  # 2 = a job whose worker died is re-queued once, then failed
+    reaper_interval_s: float = 30.0  # 0 disables the API's periodic reaper
+
+    webhook_secret: str | None = None
+    webhook_timeout_s: float = 10.0
+
+    judge_model: str | None = None
+    judge_url: str | None = None
+    judge_api_model: str | None = None
+
+    log_level: str = "INFO"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'lingua-edit.db').resolve()}"
+
+    def resolved_storage_dir(self) -> Path:
+        return (self.storage_dir or self.data_dir / "storage").resolve()
+
+    def is_embedded_db(self) -> bool:
+        return self.database_url is None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

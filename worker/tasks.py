@@ -1,0 +1,342 @@
+"""run_edit(job_id): claim the row, run the engine with progress and cancel hooks, publish artifacts.
+
+The row is the source of truth: a task whose row is not claimable (cancelled, finished, or held by a live
+worker) does nothing, so duplicate deliveries are harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from celery import shared_task
+from sqlalchemy import select
+
+from app.context import Context, make_context
+from app.db.base import utcnow
+from app.db.models import Artifact, Dataset, EditJob, LanguageResultRow
+from app.edits import repository as repo
+from app.settings import get_settings
+from worker.celery_app import TASK_NAME
+from worker.model_cache import ModelCache
+from worker.webhook import notify
+
+log = logging.getLogger("lingua_edit.worker")
+
+KINDS = {"delta.safetensors": "delta", "manifest.json": "manifest", "report.json": "report"}
+CONTENT_TYPES = {
+    ".json": "application/json",
+    ".safetensors": "application/octet-stream",
+    ".txt": "text/plain",
+    ".jinja": "text/plain",
+}
+
+
+@lru_cache
+def _ctx() -> Context:
+    # Built lazily in the process that runs jobs (the prefork child), never in the parent.
+    return make_context(get_settings())
+
+
+@lru_cache
+def _cache() -> ModelCache:
+    return ModelCache(get_settings().model_cache_size)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_edit(self: Any, job_id: str) -> None:
+    JobRunner(_ctx(), _cache(), job_id).run()
+
+
+class Heartbeat(threading.Thread):
+    """Touches heartbeat_at while the job runs, also through long engine phases without progress calls."""
+
+    def __init__(self, ctx: Context, job_id: str) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.ctx, self.job_id, self.stop_event = ctx, job_id, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.ctx.settings.heartbeat_interval_s):
+            try:
+                with self.ctx.sessions() as s:
+                    repo.transition(s, self.job_id, ("running", "cancelling"), heartbeat_at=utcnow())
+                    s.commit()
+            except Exception:
+                log.exception("heartbeat failed for %s", self.job_id)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+class JobRunner:
+    def __init__(self, ctx: Context, cache: ModelCache, job_id: str) -> None:
+        self.ctx, self.cache, self.job_id = ctx, cache, job_id
+        self.settings = ctx.settings
+        self._last_write = 0.0
+        self._last_phase: str | None = None
+        self._last_cancel_check = 0.0
+        self._cancel = False
+
+    # -- claiming -------------------------------------------------------------------------------------
+    def claim(self) -> EditJob | None:
+        now = utcnow()
+        stale = now.timestamp() - self.settings.stale_after_s
+        with self.ctx.sessions() as s:
+            job = s.get(EditJob, self.job_id)
+            if job is None:
+                log.warning("task for unknown job %s ignored", self.job_id)
+                return None
+            from_status: tuple[str, ...] = ("queued",)
+            if job.status == "running" and job.heartbeat_at and job.heartbeat_at.timestamp() < stale:
+                from_status = ("running",)  # redelivered after its worker died
+            elif job.status != "queued":
+                log.info("job %s is %s; nothing to do", job.id, job.status)
+                return None
+            ok = repo.transition(
+                s,
+                job.id,
+                from_status,
+                status="running",
+                started_at=job.started_at or now,
+                heartbeat_at=now,
+                worker_id=worker_id(),
+                attempts=job.attempts + 1,
+                progress_phase=None,
+                progress_done=0,
+                progress_total=0,
+            )
+            if not ok:
+                return None
+            repo.add_event(s, job.id, "started", f"started on {worker_id()}", {"attempt": job.attempts + 1})
+            s.commit()
+            s.refresh(job)
+            return job
+
+    # -- engine hooks -----------------------------------------------------------------------------------
+    def progress(self, phase: str, done: int, total: int, message: str | None = None) -> None:
+        if phase == "warning":
+            with self.ctx.sessions() as s:
+                repo.add_event(s, self.job_id, "warning", message or "", level="warning")
+                s.commit()
+            return
+        now = time.monotonic()
+        changed = phase != self._last_phase
+        if not changed and now - self._last_write < 0.5 and done < total:
+            return  # throttle row writes during tight batch loops
+        self._last_write, self._last_phase = now, phase
+        with self.ctx.sessions() as s:
+            repo.transition(
+                s,
+                self.job_id,
+                ("running", "cancelling"),
+                progress_phase=phase,
+                progress_done=done,
+                progress_total=total,
+                heartbeat_at=utcnow(),
+            )
+            if changed:
+                repo.add_event(
+                    s,
+                    self.job_id,
+                    "phase",
+                    message or f"phase {phase}",
+                    {"phase": phase, "done": done, "total": total},
+                )
+            elif done >= total and total:
+                repo.add_event(
+                    s,
+                    self.job_id,
+                    "progress",
+                    message or f"{phase} done",
+                    {"phase": phase, "done": done, "total": total},
+                )
+            s.commit()
+
+    def should_cancel(self) -> bool:
+        now = time.monotonic()
+        if not self._cancel and now - self._last_cancel_check >= 0.25:
+            self._last_cancel_check = now
+            with self.ctx.sessions() as s:
+                self._cancel = bool(
+                    s.scalar(select(EditJob.cancel_requested).where(EditJob.id == self.job_id))
+                )
+        return self._cancel
+
+    # -- the job --------------------------------------------------------------------------------------
+    def run(self) -> None:
+        job = self.claim()
+        if job is None:
+            return
+        scratch = Path(tempfile.mkdtemp(prefix=f"job-{job.id}-", dir=self._scratch_root()))
+        beat = Heartbeat(self.ctx, job.id)
+        beat.start()
+        loaded = None
+        try:
+            from worker.engine.errors import EditCancelled, UserError
+
+            try:
+                config = self.build_config(job, scratch)
+                self.progress("load", 0, 1, f"loading model {job.model}")
+                loaded = self.cache.get(
+                    config.model, config.device, config.dtype, self.settings.model_registry
+                )
+                self.progress("load", 1, 1, "model loaded")
+                from worker.engine.pipeline import run_edit as engine_run_edit
+                from worker.engine.progress import Reporter
+
+                reporter = Reporter(progress=self.progress, should_cancel=self.should_cancel)
+                reporter.check_cancel()
+                result = engine_run_edit(config, scratch / "out", reporter=reporter, loaded=loaded)
+                self.publish(job, scratch / "out", result)
+            except EditCancelled:
+                self.finish("cancelled", "cancelled", "cancelled by request")
+                self._drop(loaded)
+            except UserError as exc:
+                self.finish("failed", "error", exc.message, error=("user", exc.code, exc.message, exc.param))
+                self._drop(loaded)
+            except Exception as exc:
+                log.exception("job %s failed", job.id)
+                first = (str(exc).splitlines() or [""])[0][:300]
+                msg = f"internal error in the worker ({type(exc).__name__}: {first})"
+                self.finish("failed", "error", msg, error=("system", "internal_error", msg, None))
+                self._drop(loaded)
+        finally:
+            beat.stop()
+            shutil.rmtree(scratch, ignore_errors=True)
+        notify(self.ctx, job.id)
+
+    def _drop(self, loaded: Any) -> None:
+        if loaded is not None:
+            self.cache.discard(loaded)
+
+    def build_config(self, job: EditJob, scratch: Path) -> Any:
+        from worker.engine.config import EditConfig
+
+        fields = dict(job.config)
+        if isinstance(fields.get("layer_band"), list):
+            fields["layer_band"] = tuple(fields["layer_band"])
+        calibration = None
+        if job.dataset_id:
+            with self.ctx.sessions() as s:
+                ds = s.get(Dataset, job.dataset_id)
+                key = ds.storage_key if ds else None
+            if key is None:
+                from worker.engine.errors import UserError
+
+                raise UserError("the calibration dataset no longer exists", param="dataset_id")
+            calibration = str(self.ctx.storage.local_path(key, scratch / "data"))
+        return EditConfig(
+            **fields,
+            calibration=calibration,
+            device=self.settings.device,
+            dtype=self.settings.dtype,
+            judge_model=self.settings.judge_model,
+            judge_url=self.settings.judge_url,
+            judge_api_model=self.settings.judge_api_model,
+        )
+
+    def finish(
+        self, status: str, event: str, message: str, error: tuple[str, str, str, str | None] | None = None
+    ) -> None:
+        values: dict[str, Any] = {"status": status, "finished_at": utcnow()}
+        if error:
+            values.update(
+                error_type=error[0], error_code=error[1], error_message=error[2], error_param=error[3]
+            )
+        with self.ctx.sessions() as s:
+            if repo.transition(s, self.job_id, ("running", "cancelling"), **values):
+                repo.add_event(s, self.job_id, event, message, level="error" if error else "info")
+            s.commit()
+
+    def publish(self, job: EditJob, out: Path, result: Any) -> None:
+        """Move each output file into storage under a generated key, then record everything in one commit."""
+        rows = []
+        for path in sorted(p for p in out.rglob("*") if p.is_file()):
+            name = path.relative_to(out).as_posix()
+            kind = KINDS.get(name, "model" if name.startswith("model/") else "other")
+            size, digest = path.stat().st_size, _sha256(path)
+            key = f"edits/{job.id}/{uuid.uuid4().hex}"
+            self.ctx.storage.put_file(path, key)
+            rows.append(
+                Artifact(
+                    job_id=job.id,
+                    name=name,
+                    kind=kind,
+                    storage_key=key,
+                    size=size,
+                    sha256=digest,
+                    content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
+                )
+            )
+        with self.ctx.sessions() as s:
+            ok = repo.transition(
+                s,
+                job.id,
+                ("running", "cancelling"),
+                status="succeeded",
+                finished_at=utcnow(),
+                utility=_jsonable(result.utility),
+                neurons=_jsonable(result.neurons),
+                timings=_jsonable(result.timings),
+                peak_memory_mb=_jsonable(result.peak_memory_mb),
+                warnings=list(result.warnings or []),
+            )
+            if not ok:  # reaped or otherwise finished meanwhile: leave no orphan files behind
+                s.rollback()
+                self.ctx.storage.delete_prefix(f"edits/{job.id}")
+                log.warning("job %s changed state while running; results discarded", job.id)
+                return
+            s.add_all(rows)
+            s.add_all(
+                LanguageResultRow(
+                    job_id=job.id,
+                    lang=r.lang,
+                    n=r.n,
+                    asr_before=r.asr_before,
+                    asr_after=r.asr_after,
+                    refusal_before=r.refusal_before,
+                    refusal_after=r.refusal_after,
+                )
+                for r in result.languages
+            )
+            repo.add_event(
+                s,
+                job.id,
+                "finished",
+                "edit finished",
+                {"artifacts": len(rows), "languages": len(result.languages)},
+            )
+            s.commit()
+
+    def _scratch_root(self) -> Path:
+        root = self.settings.data_dir / "tmp"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
