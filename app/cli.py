@@ -1,4 +1,4 @@
-"""`lingua-edit`: serve, worker, keys, db, demo (+ the engine's edit/eval/apply-delta/revert-delta).
+"""`lingua-edit`: serve, worker, keys, db, openapi, demo (+ the engine's edit/eval/apply-delta/revert-delta).
 
 Heavy imports (torch, FastAPI, Celery) happen inside each subcommand.
 """
@@ -110,6 +110,20 @@ def _db_downgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _openapi(args: argparse.Namespace) -> int:
+    import json
+
+    from app.main import openapi_spec
+
+    text = json.dumps(openapi_spec(), indent=2, ensure_ascii=False) + "\n"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
@@ -149,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     dd = d.add_parser("downgrade", help="migrate the database down (default: to an empty schema)")
     dd.add_argument("--revision", default="base")
     dd.set_defaults(func=_db_downgrade)
+
+    o = sub.add_parser("openapi", help="write the API's OpenAPI JSON (no servers, no database)")
+    o.add_argument("--out", help="file to write (default: stdout)")
+    o.set_defaults(func=_openapi, log_level="WARNING")
 
     from app.demo import add_arguments
 

@@ -1,9 +1,8 @@
-"""`lingua-edit demo`: the whole product in one command, through the HTTP API like any client."""
+"""`lingua-edit demo`: the whole product in one command, through the HTTP API with app.client like any user."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import socket
 import sys
 import threading
@@ -33,9 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--neuron-budget", type=float, default=None)
     p.add_argument(
-        "--out", default=None, help="where to save the downloaded delta (default: DATA_DIR/download)"
+        "--out", default=None, help="where to save the downloads (default: DATA_DIR/download/JOB_ID)"
     )
-    p.add_argument("--skip-model-download", action="store_true", help="download only the delta")
+    p.add_argument(
+        "--skip-model-download", action="store_true", help="skip model.tar (delta, manifest, report only)"
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     p.add_argument("--log-level", default="WARNING")
 
@@ -44,6 +45,9 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+MODEL_TAR = "model.tar"  # worker.tasks.MODEL_TAR (not imported: the worker module pulls in Celery)
 
 
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,18 +60,6 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     if args.target_languages and args.target_languages != "all":
         body["target_languages"] = args.target_languages.split(",")
     return body
-
-
-def download(client: Any, url: str, dest: Path, sha256: str) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    with client.stream("GET", url) as r, open(dest, "wb") as f:
-        r.raise_for_status()
-        for block in r.iter_bytes(1 << 20):
-            h.update(block)
-            f.write(block)
-    if h.hexdigest() != sha256:
-        raise RuntimeError(f"sha256 mismatch for {dest.name}: {h.hexdigest()} != {sha256}")
 
 
 def print_table(job: dict[str, Any]) -> None:
@@ -84,37 +76,41 @@ def print_table(job: dict[str, Any]) -> None:
         print(f"\nmean KL on harmless prompts: {util['kl_mean']:.4f}")
 
 
-def follow(client: Any, job_id: str, timeout: float) -> dict[str, Any]:
-    """Poll the job and draw one bar per engine phase (phases can repeat: evaluate runs before and after)."""
-    from tqdm import tqdm
+class ProgressBar:
+    """One tqdm bar redrawn from each polled job state (phases repeat: evaluate runs before and after)."""
 
-    bar = tqdm(total=1, bar_format="{desc:<30}|{bar:30}| {n_fmt}/{total_fmt} [{elapsed}]", file=sys.stdout)
-    deadline = time.monotonic() + timeout
-    phase = None
-    try:
-        while True:
-            job = client.get(f"/v1/edits/{job_id}").json()
-            p = job["progress"]
-            if p["phase"] != phase:
-                phase = p["phase"]
-                bar.reset(total=max(1, p["total"]))
-            bar.total = max(1, p["total"])
-            bar.n = min(p["done"], bar.total)
-            bar.set_description_str(f"{job['status']}: {phase or 'waiting for a worker'}")
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                return job
-            if time.monotonic() > deadline:
-                client.post(f"/v1/edits/{job_id}/cancel")
-                raise TimeoutError(f"job {job_id} did not finish in {timeout:.0f}s; cancelled")
-            time.sleep(1.0)
-    finally:
-        bar.close()
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1, bar_format="{desc:<30}|{bar:30}| {n_fmt}/{total_fmt} [{elapsed}]", file=sys.stdout)
+        self.phase: str | None = None
+
+    def __call__(self, job: Any) -> None:
+        p = job.progress
+        if p.phase != self.phase:
+            self.phase = p.phase
+            self.bar.reset(total=max(1, p.total))
+        self.bar.total = max(1, p.total)
+        self.bar.n = min(p.done, self.bar.total)
+        self.bar.set_description_str(f"{job.status}: {self.phase or 'waiting for a worker'}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def extract_model_tar(tar_path: Path, dest: Path) -> Path:
+    """Unpack model.tar (entries under model/) into dest; returns dest/model."""
+    import tarfile
+
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(dest, filter="data")  # refuses absolute paths, .. and links out of dest
+    return dest / "model"
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import httpx
     import uvicorn
 
+    from app.client import LinguaEditAPIError, LinguaEditClient
     from app.embedded import prepare_embedded, start_worker, stop_redis, stop_worker
     from app.keys.service import create_key
     from app.main import create_app
@@ -136,41 +132,50 @@ def run_demo(args: argparse.Namespace) -> int:
         with app.state.ctx.sessions() as s:
             key = create_key(s, "demo")
             s.commit()
-        base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        with LinguaEditClient(f"http://127.0.0.1:{port}", key, timeout=60) as client:
             for _ in range(100):
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
+                if client.ready():
+                    break
                 time.sleep(0.2)
-            body = build_request(args)
-            r = client.post("/v1/edits", json=body)
-            if r.status_code != 202:
-                print(f"submit failed: {r.status_code} {r.text}", file=sys.stderr)
+            try:
+                job = client.create_edit(**build_request(args))
+            except LinguaEditAPIError as exc:
+                print(f"submit failed: {exc}", file=sys.stderr)
                 return 1
-            job = r.json()
             print(
-                f"submitted {job['id']} on model {job['model']} "
-                f"({len(job['target_languages'])} target languages); first run prepares the demo model"
+                f"submitted {job.id} on model {job.model} "
+                f"({len(job.target_languages)} target languages); first run prepares the demo model"
             )
-            job = follow(client, job["id"], args.timeout)
-            if job["status"] != "succeeded":
-                err = job.get("error") or {}
-                print(f"job {job['status']}: {err.get('code')}: {err.get('message')}", file=sys.stderr)
+            bar = ProgressBar()
+            try:
+                job = client.wait(job.id, poll_interval=1.0, on_progress=bar, timeout=args.timeout)
+            except TimeoutError:
+                client.cancel_edit(job.id)
+                print(f"job {job.id} did not finish in {args.timeout:.0f}s; cancelled", file=sys.stderr)
                 return 1
-            print_table(job)
-            out = Path(args.out) if args.out else data_dir / "download" / job["id"]
-            for a in job["artifacts"]:
-                wanted = a["kind"] in ("delta", "manifest", "report") or (
-                    a["kind"] == "model" and not args.skip_model_download
+            finally:
+                bar.close()
+            if job.status != "succeeded":
+                err = job.error
+                print(
+                    f"job {job.status}: {err.code if err else None}: {err.message if err else None}",
+                    file=sys.stderr,
+                )
+                return 1
+            print_table(job.model_dump(mode="json"))
+            out = Path(args.out) if args.out else data_dir / "download" / job.id
+            # delta, manifest, report, and the edited model as one tar (its per-file copies are skipped)
+            for a in job.artifacts:
+                wanted = a.kind in ("delta", "manifest", "report") or (
+                    a.name == MODEL_TAR and not args.skip_model_download
                 )
                 if wanted:
-                    download(
-                        client, f"/v1/edits/{job['id']}/artifacts/{a['name']}", out / a["name"], a["sha256"]
-                    )
-                    print(f"downloaded {a['name']:<28} {a['size']:>12,} bytes  sha256 ok")
+                    path = client.download_artifact(job.id, a.name, out / a.name, artifact=a)
+                    print(f"downloaded {a.name:<28} {a.size:>12,} bytes  sha256 ok")
+                    if a.name == MODEL_TAR:
+                        model_dir = extract_model_tar(path, out)
+                        path.unlink()
+                        print(f"edited model unpacked to {model_dir} (loads with from_pretrained)")
             print(f"\nartifacts in {out}")
         return 0
     finally:

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.context import Context
@@ -36,16 +37,21 @@ def get_session(ctx: CtxDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> str:
+_bearer = HTTPBearer(auto_error=False, description="an API key from `lingua-edit keys create`")
+
+
+def get_tenant(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
     unauthorized = ApiError(
         401,
         "unauthorized",
         "missing or invalid API key (Authorization: Bearer <key>)",
         headers={"WWW-Authenticate": "Bearer"},
     )
-    if not authorization or not authorization.lower().startswith("bearer "):
+    if credentials is None or not credentials.credentials:
         raise unauthorized
-    tenant = tenant_for_key(session, authorization[7:].strip())
+    tenant = tenant_for_key(session, credentials.credentials.strip())
     if tenant is None:
         raise unauthorized
     return tenant

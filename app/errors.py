@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("lingua_edit.api")
@@ -23,6 +25,26 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.param, self.headers = status, code, message, param, headers
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorBody
+
+
+# Documented on every /v1 operation (the 422 replaces FastAPI's default validation-error schema).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorEnvelope, "description": "missing or invalid API key"},
+    404: {"model": ErrorEnvelope, "description": "not found (also: another tenant's object)"},
+    422: {"model": ErrorEnvelope, "description": "invalid request; `param` names the field"},
+}
 
 
 def not_found(what: str, param: str | None = None) -> ApiError:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -51,17 +53,30 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app = FastAPI(
-        title="lingua-edit",
-        version="0.1.0",
-        lifespan=lifespan,
-        description="Sparse closed-form safety edits for multilingual chat LLMs, as a job API.",
-    )
+    app = _fastapi(lifespan)
     app.state.ctx = ctx
     registry, latency = make_registry(ctx)
     app.state.metrics_registry = registry
     app.add_middleware(LatencyMiddleware, histogram=latency)
-    errors.install(app)
-    for r in (health_router, edits_router, artifacts_router, datasets_router, models_router):
-        app.include_router(r)
     return app
+
+
+def _fastapi(lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None) -> FastAPI:
+    """The routes and error handlers; no database, broker or storage behind them yet."""
+    app = FastAPI(
+        title="lingua-edit",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Sparse closed-form safety edits for multilingual chat LLMs, as a job API. "
+        "Every error is {\"error\": {\"code\", \"message\", \"param\"}}.",
+    )
+    errors.install(app)
+    app.include_router(health_router)
+    for r in (edits_router, artifacts_router, datasets_router, models_router):
+        app.include_router(r, responses=errors.ERROR_RESPONSES)
+    return app
+
+
+def openapi_spec() -> dict[str, Any]:
+    """The OpenAPI document, built without settings, database or servers (`lingua-edit openapi`)."""
+    return _fastapi().openapi()

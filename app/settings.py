@@ -47,6 +47,9 @@ class Settings(BaseSettings):
 
     webhook_secret: str | None = None
     webhook_timeout_s: float = 10.0
+    # Webhooks to loopback/private/link-local/multicast/reserved addresses are refused unless this is set
+    # (local development and tests); checked at submission and again at delivery.
+    webhook_allow_private: bool = False
 
     judge_model: str | None = None
     judge_url: str | None = None

@@ -39,7 +39,9 @@ CONTENT_TYPES = {
     ".safetensors": "application/octet-stream",
     ".txt": "text/plain",
     ".jinja": "text/plain",
+    ".tar": "application/x-tar",
 }
+MODEL_TAR = "model.tar"
 
 
 @lru_cache
@@ -263,11 +265,19 @@ class JobRunner:
             s.commit()
 
     def publish(self, job: EditJob, out: Path, result: Any) -> None:
-        """Move each output file into storage under a generated key, then record everything in one commit."""
+        """Move each output file into storage under a generated key, then record everything in one commit.
+
+        The edited model is published twice: per file (`model/...`) and as one uncompressed tar
+        (`model.tar`, entries under `model/`), built here before the files are moved.
+        """
+        files = [(p.relative_to(out).as_posix(), p) for p in sorted(out.rglob("*")) if p.is_file()]
+        if (out / "model").is_dir():
+            tar_path = out.parent / MODEL_TAR
+            write_model_tar(out / "model", tar_path)
+            files.append((MODEL_TAR, tar_path))
         rows = []
-        for path in sorted(p for p in out.rglob("*") if p.is_file()):
-            name = path.relative_to(out).as_posix()
-            kind = KINDS.get(name, "model" if name.startswith("model/") else "other")
+        for name, path in files:
+            kind = KINDS.get(name, "model" if name.startswith("model/") or name == MODEL_TAR else "other")
             size, digest = path.stat().st_size, _sha256(path)
             key = f"edits/{job.id}/{uuid.uuid4().hex}"
             self.ctx.storage.put_file(path, key)
@@ -326,6 +336,26 @@ class JobRunner:
         root = self.settings.data_dir / "tmp"
         root.mkdir(parents=True, exist_ok=True)
         return root
+
+
+def write_model_tar(model_dir: Path, dest: Path) -> None:
+    """An uncompressed, reproducible tar of `model_dir` with entries under `model/` (sorted, mtime 0,
+    owner 0:0, modes 0644/0755), so the same weights always give the same sha256."""
+    import tarfile
+
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime = 0
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mode = 0o755 if info.isdir() else 0o644
+        return info
+
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(model_dir, arcname="model", recursive=False, filter=clean)
+        for path in sorted(model_dir.rglob("*")):
+            if path.is_dir() or path.is_file():
+                arc = "model/" + path.relative_to(model_dir).as_posix()
+                tar.add(path, arcname=arc, recursive=False, filter=clean)
 
 
 def _sha256(path: Path) -> str:

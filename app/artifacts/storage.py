@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, BinaryIO, Protocol
 
 from app.settings import Settings
 
@@ -27,6 +27,25 @@ class Storage(Protocol):
 def _check_key(key: str) -> None:
     if not key or key.startswith("/") or ".." in key.split("/") or "\\" in key:
         raise ValueError(f"invalid storage key {key!r}")
+
+
+def _read_file(f: BinaryIO, left: int) -> Iterator[bytes]:
+    try:
+        while left > 0:
+            block = f.read(min(CHUNK, left))
+            if not block:
+                break
+            left -= len(block)
+            yield block
+    finally:
+        f.close()
+
+
+def _iter_body(body: Any) -> Iterator[bytes]:
+    try:
+        yield from body.iter_chunks(CHUNK)
+    finally:
+        body.close()
 
 
 class LocalStorage:
@@ -53,15 +72,9 @@ class LocalStorage:
             os.replace(tmp, dest)
 
     def open_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
-        with open(self._path(key), "rb") as f:
-            f.seek(start)
-            left = end - start + 1
-            while left > 0:
-                block = f.read(min(CHUNK, left))
-                if not block:
-                    break
-                left -= len(block)
-                yield block
+        f = open(self._path(key), "rb")  # opened now: a bad key or missing file fails before streaming
+        f.seek(start)
+        return _read_file(f, end - start + 1)
 
     def local_path(self, key: str, scratch: Path) -> Path:
         return self._path(key)
@@ -90,8 +103,9 @@ class S3Storage:
         src.unlink(missing_ok=True)
 
     def open_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        # requested now: a bad key or missing object fails before the response starts streaming
         obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end}")
-        yield from obj["Body"].iter_chunks(CHUNK)
+        return _iter_body(obj["Body"])
 
     def local_path(self, key: str, scratch: Path) -> Path:
         scratch.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.netguard import UnsafeURLError, parse_webhook_url
 from worker.engine.config import SUPPORTED_LANGS
 
 Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
@@ -71,9 +71,11 @@ class EditCreate(BaseModel):
     @classmethod
     def _webhook(cls, v: str | None) -> str | None:
         if v is not None:
-            u = urlparse(v)
-            if u.scheme not in ("http", "https") or not u.netloc:
-                raise ValueError("webhook_url must be an http(s) URL")
+            # The scheme and shape here; the address rules (which need the settings) in the service.
+            try:
+                parse_webhook_url(v)
+            except UnsafeURLError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
     @field_validator("target_languages")

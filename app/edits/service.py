@@ -28,6 +28,7 @@ from app.edits.schemas import (
 )
 from app.errors import ApiError, not_found
 from app.ids import new_id
+from app.netguard import UnsafeURLError, check_webhook_url
 from app.settings import Settings
 from worker.celery_app import TASK_NAME
 
@@ -94,6 +95,11 @@ def create_edit(
         if existing is not None:
             return _same_or_conflict(existing, digest), False
     check_model(ctx.settings, body.model)
+    if body.webhook_url:
+        try:
+            check_webhook_url(body.webhook_url, ctx.settings.webhook_allow_private)
+        except UnsafeURLError as exc:
+            raise ApiError(422, "invalid_webhook_url", str(exc), "webhook_url") from None
     config = build_config(body)
     dataset_id = None
     if body.dataset_id:

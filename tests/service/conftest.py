@@ -172,6 +172,8 @@ def make_stack(tmp: Path, database_url: str, broker_url: str, tiny_model: Path, 
         "LINGUA_EDIT_STALE_AFTER_S": "30",
         "LINGUA_EDIT_REAPER_INTERVAL_S": "0",  # tests call the reaper themselves
         "LINGUA_EDIT_WEBHOOK_SECRET": "whsec-test",
+        # the tests' webhook receiver listens on 127.0.0.1; test_webhook_guard turns this off where it checks
+        "LINGUA_EDIT_WEBHOOK_ALLOW_PRIVATE": "true",
         "LINGUA_EDIT_MAX_UPLOAD_BYTES": "200000",
         "LINGUA_EDIT_DEVICE": "cpu",
         "HF_HUB_OFFLINE": "1",  # an unknown hub id fails at once instead of retrying the network

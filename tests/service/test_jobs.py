@@ -33,6 +33,8 @@ def test_submit_run_download(pg_stack: Stack, pg_worker: WorkerProcess) -> None:
 
         kinds = {a["kind"] for a in done["artifacts"]}
         assert {"model", "delta", "manifest", "report"} <= kinds
+        tar = next(a for a in done["artifacts"] if a["name"] == "model.tar")  # the model as one tar stream
+        assert tar["kind"] == "model" and tar["content_type"] == "application/x-tar"
         listed = pg_stack.client.get(f"/v1/edits/{job['id']}/artifacts").json()["data"]
         assert listed == done["artifacts"]
         for a in listed:
