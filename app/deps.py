@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.context import Context
+from app.db.session import session_scope
 from app.errors import ApiError
 from app.keys.service import tenant_for_key
 
@@ -23,15 +24,8 @@ CtxDep = Annotated[Context, Depends(get_ctx)]
 
 
 def get_session(ctx: CtxDep) -> Iterator[Session]:
-    session = ctx.sessions()
-    try:
+    with session_scope(ctx.sessions) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

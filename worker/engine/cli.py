@@ -163,28 +163,26 @@ def cmd_edit(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_apply(a: argparse.Namespace) -> int:
-    from .delta import apply_delta, load_delta
+def _rewrite_with_delta(a: argparse.Namespace, action: str) -> int:
+    """Load a model, apply or revert a delta (both check the rows first), save the result."""
+    from .delta import apply_delta, load_delta, revert_delta
     from .models import load_model, save_model_dir
 
     delta = load_delta(a.delta)
     lm = load_model(a.model, device="cpu")
-    apply_delta(lm.model, delta)
+    (apply_delta if action == "apply" else revert_delta)(lm.model, delta)
     save_model_dir(lm.model, lm.tokenizer, Path(a.out))
-    print(f"applied {len(delta.edits)} edit(s); edited model written to {a.out}")
+    what = "edited" if action == "apply" else "base"
+    print(f"{action}: {len(delta.edits)} edit(s); {what} model written to {a.out}")
     return 0
+
+
+def cmd_apply(a: argparse.Namespace) -> int:
+    return _rewrite_with_delta(a, "apply")
 
 
 def cmd_revert(a: argparse.Namespace) -> int:
-    from .delta import load_delta, revert_delta
-    from .models import load_model, save_model_dir
-
-    delta = load_delta(a.delta)
-    lm = load_model(a.model, device="cpu")
-    revert_delta(lm.model, delta)
-    save_model_dir(lm.model, lm.tokenizer, Path(a.out))
-    print(f"reverted {len(delta.edits)} edit(s); base model written to {a.out}")
-    return 0
+    return _rewrite_with_delta(a, "revert")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
