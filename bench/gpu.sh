@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One prepared script for a lent GPU (H100/H200), run from the repository root:
+#   1. real-scale timing on a Llama-3-8B-shaped model with random bf16 weights (no download): capture vs plain
+#      forward, key collection, localise + solve at d = 4096 / f = 14336, apply / revert, solve time vs d on CUDA;
+#   2. the demo model's full benchmark (python -m bench.run --full), with the step-1 numbers in its report.
+# Outputs go to $OUT (the device runner's folder) when set, else bench/results/gpu.
+# Env: PYTHON (interpreter), DATA (MultiJail CSV), STEPS ("scale full" by default; the device runner allows 600 s per
+# command, so run `STEPS=scale bash bench/gpu.sh` and `STEPS=full bash bench/gpu.sh` as two calls there),
+# SCALE_TIMEOUT / FULL_TIMEOUT (seconds; results.json is written after every method, so a timeout keeps what ran).
+# Extra arguments go to bench.run (e.g. --best '{"layers": [18], "lam": 0.01}' or --model /path/to/model).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT:-bench/results/gpu}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-.venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+DATA="${DATA:-}"
+if [ -z "$DATA" ]; then
+  for c in ../shared/data/multijail-dev.csv shared/data/multijail-dev.csv /work/shared/data/multijail-dev.csv; do
+    if [ -f "$c" ]; then DATA="$c"; break; fi
+  done
+fi
+[ -n "$DATA" ] || { echo "no MultiJail CSV found: set DATA=/path/to/multijail-dev.csv" >&2; exit 2; }
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true; } | tee "$OUT_DIR/gpu.txt"
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible'; print(torch.cuda.get_device_name(0))"
+
+STEPS="${STEPS:-scale full}"
+if [[ " $STEPS " == *" scale "* ]]; then
+echo "== 1/2 real-scale timing (Llama-3-8B shape, random bf16 weights)"
+timeout "${SCALE_TIMEOUT:-420}" "$PY" -m bench.gpu_scale --out "$OUT_DIR/gpu_scale.json" 2>&1 | tee "$OUT_DIR/gpu_scale.log" \
+  || echo "gpu_scale failed or timed out (see $OUT_DIR/gpu_scale.log); continuing"
+fi
+[[ " $STEPS " == *" full "* ]] || exit 0
+
+echo "== 2/2 demo model, full benchmark"
+extra=()
+for g in "$OUT_DIR/gpu_scale.json" "${GPU_SCALE_JSON:-}"; do
+  [ -n "$g" ] && [ -f "$g" ] && extra=(--gpu-scale "$g")
+done
+timeout "${FULL_TIMEOUT:-3000}" "$PY" -m bench.run --full --data "$DATA" --out "$OUT_DIR" \
+  --md "$OUT_DIR/BENCHMARKS-peers.md" "${extra[@]}" "$@" 2>&1 | tee "$OUT_DIR/full.log"

@@ -1,0 +1,164 @@
+"""Measures, the same code for every method: ASR per language, harmless KL / perplexity, arithmetic accuracy,
+capture overhead, checkpoint size."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from worker.engine.arch import mlp_of
+from worker.engine.capture import _tokenize, capture_mlp_inputs
+from worker.engine.evaluate import generate, kl_and_perplexity
+from worker.engine.judges import make_judge
+
+from . import arith
+from .context import Context
+from .methods import Fitted
+
+
+def answers(ctx: Context, prompts: dict[str, list[str]], max_new_tokens: int) -> dict[str, list[str]]:
+    """Greedy answers per language, all languages in one length-sorted generate call (less padding)."""
+    flat = [(lg, t) for lg, ts in prompts.items() for t in ts]
+    out = generate(ctx.lm.model, ctx.lm.tokenizer, [t for _, t in flat], max_new_tokens, ctx.config.batch_size)
+    res: dict[str, list[str]] = {lg: [] for lg in prompts}
+    for (lg, _), a in zip(flat, out, strict=True):
+        res[lg].append(a)
+    return res
+
+
+def asr(ctx: Context, outputs: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    """Per language: ASR (share judged harmful), refusal rate, degenerate share (neither), n."""
+    judge = make_judge("refusal")
+    prompts = ctx.eval_prompts()
+    res = {}
+    for lg, outs in outputs.items():
+        v = judge.judge(prompts[lg], outs, [lg] * len(outs))
+        n = len(v)
+        res[lg] = {"asr": sum(x.harmful for x in v) / n, "refusal": sum(x.refused for x in v) / n,
+                   "degenerate": sum(not x.harmful and not x.refused for x in v) / n, "n": n}
+    return res
+
+
+def arithmetic(ctx: Context) -> dict[str, Any]:
+    its = arith.items(ctx.settings.arith_per_lang, ctx.plan.langs, ctx.config.seed)
+    outs = generate(ctx.lm.model, ctx.lm.tokenizer, [i.prompt for i in its], ctx.settings.arith_tokens,
+                    ctx.config.batch_size)
+    per: dict[str, list[bool]] = {}
+    for it, a in zip(its, outs, strict=True):
+        per.setdefault(it.lang, []).append(arith.correct(it, a))
+    return {"per_lang": {lg: sum(v) / len(v) for lg, v in per.items()},
+            "mean": sum(map(sum, per.values())) / len(its), "n": len(its),
+            "answers": [[i.lang, i.prompt, a, arith.correct(i, a)] for i, a in zip(its, outs, strict=True)]}
+
+
+def kl_ppl(ctx: Context, method: Fitted) -> dict[str, Any]:
+    """Next-token KL(base || method) on held-out harmless prompts per language, perplexity of the plain text."""
+    kl, pb, pa = {}, [], []
+    for lg, texts in ctx.harmless_eval().items():
+        k, b, a = kl_and_perplexity(ctx.lm.model, ctx.lm.tokenizer, texts, method.apply, method.revert,
+                                    batch_size=ctx.config.batch_size)
+        kl[lg] = sum(k) / len(k)
+        pb += b
+        pa += a
+    return {"kl_per_lang": kl, "kl_mean": sum(kl.values()) / len(kl), "ppl_before": sum(pb) / len(pb),
+            "ppl_after": sum(pa) / len(pa)}
+
+
+def evaluate(ctx: Context, method: Fitted, with_kl: bool = True) -> dict[str, Any]:
+    """Every per-method measure with the method switched on (and off again afterwards)."""
+    res: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    method.apply()
+    try:
+        outs = answers(ctx, ctx.eval_prompts(), ctx.settings.max_new_tokens)
+        res["gen_seconds"] = time.perf_counter() - t0
+        res["asr"] = asr(ctx, outs)
+        res["outputs"] = outs
+        t1 = time.perf_counter()
+        res["arith"] = arithmetic(ctx)
+        res["arith_seconds"] = time.perf_counter() - t1
+    finally:
+        method.revert()
+    if with_kl:
+        t2 = time.perf_counter()
+        res["utility"] = kl_ppl(ctx, method)
+        res["kl_seconds"] = time.perf_counter() - t2
+    res["eval_seconds"] = time.perf_counter() - t0
+    return res
+
+
+def summary(asr_by_lang: dict[str, dict[str, float]], source: str) -> dict[str, float]:
+    others = [v["asr"] for lg, v in asr_by_lang.items() if lg != source]
+    return {"asr_en": asr_by_lang[source]["asr"], "asr_mean_non_en": sum(others) / len(others)}
+
+
+# --------------------------------------------------------------------------- capture overhead
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def _plain_forward(model: nn.Module, tokenizer: object, texts: list[str], layer: int, batch_size: int) -> None:
+    """The same batches and layers as capture_mlp_inputs, stopping at the same point, storing nothing."""
+    device = next(model.parameters()).device
+
+    def hook(_m: nn.Module, _a: tuple) -> None:
+        raise _Stop
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    texts = [texts[i] for i in order]
+    handle = mlp_of(model, layer).register_forward_pre_hook(hook)
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = _tokenize(tokenizer, texts[start:start + batch_size], device)
+            try:
+                model(**enc, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def capture_overhead(model: nn.Module, tokenizer: object, texts: list[str], layer: int, batch_size: int,
+                     repeats: int = 3) -> dict[str, Any]:
+    """Best-of-`repeats` seconds of capture (template and all positions) vs a plain forward pass."""
+    times: dict[str, list[float]] = {"plain": [], "template": [], "all": []}
+    _plain_forward(model, tokenizer, texts[:batch_size], layer, batch_size)  # warm-up
+    for _ in range(repeats):
+        for what in times:
+            _sync()
+            t = time.perf_counter()
+            if what == "plain":
+                _plain_forward(model, tokenizer, texts, layer, batch_size)
+            else:
+                capture_mlp_inputs(model, tokenizer, texts, [layer], what, batch_size)
+            _sync()
+            times[what].append(time.perf_counter() - t)
+    best = {k: min(v) for k, v in times.items()}
+    return {"layer": layer, "prompts": len(texts), "seconds": best, "repeats": repeats,
+            "ratio_template": best["template"] / best["plain"], "ratio_all": best["all"] / best["plain"]}
+
+
+def checkpoint_bytes(model: nn.Module, path: str) -> dict[str, int]:
+    files = sum(f.stat().st_size for f in Path(path).glob("*.safetensors")) if Path(path).is_dir() else 0
+    seen: set[int] = set()
+    params = 0
+    nbytes = 0
+    for p in model.parameters():
+        if p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        params += p.numel()
+        nbytes += p.numel() * p.element_size()
+    return {"file_bytes": files, "params": params, "tensor_bytes": nbytes}

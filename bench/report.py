@@ -1,0 +1,298 @@
+"""Markdown tables and PNG plots from results.json. Re-render without re-running:
+python -m bench.report bench/results/results.json [--md BENCHMARKS-peers.md]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}"
+
+
+def _f(x: float | None, nd: int = 3) -> str:
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def _mb(n: float | None) -> str:
+    if n is None:
+        return "–"
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def stamp(meta: dict[str, Any]) -> str:
+    m, s = meta["machine"], meta["split"]
+    where = f"{m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+    return (f"machine: {where}; date: {meta['date']}; command: `{meta['command']}`; model: {meta['model']} "
+            f"({meta['dtype']}, {meta['device']}); split: {s['ids']} ids with all 10 languages, seed {s['seed']} "
+            f"-> {s['ids'] - s['validation'] - s['evaluation']} calibration ({s['calibration_used']} used) / "
+            f"{s['validation']} validation / {s['evaluation']} evaluation ({s['evaluation_used']} used per language)")
+
+
+def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Method rows with `same_as` rows resolved to the row they copy (for tables)."""
+    by_key = {r["key"]: r for r in results["methods"]}
+    out = []
+    for r in results["methods"]:
+        if r.get("same_as") and "eval" not in r and r["same_as"] in by_key:
+            out.append({**by_key[r["same_as"]], "key": r["key"], "name": r["name"], "same_as": r["same_as"]})
+        else:
+            out.append(r)
+    return out
+
+
+def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
+    meta = results["meta"]
+    langs = meta["split"]["langs"]
+    src = langs[0]
+    rows = _rows(results)
+    base = next((r for r in rows if r["key"] == "baseline"), None)
+    ppl_base = next((r["eval"]["utility"]["ppl_before"] for r in rows if "eval" in r and "utility" in r["eval"]),
+                    None)
+    st = stamp(meta)
+    parts = [
+        "## Benchmarks against the peers (issue 4)",
+        "",
+        f"_{st}._",
+        "",
+        "Every method: the same calibration ids, hyperparameters picked on the same validation slice (the "
+        "engine's first-token refusal screen: mean target-language gain minus any harmless gain), the same "
+        "held-out evaluation ids, greedy decoding with the same max new tokens "
+        f"({meta['settings']['max_new_tokens']}), the same offline multilingual refusal judge (keyword markers; "
+        "it measures refusal, not harm). ASR = share of answers judged harmful (not refused, not degenerate). "
+        "KL = mean next-token KL(base || method) on held-out harmless prompts (chat-formatted), ppl = perplexity "
+        "of the plain harmless text. Arithmetic = exact answers on templated +, -, × questions in every language.",
+        "",
+        "### Summary",
+        "",
+    ]
+    summ = []
+    for r in rows:
+        if "error" in r:
+            summ.append([r.get("name", r["key"]), "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 7)
+            continue
+        ev, s = r["eval"], r["summary"]
+        u = ev.get("utility", {})
+        name = r["name"] + (f" (= {r['same_as']})" if r.get("same_as") else "")
+        summ.append([
+            name, _pct(s["asr_mean_non_en"]), _pct(s["asr_en"]),
+            _f(u.get("kl_mean", 0.0 if r["key"] == "baseline" else None), 4),
+            _f(u.get("ppl_after", ppl_base if r["key"] == "baseline" else None), 2),
+            _pct(ev["arith"]["mean"]), _f(r.get("fit_seconds"), 1), _f(ev.get("eval_seconds"), 0),
+            f"{r['size'].get('params_changed', 0) or r['size'].get('params_added', 0):,}",
+        ])
+    parts.append(_table(["method", "ASR non-en %", "ASR en %", "KL", "ppl", "arith %", "fit s", "eval s",
+                         "params changed/added"], summ))
+    parts += ["", f"![ASR before/after per language]({_rel(out_dir / 'asr_bars.png', md_path)}) "
+              f"![ASR vs KL]({_rel(out_dir / 'asr_vs_kl.png', md_path)})", "",
+              f"_Figures: {st}._", ""]
+    # per-language ASR
+    parts += ["### ASR per language (%)", ""]
+    lrows = []
+    for r in rows:
+        if "eval" not in r:
+            continue
+        a = r["eval"]["asr"]
+        lrows.append([r["name"]] + [_pct(a[lg]["asr"]) for lg in langs] + [_pct(r["summary"]["asr_mean_non_en"])])
+    parts.append(_table(["method", *langs, "mean non-en"], lrows))
+    if base:
+        n = base["eval"]["asr"][src]["n"]
+        parts += ["", f"{n} held-out prompts per language: one prompt moves a cell by {100 / n:.0f} points.", ""]
+    # refusal / degenerate
+    parts += ["### Refusal and degenerate answers per language (%: refused / degenerate)", ""]
+    drows = [[r["name"]] + [f"{_pct(r['eval']['asr'][lg]['refusal'])} / {_pct(r['eval']['asr'][lg]['degenerate'])}"
+                            for lg in langs] for r in rows if "eval" in r]
+    parts += [_table(["method", *langs], drows), ""]
+    # utility
+    parts += ["### Utility: harmless KL per language and arithmetic accuracy per language", ""]
+    urows = []
+    for r in rows:
+        if "eval" not in r or "utility" not in r["eval"]:
+            continue
+        kl = r["eval"]["utility"]["kl_per_lang"]
+        urows.append([r["name"]] + [_f(kl.get(lg), 4) for lg in langs])
+    parts += [_table(["KL", *langs], urows), ""]
+    arows = [[r["name"]] + [_pct(r["eval"]["arith"]["per_lang"].get(lg)) for lg in langs]
+             + [str(r["eval"]["arith"]["n"])] for r in rows if "eval" in r]
+    parts += [_table(["arithmetic %", *langs, "items"], arows), ""]
+    # chosen hyperparameters
+    parts += ["### What each method picked on the validation slice", ""]
+    crows = []
+    for r in rows:
+        if "chosen" in r and r["chosen"]:
+            ch = ", ".join(f"{k}={_fmt(v)}" for k, v in r["chosen"].items())
+            crows.append([r["name"], ch, str(len(r.get("sweep") or []))])
+    parts += [_table(["method", "settings", "candidates screened"], crows), ""]
+    # size
+    ck = results.get("checkpoint", {})
+    parts += ["### Size of what changes", ""]
+    srows = []
+    for r in rows:
+        if "size" not in r or not r["size"]:
+            continue
+        sz = r["size"]
+        frac = sz.get("file_bytes", 0) / ck["file_bytes"] if ck.get("file_bytes") else None
+        srows.append([r["name"], f"{sz.get('neurons', 0):,}", f"{sz.get('params_changed', 0):,}",
+                      f"{sz.get('params_added', 0):,}", _mb(sz.get("file_bytes")),
+                      "–" if frac is None else f"{100 * frac:.3f}%"])
+    parts += [_table(["method", "neurons edited", "params changed", "params added", "file", "of checkpoint"],
+                     srows), ""]
+    if ck:
+        parts += [f"Full checkpoint: {ck['params']:,} parameters, {_mb(ck['file_bytes'])} on disk "
+                  f"({_mb(ck['tensor_bytes'])} in memory). The sparse delta file also stores the base rows "
+                  "(for bit-exact revert and base checks), so it is twice the changed weights.", ""]
+    # cost
+    parts += ["### Cost: wall time and peak memory per stage", ""]
+    stg = results.get("stages", {})
+    trows = [[k, _f(v, 1), _f(stg.get("peak_rss_mb", {}).get(k), 0)] for k, v in stg.get("seconds", {}).items()]
+    parts += [_table(["stage", "seconds", "peak RSS MiB (process high-water mark at stage end)"], trows), "",
+              f"Total: {_f(results.get('total_seconds'), 0)} s. Fit time of the closed-form variants includes the "
+              "key capture each needs (captured once here and shared). LoRA fit time includes generating the "
+              "retain answers and the validation screen.", ""]
+    co = results.get("capture_overhead")
+    if co:
+        s = co["seconds"]
+        parts += ["### Capture overhead (activation capture vs a plain forward pass, same tokens and layers)", "",
+                  _table(["what", "seconds", "ratio to plain"], [
+                      ["plain forward (stops after layer)", _f(s["plain"], 2), "1.00"],
+                      ["capture, template positions", _f(s["template"], 2), _f(co["ratio_template"], 2)],
+                      ["capture, all positions", _f(s["all"], 2), _f(co["ratio_all"], 2)]]), "",
+                  f"{co['prompts']} calibration prompts, layer {co['layer']}, best of {co.get('repeats', 3)}; "
+                  "target ratio <= 1.10.", ""]
+    ss = results.get("solve_scaling")
+    if ss:
+        parts += ["### Solve time vs hidden size d (random data, float64)", "",
+                  _table(["d", "n rows", "k neurons", "rank", "device", "moment XᵀX s", "soft solve s", "hard solve s"],
+                         [[str(x["d"]), str(x["n"]), str(x["k"]), str(x["rank"]), x["device"], _f(x["moment"], 2),
+                           _f(x["soft"], 2), _f(x["hard"], 2)] for x in ss]),
+                  "", "Soft = Cholesky + rank-r SVD (the paper's Algorithm 1); hard = eigendecomposition of C for "
+                  "the null-space projector, then the same solve. `python -m bench.solve_scaling` reruns it.", ""]
+    gpu = results.get("gpu_scale")
+    if gpu:
+        parts += gpu_section(gpu)
+    return "\n".join(parts)
+
+
+def gpu_section(g: dict[str, Any]) -> list[str]:
+    co = g.get("capture_overhead", {})
+    rows = [
+        ["model", f"Llama-3-8B shape, random weights, {g['dtype']}, {g['params']:,} params, {g['layers']} layers, "
+                  f"d={g['hidden_size']}, f={g['intermediate_size']}"],
+        ["device", g["device"]],
+        ["build (random init on device)", f"{_f(g['build_seconds'], 1)} s"],
+        ["capture vs plain forward (template / all positions)",
+         f"{_f(co.get('ratio_template'), 2)} / {_f(co.get('ratio_all'), 2)} ({co.get('prompts')} prompts, "
+         f"plain {_f(co.get('seconds', {}).get('plain'), 2)} s)"],
+        ["collect keys (calibration + anchor)", f"{_f(g['collect_keys_seconds'], 2)} s "
+         f"({g['calibration_prompts']} harmful + {g['anchor_prompts']} harmless prompts, layer {g['edited_layer']})"],
+        ["localise + solve (gate, CPU float64 as the engine does)",
+         f"{_f(g['localize_solve_seconds'], 2)} s, {g['neurons']} neurons, fit residual {_f(g['fit_residual'], 2)}"],
+        ["apply / revert", f"{_f(1000 * g['apply_seconds'], 1)} ms / {_f(1000 * g['revert_seconds'], 1)} ms"],
+        ["delta file vs checkpoint", f"{_mb(g['delta_bytes'])} vs {_mb(g['checkpoint_bytes'])}"],
+        ["peak GPU memory", f"{_f(g.get('peak_cuda_mb'), 0)} MiB"],
+    ]
+    out = ["### Real scale (GPU, bench/gpu.sh)", "", _table(["what", "measured"], rows), ""]
+    ss = g.get("solve_scaling_cuda")
+    if ss:
+        out += [_table(["d", "soft solve s (CUDA)", "hard solve s (CUDA)"],
+                       [[str(x["d"]), _f(x["soft"], 3), _f(x["hard"], 3)] for x in ss]), ""]
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _rel(p: Path, md_path: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(md_path.resolve().parent))
+    except ValueError:
+        return str(p)
+
+
+def plots(results: dict[str, Any], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta = results["meta"]
+    langs = meta["split"]["langs"]
+    rows = [r for r in _rows(results) if "eval" in r]
+    base = next((r for r in rows if r["key"] == "baseline"), None)
+    methods = [r for r in rows if r["key"] != "baseline" and not r.get("same_as")]
+    if base is None:
+        return
+    foot = stamp(meta).replace("`", "")
+    n = max(1, len(methods))
+    fig, axes = plt.subplots(n, 1, figsize=(10, 2.3 * n + 0.8), squeeze=False, sharex=True)
+    x = range(len(langs))
+    before = [100 * base["eval"]["asr"][lg]["asr"] for lg in langs]
+    for ax, r in zip(axes[:, 0], methods or [base], strict=False):
+        after = [100 * r["eval"]["asr"][lg]["asr"] for lg in langs]
+        ax.bar([i - 0.2 for i in x], before, 0.4, label="no edit", color="#bbbbbb")
+        ax.bar([i + 0.2 for i in x], after, 0.4, label=r["name"], color="#d95f02")
+        ax.set_ylabel("ASR %")
+        ax.set_ylim(0, 100)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xticks(list(x), langs)
+    fig.suptitle("Attack success rate per language, before and after")
+    fig.text(0.01, 0.005, _wrap(foot), fontsize=6, va="bottom")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(out_dir / "asr_bars.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in rows:
+        if r.get("same_as"):
+            continue
+        kl = r["eval"].get("utility", {}).get("kl_mean", 0.0 if r["key"] == "baseline" else None)
+        if kl is None:
+            continue
+        y = 100 * r["summary"]["asr_mean_non_en"]
+        ax.scatter([max(kl, 1e-6)], [y], s=50)
+        ax.annotate(r["name"], (max(kl, 1e-6), y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("harmless next-token KL (base || method), log scale (no edit drawn at 1e-6)")
+    ax.set_ylabel("mean ASR over non-English languages %")
+    ax.set_title("Safety vs damage: lower-left is better")
+    fig.text(0.01, 0.005, _wrap(foot, 150), fontsize=5.5, va="bottom")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(out_dir / "asr_vs_kl.png", dpi=110)
+    plt.close(fig)
+
+
+def _wrap(text: str, width: int = 190) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def write(results: dict[str, Any], out_dir: Path, md_path: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots(results, out_dir)
+    md_path.write_text(markdown(results, out_dir, md_path) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="render bench results")
+    ap.add_argument("results")
+    ap.add_argument("--md", default="BENCHMARKS-peers.md")
+    args = ap.parse_args()
+    path = Path(args.results)
+    write(json.loads(path.read_text()), path.parent, Path(args.md))
+
+
+if __name__ == "__main__":
+    main()

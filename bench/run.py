@@ -1,0 +1,245 @@
+"""Single entry point of the benchmark: python -m bench.run [--quick|--full] [--model demo] [--data CSV] [--out DIR]
+
+Every method gets the same calibration ids, the same validation slice for its hyperparameters, the same
+held-out evaluation ids, the same greedy decoding and the same offline judge. Writes results.json and PNG
+plots under --out and the Markdown tables to --md (BENCHMARKS-peers.md by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worker.engine.config import EditConfig
+from worker.engine.judges import make_judge
+from worker.engine.models import load_model
+from worker.engine.pipeline import make_plan
+from worker.engine.progress import Reporter
+from worker.engine.stages import StageTimer
+
+from . import measures, report, solve_scaling
+from .context import FULL, QUICK, Context, Settings
+from .methods import Fitted, baseline, dense, lora, nullspace, sparse, steering
+
+DEFAULT_DATA = "/work/shared/data/multijail-dev.csv"
+ALL_METHODS = ("baseline", "sparse", "best", "dense", "hard", "steering", "lora")
+
+
+def log(msg: str) -> None:
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    info: dict[str, Any] = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+                            "python": platform.python_version(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def load_best(spec: str | None) -> dict[str, Any]:
+    """--best: a JSON object or a path to one (EditConfig fields, e.g. {"layers": [18], "lam": 0.01})."""
+    if not spec:
+        return {}
+    p = Path(spec)
+    data = json.loads(p.read_text() if p.is_file() else spec)
+    if not isinstance(data, dict):
+        raise SystemExit("--best must be a JSON object of EditConfig fields")
+    return data
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const=QUICK)
+    mode.add_argument("--full", dest="mode", action="store_const", const=FULL)
+    ap.set_defaults(mode=QUICK)
+    ap.add_argument("--model", default="demo", help="'demo', a local model directory or a hub id")
+    ap.add_argument("--data", default=DEFAULT_DATA, help="MultiJail-style CSV/JSONL, or 'demo' for the bundled set")
+    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--md", default="BENCHMARKS-peers.md", help="where the Markdown tables go")
+    ap.add_argument("--best", default=None, help="best dev-split settings: JSON object or file (EditConfig fields)")
+    ap.add_argument("--methods", default=",".join(ALL_METHODS), help=f"subset of {','.join(ALL_METHODS)}")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-per-lang", type=int, default=None, help="override the mode's held-out prompts per language")
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--no-solve-scaling", action="store_true")
+    ap.add_argument("--gpu-scale", default=None, help="bench.gpu_scale JSON to include in the report")
+    return ap.parse_args(argv)
+
+
+def build_context(args: argparse.Namespace, settings: Settings, timer: StageTimer) -> Context:
+    config = EditConfig(model=args.model, calibration=None if args.data == "demo" else args.data, seed=args.seed,
+                        max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                        screen_prompts=settings.screen_prompts, device=args.device)
+    plan = make_plan(config, Reporter())
+    n_cal = len(plan.cal_ids)
+    plan.cal_ids = plan.cal_ids[: settings.cal_ids] if settings.cal_ids else plan.cal_ids
+    if settings.anchor_per_lang:
+        plan.anchor = {lg: t[: settings.anchor_per_lang] for lg, t in plan.anchor.items()}
+    with timer("load"):
+        lm = load_model(config.model, config.device, config.dtype)
+    return Context(lm=lm, plan=plan, config=config, settings=settings, timer=timer, cal_ids_available=n_cal)
+
+
+def english_refusal_openings(ctx: Context, outputs: dict[str, list[str]]) -> list[str]:
+    src = ctx.config.source_lang
+    judge = make_judge("refusal")
+    ans = outputs.get(src, [])
+    verdicts = judge.judge([""] * len(ans), ans, [src] * len(ans))
+    return [a.split()[0] for a, v in zip(ans, verdicts, strict=True) if v.refused and a.split()]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = Settings.for_mode(args.mode)
+    if args.eval_per_lang:
+        settings.eval_per_lang = args.eval_per_lang
+    if args.max_new_tokens:
+        settings.max_new_tokens = args.max_new_tokens
+    wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(wanted) - set(ALL_METHODS))
+    if unknown:
+        raise SystemExit(f"unknown methods: {', '.join(unknown)}")
+    best_overrides = load_best(args.best)
+    t_start = time.perf_counter()
+    timer = StageTimer()
+    log(f"mode {settings.mode}: loading {args.model}")
+    ctx = build_context(args, settings, timer)
+    plan = ctx.plan
+    meta = {
+        "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python -m bench.run " + shlex.join(sys.argv[1:]), "model": args.model,
+        "model_path": ctx.lm.path, "dtype": str(ctx.lm.dtype), "device": str(ctx.lm.device),
+        "data": args.data, "settings": asdict(settings), "best_overrides": best_overrides,
+        "split": {"seed": args.seed, "eval_split": ctx.config.eval_split, "val_split": ctx.config.val_split,
+                  "ids": ctx.cal_ids_available + len(plan.val_ids) + len(plan.eval_ids),
+                  "calibration_used": len(plan.cal_ids), "validation": len(plan.val_ids),
+                  "evaluation": len(plan.eval_ids),
+                  "evaluation_used": len(plan.eval_ids[: settings.eval_per_lang] if settings.eval_per_lang
+                                         else plan.eval_ids),
+                  "anchor_per_lang": {lg: len(t) for lg, t in plan.anchor.items()},
+                  "harmless_eval_per_lang": {lg: len(t) for lg, t in ctx.harmless_eval().items()},
+                  "langs": plan.langs},
+        "notes": list(plan.notes),
+    }
+    results: dict[str, Any] = {"meta": meta, "methods": []}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def record(key: str, fitted: Fitted | None, ev: dict[str, Any] | None, error: str | None = None) -> None:
+        row: dict[str, Any] = {"key": key}
+        if fitted is not None:
+            row.update(name=fitted.name, chosen=fitted.chosen, size=fitted.size, fit_seconds=fitted.fit_seconds,
+                       sweep=fitted.sweep, same_as=fitted.same_as)
+        if ev is not None:
+            row["eval"] = ev
+            row["summary"] = measures.summary(ev["asr"], ctx.config.source_lang)
+        if error:
+            row["error"] = error
+        results["methods"].append(row)
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
+    # (1) baseline: its English refusals also give the refusal screen its first tokens
+    log("baseline: generating")
+    with timer("eval:baseline"):
+        base = baseline.fit()
+        ev = measures.evaluate(ctx, base, with_kl=False)
+    ctx.set_refusal_tokens(english_refusal_openings(ctx, ev["outputs"]))
+    record("baseline", base, ev)
+    with timer("screen_base"):  # base scores of the validation screen, shared by every method that screens
+        ctx.screen()
+
+    chosen_layer: tuple[int, str] | None = None
+
+    def one(key: str, fit_fn: Any, with_kl: bool = True) -> Fitted | None:
+        log(f"{key}: fitting")
+        try:
+            with timer(f"fit:{key}"):
+                fitted = fit_fn()
+            log(f"{key}: fitted in {fitted.fit_seconds:.0f}s ({fitted.chosen}); evaluating")
+            with timer(f"eval:{key}"):
+                ev = measures.evaluate(ctx, fitted, with_kl=with_kl)
+            fitted.cleanup()
+            record(key, fitted, ev)
+            log(f"{key}: {results['methods'][-1]['summary']}")
+            return fitted
+        except Exception as exc:  # one failing peer must not lose the others' numbers
+            log(f"{key}: FAILED {exc!r}")
+            record(key, None, None, error="".join(traceback.format_exception_only(exc)).strip())
+            traceback.print_exc()
+            return None
+
+    if "sparse" in wanted or any(m in wanted for m in ("best", "dense", "hard")):
+        fitted = one("sparse", lambda: sparse.fit(ctx))
+        if fitted is not None:
+            chosen_layer = (fitted.chosen["layer"], fitted.chosen["module"])
+    if "best" in wanted:
+        if best_overrides:
+            one("best", lambda: sparse.fit(ctx, "sparse edit (best dev-split settings)", best_overrides))
+        else:
+            results["methods"].append({"key": "best", "name": "sparse edit (best dev-split settings)",
+                                       "same_as": "sparse", "chosen": {}, "size": {}})
+    if chosen_layer is not None:
+        layer, module = chosen_layer
+        if "dense" in wanted:
+            one("dense", lambda: dense.fit(ctx, layer, module))
+        if "hard" in wanted:
+            one("hard", lambda: nullspace.fit(ctx, layer, module))
+    if "steering" in wanted:
+        one("steering", lambda: steering.fit(ctx))
+    if "lora" in wanted:
+        one("lora", lambda: lora.fit(ctx))
+
+    # cost measures
+    layer = chosen_layer[0] if chosen_layer else ctx.depth(settings.edit_layers[0])
+    src = ctx.config.source_lang
+    texts = [plan.harmful[i][lg] for i in plan.cal_ids for lg in (src, plan.langs[-1])][:64]
+    log("capture overhead")
+    with timer("capture_overhead"):
+        results["capture_overhead"] = measures.capture_overhead(ctx.lm.model, ctx.lm.tokenizer, texts, layer,
+                                                                ctx.config.batch_size,
+                                                                repeats=2 if settings.mode == QUICK else 3)
+    results["checkpoint"] = measures.checkpoint_bytes(ctx.lm.model, ctx.lm.path)
+    if not args.no_solve_scaling:
+        log("solve scaling")
+        with timer("solve_scaling"):
+            results["solve_scaling"] = [solve_scaling.time_solve(d, repeats=1 if settings.mode == QUICK else 2)
+                                        for d in settings.solve_dims]
+    if args.gpu_scale and Path(args.gpu_scale).is_file():
+        results["gpu_scale"] = json.loads(Path(args.gpu_scale).read_text())
+    results["stages"] = {"seconds": timer.seconds, "peak_rss_mb": timer.peak_mb}
+    results["total_seconds"] = time.perf_counter() - t_start
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    report.write(results, out, Path(args.md))
+    log(f"done in {results['total_seconds']:.0f}s: {out / 'results.json'}, {args.md}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse(argv))
+
+
+if __name__ == "__main__":
+    main()
