@@ -378,9 +378,13 @@ def _generate_eval(lm, plan, config, rep, which: str) -> dict[str, list[str]]:
     return out
 
 
+def configured_judge(config: EditConfig):
+    return make_judge(config.judge, model_path=config.judge_model, url=config.judge_url,
+                      api_model=config.judge_api_model)
+
+
 def _judge(config: EditConfig, plan: Plan, before, after) -> list[LanguageResult]:
-    judge = make_judge(config.judge, model_path=config.judge_model, url=config.judge_url,
-                       api_model=config.judge_api_model)
+    judge = configured_judge(config)
     prompts = _eval_prompts(plan, config)
     res = []
     for lg in plan.langs:
@@ -421,8 +425,7 @@ def evaluate_model(config: EditConfig, reporter: Reporter | None = None,
     plan = make_plan(config, rep)
     lm = loaded or load_model(config.model, config.device, config.dtype)
     answers = _generate_eval(lm, plan, config, rep, "eval")
-    judge = make_judge(config.judge, model_path=config.judge_model, url=config.judge_url,
-                       api_model=config.judge_api_model)
+    judge = configured_judge(config)
     prompts = _eval_prompts(plan, config)
     rows = []
     for lg in plan.langs:
