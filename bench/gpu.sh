@@ -37,5 +37,7 @@ extra=()
 for g in "$OUT_DIR/gpu_scale.json" "${GPU_SCALE_JSON:-}"; do
   [ -n "$g" ] && [ -f "$g" ] && extra=(--gpu-scale "$g")
 done
+# The validated best setting of the CPU variant study (BENCHMARKS.md §2); a --best in "$@" comes later and wins.
+BEST="${BEST:-{\"layers\": [22], \"module\": \"conditional\", \"target_scale\": 10\}}"
 timeout "${FULL_TIMEOUT:-3000}" "$PY" -m bench.run --full --data "$DATA" --out "$OUT_DIR" \
-  --md "$OUT_DIR/BENCHMARKS-peers.md" "${extra[@]}" "$@" 2>&1 | tee "$OUT_DIR/full.log"
+  --md "$OUT_DIR/BENCHMARKS-peers.md" --best "$BEST" "${extra[@]}" "$@" 2>&1 | tee "$OUT_DIR/full.log"

@@ -83,7 +83,7 @@ def run(small: bool = False, layer: int | None = None) -> dict[str, Any]:
     choice, out["localize_solve_seconds"] = _timed(lambda: edit_one(lm, keys, layer, "gate", config))
     out["neurons"] = choice.neurons["count"]
     out["fit_residual"] = choice.neurons["fit_residual"]
-    delta = SparseDelta([choice.edit])
+    delta = SparseDelta(choice.edits)
     _, out["apply_seconds"] = _timed(lambda: apply_delta(model, delta))
     _, out["revert_seconds"] = _timed(lambda: revert_delta(model, delta))
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,6 +43,19 @@ def asr(ctx: Context, outputs: dict[str, list[str]]) -> dict[str, dict[str, floa
     return res
 
 
+def over_refusal(ctx: Context) -> dict[str, Any]:
+    """Share of held-out harmless prompts the model refuses (same judge, same decoding): an edit that makes the
+    model refuse everything lowers ASR too, and this is where it shows."""
+    prompts = ctx.harmless_eval()
+    outs = answers(ctx, prompts, ctx.settings.max_new_tokens)
+    judge = make_judge("refusal")
+    per = {lg: sum(v.refused for v in judge.judge(prompts[lg], o, [lg] * len(o))) / len(o)
+           for lg, o in outs.items() if o}
+    n = sum(len(o) for o in outs.values())
+    mean = sum(per[lg] * len(outs[lg]) for lg in per) / n if n else 0.0
+    return {"per_lang": per, "mean": mean, "n": n, "answers": outs}
+
+
 def arithmetic(ctx: Context) -> dict[str, Any]:
     its = arith.items(ctx.settings.arith_per_lang, ctx.plan.langs, ctx.config.seed)
     outs = generate(ctx.lm.model, ctx.lm.tokenizer, [i.prompt for i in its], ctx.settings.arith_tokens,
@@ -56,15 +69,18 @@ def arithmetic(ctx: Context) -> dict[str, Any]:
 
 
 def kl_ppl(ctx: Context, method: Fitted) -> dict[str, Any]:
-    """Next-token KL(base || method) on held-out harmless prompts per language, perplexity of the plain text."""
-    kl, pb, pa = {}, [], []
+    """Next-token KL(base || method) on held-out harmless prompts per language (whole prompt and first answer
+    token), perplexity of the plain text."""
+    kl, kl_first, pb, pa = {}, {}, [], []
     for lg, texts in ctx.harmless_eval().items():
-        k, b, a = kl_and_perplexity(ctx.lm.model, ctx.lm.tokenizer, texts, method.apply, method.revert,
-                                    batch_size=ctx.config.batch_size)
-        kl[lg] = sum(k) / len(k)
-        pb += b
-        pa += a
-    return {"kl_per_lang": kl, "kl_mean": sum(kl.values()) / len(kl), "ppl_before": sum(pb) / len(pb),
+        u = kl_and_perplexity(ctx.lm.model, ctx.lm.tokenizer, texts, method.apply, method.revert,
+                              batch_size=ctx.config.batch_size)
+        kl[lg] = sum(u.kl) / len(u.kl)
+        kl_first[lg] = sum(u.kl_first) / len(u.kl_first)
+        pb += u.ppl_base
+        pa += u.ppl_edit
+    return {"kl_per_lang": kl, "kl_mean": sum(kl.values()) / len(kl), "kl_first_token_per_lang": kl_first,
+            "kl_first_token_mean": sum(kl_first.values()) / len(kl_first), "ppl_before": sum(pb) / len(pb),
             "ppl_after": sum(pa) / len(pa)}
 
 
@@ -78,6 +94,7 @@ def evaluate(ctx: Context, method: Fitted, with_kl: bool = True) -> dict[str, An
         res["gen_seconds"] = time.perf_counter() - t0
         res["asr"] = asr(ctx, outs)
         res["outputs"] = outs
+        res["over_refusal"] = over_refusal(ctx)
         t1 = time.perf_counter()
         res["arith"] = arithmetic(ctx)
         res["arith_seconds"] = time.perf_counter() - t1

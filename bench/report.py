@@ -69,8 +69,11 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
         "held-out evaluation ids, greedy decoding with the same max new tokens "
         f"({meta['settings']['max_new_tokens']}), the same offline multilingual refusal judge (keyword markers; "
         "it measures refusal, not harm). ASR = share of answers judged harmful (not refused, not degenerate). "
-        "KL = mean next-token KL(base || method) on held-out harmless prompts (chat-formatted), ppl = perplexity "
-        "of the plain harmless text. Arithmetic = exact answers on templated +, -, × questions in every language.",
+        "KL = mean next-token KL(base || method) on held-out harmless prompts (chat-formatted); KL 1st token = "
+        "the same at the last prompt position only (the first answer token, where a refusal would start), "
+        "ppl = perplexity of the plain harmless text; harmless refused = share of held-out harmless prompts "
+        "the judge calls refused (over-refusal). Arithmetic = exact answers on templated +, -, × questions "
+        "in every language.",
         "",
         "### Summary",
         "",
@@ -78,7 +81,7 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
     summ = []
     for r in rows:
         if "error" in r:
-            summ.append([r.get("name", r["key"]), "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 7)
+            summ.append([r.get("name", r["key"]), "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 9)
             continue
         ev, s = r["eval"], r["summary"]
         u = ev.get("utility", {})
@@ -86,12 +89,15 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
         summ.append([
             name, _pct(s["asr_mean_non_en"]), _pct(s["asr_en"]),
             _f(u.get("kl_mean", 0.0 if r["key"] == "baseline" else None), 4),
+            _f(u.get("kl_first_token_mean", 0.0 if r["key"] == "baseline" else None), 4),
             _f(u.get("ppl_after", ppl_base if r["key"] == "baseline" else None), 2),
+            _pct(ev["over_refusal"]["mean"]) if "over_refusal" in ev else "–",
             _pct(ev["arith"]["mean"]), _f(r.get("fit_seconds"), 1), _f(ev.get("eval_seconds"), 0),
             f"{r['size'].get('params_changed', 0) or r['size'].get('params_added', 0):,}",
         ])
-    parts.append(_table(["method", "ASR non-en %", "ASR en %", "KL", "ppl", "arith %", "fit s", "eval s",
-                         "params changed/added"], summ))
+    parts.append(_table(["method", "ASR non-en %", "ASR en %", "KL", "KL 1st token", "ppl", "harmless refused %",
+                         "arith %", "fit s",
+                         "eval s", "params changed/added"], summ))
     parts += ["", f"![ASR before/after per language]({_rel(out_dir / 'asr_bars.png', md_path)}) "
               f"![ASR vs KL]({_rel(out_dir / 'asr_vs_kl.png', md_path)})", "",
               f"_Figures: {st}._", ""]

@@ -23,8 +23,9 @@ import torch
 from worker.engine.config import EditConfig
 from worker.engine.delta import SparseDelta, apply_delta, revert_delta
 from worker.engine.evaluate import refusal_token_ids
+from worker.engine.keys import NeuronActivation, refusal_gap_attribution
 from worker.engine.models import load_model
-from worker.engine.pipeline import LayerChoice, Screen, collect_keys, edit_one, make_plan
+from worker.engine.pipeline import LayerChoice, Screen, candidate_modules, collect_keys, edit_one, make_plan
 from worker.engine.progress import Reporter
 
 # name -> (layers, overrides). Layers listed together are edited in sequence, keys recomputed after each.
@@ -44,6 +45,26 @@ VARIANTS: dict[str, tuple[list[int], dict[str, Any]]] = {
     "L14+L18 gate, sequential": ([14, 18], {}),
     "L18 gate, last position": ([18], {"positions": "last"}),
     "L18 gate, all positions": ([18], {"positions": "all"}),
+    # Ours: neurons chosen by how much of the English-vs-target refusal gap they write (not by contrast).
+    "L18 gate, refusal-gap neurons 5%": ([18], {"select": "refusal_gap"}),
+    "L18 gate, refusal-gap neurons 5%, target x3": ([18], {"select": "refusal_gap", "target_scale": 3.0}),
+    "L18 gate+up, refusal-gap neurons 5%": ([18], {"select": "refusal_gap", "module": "gate+up"}),
+    "L16-L22 gate, refusal-gap neurons 2% each, sequential": (
+        [16, 18, 20, 22], {"select": "refusal_gap", "neuron_budget": 0.02}),
+    # Ours: one repurposed neuron per layer reads "harmful" from the MLP input and writes the refusal direction.
+    "L18 conditional refusal neuron": ([18], {"module": "conditional"}),
+    "L14 conditional refusal neuron": ([14], {"module": "conditional"}),
+    "L12 conditional refusal neuron": ([12], {"module": "conditional"}),
+    "L18 conditional refusal neuron, x2": ([18], {"module": "conditional", "target_scale": 2.0}),
+    "L14 conditional refusal neuron, x2": ([14], {"module": "conditional", "target_scale": 2.0}),
+    "L18 conditional refusal neuron, gamma 4": ([18], {"module": "conditional", "gamma": 4.0}),
+    # The effect grows linearly with the write while harmless prompts stay put: how far can it go?
+    **{f"L{ly} conditional refusal neuron, x{x}": ([ly], {"module": "conditional", "target_scale": float(x)})
+       for ly, xs in ((18, (10, 20, 40)), (20, (5, 10, 20)), (22, (5, 10, 15))) for x in xs},
+    "L18+L22 conditional refusal neurons, x10 each, sequential": (
+        [18, 22], {"module": "conditional", "target_scale": 10.0}),
+    "L20+L22 conditional refusal neurons, x10 each, sequential": (
+        [20, 22], {"module": "conditional", "target_scale": 10.0}),
 }
 
 
@@ -52,6 +73,20 @@ def _random_control(ch: LayerChoice, lm, keys, cfg: EditConfig, seed: int = 0) -
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(lm.model.config.intermediate_size, generator=gen)[: ch.neurons["count"]].sort().values
     return edit_one(lm, keys, ch.layer, ch.module, cfg, indices=idx)
+
+
+def _gap_map(lm, key_cache: dict[tuple, Any], cfg: EditConfig) -> dict[int, dict[str, float]]:
+    """Per captured layer: the English-minus-target gap along the refusal direction at the layer's output,
+    the part of it the layer's MLP writes, and the part the top 5% of neurons by attribution write."""
+    out = {}
+    for (positions, layer), keys in sorted(key_cache.items()):
+        if positions != "template" or keys.src_resid is None:
+            continue
+        attr, total = refusal_gap_attribution(NeuronActivation(lm.model, layer), keys, cfg.target_langs,
+                                              cfg.source_lang)
+        top = attr.topk(max(1, round(0.05 * attr.numel()))).values
+        out[layer] = {"gap": total, "mlp": float(attr.sum()), "top5pct": float(top.clamp(min=0).sum())}
+    return out
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -71,16 +106,21 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     key_cache: dict[tuple, Any] = {}
     for positions in sorted({VARIANTS[v][1].get("positions", base_cfg.positions) for v in chosen}):
         layers = sorted({ly for v in chosen for ly in VARIANTS[v][0]
-                         if VARIANTS[v][1].get("positions", base_cfg.positions) == positions})
+                         if VARIANTS[v][1].get("positions", base_cfg.positions) == positions}
+                        | (set(args.map_layers) if positions == "template" else set()))
         cfg = replace(base_cfg, positions=positions, module="down" if positions != "all" else "gate")
         t0 = time.perf_counter()
         for layer, keys in collect_keys(lm, plan, layers, cfg, rep).items():
             key_cache[(positions, layer)] = keys
         print(f"captured {positions} layers {layers} in {time.perf_counter() - t0:.0f}s", flush=True)
+    gap_map = _gap_map(lm, key_cache, base_cfg)
+    if gap_map:
+        rows[0]["refusal_gap_map"] = gap_map
+        print(json.dumps({"refusal_gap_map": gap_map}), flush=True)
     for name in chosen:
         layers, over = VARIANTS[name]
         cfg = replace(base_cfg, **over)
-        modules = ["gate", "up"] if cfg.module == "gate+up" else [cfg.module]
+        modules = candidate_modules(cfg)
         edits: list[LayerChoice] = []
         t0 = time.perf_counter()
         for i, layer in enumerate(layers):
@@ -90,10 +130,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 keys = key_cache[(cfg.positions, layer)]
             for module in modules:
                 ch = edit_one(lm, keys, layer, module, cfg)
-                apply_delta(lm.model, SparseDelta([ch.edit]))
+                apply_delta(lm.model, SparseDelta(ch.edits))
                 edits.append(ch)
         solve_s = time.perf_counter() - t0
-        delta = SparseDelta([c.edit for c in edits])
+        delta = SparseDelta([e for c in edits for e in c.edits])
         try:
             gain = screen.gain(screen.measure())
         finally:
@@ -120,8 +160,8 @@ def to_markdown(rows: list[dict[str, Any]], targets: list[str]) -> str:
         g = r["gain"]
         mean_t = sum(g[t] for t in targets if t in g) / len(targets)
         n = "+".join(str(x["count"]) for x in r["neurons"])
-        fit = "/".join(f"{x['fit_residual']:.2f}" for x in r["neurons"])
-        anc = "/".join(f"{x['anchor_change']:.3f}" for x in r["neurons"])
+        fit = "/".join(f"{x['fit_residual']:.2f}" if "fit_residual" in x else "–" for x in r["neurons"])
+        anc = "/".join(f"{x['anchor_change']:.3f}" if "anchor_change" in x else "–" for x in r["neurons"])
         ctrl = r.get("random_control_gain")
         ctrl_s = f"{sum(ctrl[t] for t in targets) / len(targets):+.3f}" if ctrl else "–"
         lines.append(f"| {r['variant']} | {n} | {fit} | {anc} | {mean_t:+.3f} | {g['en']:+.3f} | "
@@ -139,6 +179,8 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="run variants whose name contains any of these")
     p.add_argument("--controls", nargs="*", default=[],
                    help="add a random-neuron control to variants whose name contains any of these")
+    p.add_argument("--map-layers", nargs="*", type=int, default=[],
+                   help="also capture these layers for the refusal-gap map (template positions)")
     p.add_argument("--out", default="bench/results/variants.json")
     a = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))

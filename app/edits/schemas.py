@@ -22,11 +22,15 @@ class Hyperparameters(BaseModel):
     layers: Literal["auto"] | list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
         None, description='"auto" or layer indices'
     )
-    module: Literal["gate", "up", "gate+up", "down"] | None = None
+    module: Literal["gate", "up", "gate+up", "down", "conditional"] | None = None
     tau_z: float | None = Field(None, ge=0)
     tau_d: float | None = Field(None, ge=0)
     neuron_budget: float | None = Field(None, gt=0)
     positions: Literal["template", "last", "all"] | None = None
+    select: Literal["contrast", "refusal_gap"] | None = Field(
+        None, description="neuron selection: the spec's z/d contrast or refusal-gap attribution"
+    )
+    target_scale: float | None = Field(None, gt=0, le=100)
     rank: int | None = Field(None, ge=1, le=65536)
     gamma: float | None = Field(None, ge=0)
     lam: float | None = Field(None, gt=0)

@@ -23,6 +23,7 @@ from app.edits.schemas import (
     EditCreate,
     EditOut,
     ErrorInfo,
+    Hyperparameters,
     LanguageResultOut,
     Progress,
 )
@@ -231,22 +232,7 @@ def artifact_out(a: Any) -> ArtifactOut:
 
 def to_out(job: EditJob, phases_seen: list[str] | None = None) -> EditOut:
     cfg = dict(job.config)
-    hyper_keys = (
-        "layers",
-        "module",
-        "tau_z",
-        "tau_d",
-        "neuron_budget",
-        "positions",
-        "rank",
-        "gamma",
-        "lam",
-        "null_space",
-        "max_new_tokens",
-        "batch_size",
-        "max_eval_prompts",
-        "seed",
-    )
+    hyper_keys = tuple(Hyperparameters.model_fields)
     error = None
     if job.error_code:
         error = ErrorInfo(

@@ -58,7 +58,7 @@ def choose_layer(ctx: Context, config: EditConfig, layers: list[int], modules: l
     sweep = []
     for ly, m in cands:
         ch = edit_one(ctx.lm, ctx.keys(ly, config), ly, m, config)
-        obj, gain = screen_delta(ctx, SparseDelta([ch.edit]))
+        obj, gain = screen_delta(ctx, SparseDelta(ch.edits))
         sweep.append({"layer": ly, "module": m, "objective": obj, "neurons": ch.neurons["count"],
                       "fit_residual": ch.neurons["fit_residual"], "gain": gain})
         if best is None or obj > best[0]:
@@ -77,7 +77,7 @@ def delta_size(delta: SparseDelta) -> dict[str, Any]:
 
 def fitted_from_choice(ctx: Context, name: str, choice: LayerChoice, config: EditConfig, seconds: float,
                        sweep: list[dict[str, Any]] | None = None) -> Fitted:
-    delta = SparseDelta([choice.edit], metadata={"base_model": ctx.lm.spec})
+    delta = SparseDelta(choice.edits, metadata={"base_model": ctx.lm.spec})
     chosen = {"layer": choice.layer, "module": choice.module, "gamma": config.gamma, "lam": config.lam,
               "rank": config.rank, "null_space": config.null_space, "tau_z": config.tau_z, "tau_d": config.tau_d,
               "neuron_budget": config.neuron_budget, "positions": config.positions,

@@ -41,14 +41,14 @@ def _sequential(ctx: Context, name: str, config: EditConfig) -> Fitted:
             keys = first if i == 0 else collect_keys(ctx.lm, ctx.plan, [layer], config, ctx.reporter)[layer]
             for module in modules:
                 ch = edit_one(ctx.lm, keys, layer, module, config)
-                apply_delta(ctx.lm.model, SparseDelta([ch.edit]))
+                apply_delta(ctx.lm.model, SparseDelta(ch.edits))
                 choices.append(ch)
     finally:
-        revert_delta(ctx.lm.model, SparseDelta([c.edit for c in reversed(choices)]))
+        revert_delta(ctx.lm.model, SparseDelta([e for c in reversed(choices) for e in reversed(c.edits)]))
     seconds = time.perf_counter() - start + ctx.capture_time(layers[0], config)
     if len(choices) == 1:
         return fitted_from_choice(ctx, name, choices[0], config, seconds)
-    delta = SparseDelta([c.edit for c in choices], metadata={"base_model": ctx.lm.spec})
+    delta = SparseDelta([e for c in choices for e in c.edits], metadata={"base_model": ctx.lm.spec})
     chosen = {"layers": layers, "module": config.module, "gamma": config.gamma, "lam": config.lam,
               "rank": config.rank, "null_space": config.null_space, "positions": config.positions,
               "fit_residual": [round(c.neurons["fit_residual"], 3) for c in choices]}

@@ -6,7 +6,13 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from worker.engine.keys import LayerKeys, NeuronActivation, build_problem, refusal_directions
+from worker.engine.keys import (
+    LayerKeys,
+    NeuronActivation,
+    build_problem,
+    refusal_directions,
+    refusal_gap_attribution,
+)
 
 
 def _keys(d: int, n: int = 6, t: int = 3, same: bool = False, seed: int = 0) -> LayerKeys:
@@ -57,3 +63,21 @@ def test_down_gap_lies_along_refusal_direction(tiny_qwen2):
     # each row is a multiple of its position's refusal direction
     residual = gaps - (gaps * rhat).sum(-1, keepdim=True) * rhat
     assert residual.abs().max() < 1e-4
+
+
+def test_refusal_gap_attribution_sums_to_the_mlp_share_of_the_gap(tiny_qwen2):
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    na = NeuronActivation(model, 1)
+    keys = _keys(model.config.hidden_size)
+    rhat = refusal_directions(na, keys, "en")
+    attr, total = refusal_gap_attribution(na, keys, ["sw"], "en")
+    assert attr.shape == (model.config.intermediate_size,)
+    # attributions are linear in the neuron activations: together they are the MLP's part of the gap
+    mlp_gap = ((na.mlp_out(keys.src) - na.mlp_out(keys.tgt["sw"])) * rhat).sum(-1).mean()
+    assert abs(float(attr.sum()) - float(mlp_gap)) < 1e-4
+    resid_gap = ((keys.src_resid - keys.tgt_resid["sw"]) * rhat).sum(-1).mean()
+    assert abs(total - float(mlp_gap + resid_gap)) < 1e-4
+    # when the residual entering the block already matches, the MLP explains the whole gap
+    keys.tgt_resid["sw"] = keys.src_resid.clone()
+    attr, total = refusal_gap_attribution(na, keys, ["sw"], "en")
+    assert abs(float(attr.sum()) - total) < 1e-4

@@ -45,6 +45,8 @@ def test_artifacts_written(edited):
     assert manifest["edit"]["parameters_changed"] > 0
     assert set(manifest["data"]["calibration_ids"]).isdisjoint(manifest["data"]["evaluation_ids"])
     assert [r.lang for r in result.languages] == ["en", "zh", "sw"]
+    assert result.utility["kl_first_token_mean"] >= 0
+    assert set(result.utility["kl_first_token_per_lang"]) == {"en", "zh", "sw"}
     assert {e[0] for e in events} >= {"load", "capture", "solve", "evaluate", "save"}
 
 
@@ -85,6 +87,7 @@ def test_cancel_leaves_nothing(tiny_qwen2, tmp_path):
 @pytest.mark.parametrize(("field", "value"), [
     ("lam", 0.0), ("gamma", -1.0), ("rank", 0), ("module", "attn"), ("positions", "first"),
     ("target_langs", ["xx"]), ("target_langs", ["en"]), ("eval_split", 1.5), ("layers", []),
+    ("select", "random"),
 ])
 def test_bad_hyperparameters_name_the_field(field, value):
     with pytest.raises(UserError) as err:
@@ -96,3 +99,20 @@ def test_layer_out_of_range(tiny_qwen2, tmp_path):
     with pytest.raises(UserError) as err:
         run_edit(_config(tiny_qwen2, layers=[99]), tmp_path / "job")
     assert err.value.param == "layers"
+
+
+def test_refusal_gap_selection_edits_the_budgeted_top_neurons(tiny_qwen2, tmp_path):
+    lm = load_model(str(tiny_qwen2))
+    base_hash = weights_fingerprint(lm.model)
+    cfg = _config(tiny_qwen2, layers=[2], select="refusal_gap", neuron_budget=8)
+    result = run_edit(cfg, tmp_path / "job", loaded=lm)
+    info = result.neurons["2.gate"]
+    assert 1 <= info["count"] <= 8 and info["selection"] == "refusal_gap"
+    assert "refusal_gap_share" in info
+    assert weights_fingerprint(lm.model) == base_hash
+
+
+def test_refusal_gap_selection_needs_fixed_positions():
+    with pytest.raises(UserError) as err:
+        validate_config(EditConfig(select="refusal_gap", positions="all"))
+    assert err.value.param == "positions"

@@ -52,11 +52,15 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--max-calibration-ids", type=int, default=None, help="cap harmful calibration ids")
     p.add_argument("--layers", type=_layers, default=d.layers, help="'auto' or e.g. 14 or 12,16")
-    p.add_argument("--module", default=d.module, choices=["gate", "up", "gate+up", "down"])
+    p.add_argument("--module", default=d.module, choices=["gate", "up", "gate+up", "down", "conditional"],
+                   help="conditional: repurpose --neuron-budget (default 1) least-used neurons as a "
+                   "harmful-input-gated refusal writer (beyond the paper)")
     p.add_argument("--tau-z", type=float, default=d.tau_z)
     p.add_argument("--tau-d", type=float, default=d.tau_d)
     p.add_argument("--neuron-budget", type=_budget, default=None)
     p.add_argument("--positions", default=d.positions, choices=["template", "last", "all"])
+    p.add_argument("--select", default=d.select, choices=["contrast", "refusal_gap"],
+                   help="neuron selection: the spec's z/d contrast, or top neurons by refusal-gap attribution")
     p.add_argument("--rank", type=int, default=d.rank)
     p.add_argument("--gamma", type=float, default=d.gamma)
     p.add_argument("--lam", type=float, default=d.lam)
@@ -154,7 +158,8 @@ def cmd_edit(a: argparse.Namespace) -> int:
     d = res.to_dict()
     print(format_table(d["languages"]))
     u = res.utility
-    print(f"harmless KL (mean, nats/token): {u['kl_mean']:.4f}   perplexity {u['ppl_before']:.2f} -> "
+    print(f"harmless KL (mean, nats/token): {u['kl_mean']:.4f}   first answer token: "
+          f"{u.get('kl_first_token_mean', float('nan')):.4f}   perplexity {u['ppl_before']:.2f} -> "
           f"{u['ppl_after']:.2f}")
     for key, n in res.neurons.items():
         print(f"edited layer.module {key}: {n['count']} neurons ({n['fraction']:.2%}), "

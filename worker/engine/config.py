@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Module = Literal["gate", "up", "gate+up", "down"]
+Module = Literal["gate", "up", "gate+up", "down", "conditional"]  # conditional: beyond the paper
 Positions = Literal["template", "last", "all"]
 NullSpace = Literal["soft", "hard"]
+Selection = Literal["contrast", "refusal_gap"]
 JudgeName = Literal["refusal", "guard", "openai"]
 
 SUPPORTED_LANGS = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
@@ -31,6 +32,9 @@ class EditConfig:
     tau_d: float = 1.0
     neuron_budget: float | None = None  # fraction (<1) or count (>=1) of top-scored neurons; overrides taus
     positions: Positions = "template"  # [open]
+    # contrast: the spec's harmful-vs-harmless z/d test; refusal_gap: the top neurons by how much of the
+    # English-vs-target refusal gap their activation difference writes (needs neuron_budget, default 5%)
+    select: Selection = "contrast"
     # solve
     rank: int = 32
     gamma: float = 1.0  # [open] utility-anchor weight (normalised)

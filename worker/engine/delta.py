@@ -146,7 +146,7 @@ def make_layer_edit(
 ) -> LayerEdit:
     """A LayerEdit from a solver output: Δ [d, k] (as from `solve_edit`) is stored as Δᵀ [k, d] float32."""
     original = neuron_rows(model, layer, module, indices)
-    idx = indices.detach().to("cpu", torch.long)
+    idx = indices.detach().to("cpu", torch.long).clone()  # own storage: edits of one neuron set are saved apart
     if not isinstance(delta_dk, Tensor) or delta_dk.shape != (original.shape[1], idx.numel()):
         shape = tuple(delta_dk.shape) if isinstance(delta_dk, Tensor) else type(delta_dk).__name__
         raise UserError(

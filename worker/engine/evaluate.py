@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,18 @@ def edited(apply: Callable[[], None], revert: Callable[[], None]) -> Iterator[No
         revert()
 
 
+@dataclass
+class UtilityScores:
+    """Per text: mean next-token KL(base || edited) over the chat-formatted prompt's tokens; the KL of the
+    first answer token alone (the last prompt position, where a refusal would start: averaging over the
+    prompt dilutes it); perplexity of the plain text under the base and the edited weights."""
+
+    kl: list[float] = field(default_factory=list)
+    kl_first: list[float] = field(default_factory=list)
+    ppl_base: list[float] = field(default_factory=list)
+    ppl_edit: list[float] = field(default_factory=list)
+
+
 @torch.no_grad()
 def kl_and_perplexity(
     model: nn.Module,
@@ -106,13 +119,9 @@ def kl_and_perplexity(
     revert: Callable[[], None],
     batch_size: int = 8,
     reporter: Reporter | None = None,
-) -> tuple[list[float], list[float], list[float]]:
-    """Per text: mean next-token KL(base || edited) over the chat-formatted prompt's tokens, and perplexity
-    of the plain text under the base and the edited weights."""
+) -> UtilityScores:
     device = next(model.parameters()).device
-    kls: list[float] = []
-    ppl_base: list[float] = []
-    ppl_edit: list[float] = []
+    out = UtilityScores()
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
         chat = _tokenize(tokenizer, batch, device)
@@ -125,12 +134,13 @@ def kl_and_perplexity(
             edit_nll = _nll(model, plain)
         mask = chat["attention_mask"].float()
         kl_tok = (base_logp.exp() * (base_logp - edit_logp)).sum(-1)
-        kls.extend(((kl_tok * mask).sum(1) / mask.sum(1)).tolist())
-        ppl_base.extend(base_nll.exp().tolist())
-        ppl_edit.extend(edit_nll.exp().tolist())
+        out.kl.extend(((kl_tok * mask).sum(1) / mask.sum(1)).tolist())
+        out.kl_first.extend(kl_tok[:, -1].tolist())  # left padding: the last column is the last prompt token
+        out.ppl_base.extend(base_nll.exp().tolist())
+        out.ppl_edit.extend(edit_nll.exp().tolist())
         if reporter is not None:
-            reporter.step("evaluate", len(kls), len(texts), "utility")
-    return kls, ppl_base, ppl_edit
+            reporter.step("evaluate", len(out.kl), len(texts), "utility")
+    return out
 
 
 def _nll(model: nn.Module, enc: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -125,6 +125,30 @@ def refusal_directions(na: NeuronActivation, keys: LayerKeys, source_lang: str) 
     return direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-8)
 
 
+def refusal_gap_attribution(
+    na: NeuronActivation, keys: LayerKeys, langs: list[str], source_lang: str
+) -> tuple[Tensor, float]:
+    """How much of the source-vs-target refusal gap each neuron of the layer writes (its direct effect).
+
+    attribution_j = mean over target prompts and template positions of
+    (a_j(x_src) - a_j(x_tgt)) * (W_down[:, j] · r̂): the part of the gap along the refusal direction r̂ at the
+    layer's output that neuron j's activation difference explains. Also returns the whole gap along r̂ (the
+    residual stream after the block, source minus target), so the report can say what share a set covers.
+    """
+    rhat = refusal_directions(na, keys, source_lang)  # [T, d]
+    assert keys.tgt_resid is not None and keys.src_resid is not None
+    write = rhat @ na.down  # [T, f]: each neuron's unit write along r̂ at each position
+    a_src = na.neurons(keys.src)  # [n, T, f]
+    post_src = keys.src_resid + na.mlp_out(keys.src)
+    attr = torch.zeros(na.down.shape[1], dtype=torch.float64)
+    total = 0.0
+    for lg in langs:
+        attr += ((a_src - na.neurons(keys.tgt[lg])) * write).mean((0, 1)).double()
+        post = keys.tgt_resid[lg] + na.mlp_out(keys.tgt[lg])
+        total += float(((post_src - post) * rhat).sum(-1).mean())
+    return attr / len(langs), total / len(langs)
+
+
 def _down_problem(
     na: NeuronActivation, keys: LayerKeys, idx: Tensor, langs: list[str], rhat: Tensor, target_scale: float
 ) -> EditProblem:

@@ -80,7 +80,7 @@ def neuron_scores(harm: Tensor, safe: Tensor) -> NeuronScores:
     return NeuronScores(z=z, d=d, shift=shift)
 
 
-def _budget_count(budget: float | int, f: int) -> int:
+def budget_count(budget: float | int, f: int) -> int:
     """Turn a budget (fraction in (0, 1) or count >= 1) into a neuron count in [1, f]."""
     bad = UserError(
         f"budget must be a fraction in (0, 1) or a whole count >= 1, got {budget!r}", param="budget"
@@ -122,7 +122,7 @@ def select_neurons(
                 raise UserError(f"{name} must be a number, got {tau!r}", param=name)
         mask = (z > tau_z) | (d > tau_d)
         return torch.nonzero(mask, as_tuple=False).flatten().to(torch.long).sort().values
-    k = _budget_count(budget, int(z.numel()))
+    k = budget_count(budget, int(z.numel()))
     candidates = torch.nonzero(shift > 0, as_tuple=False).flatten()
     if candidates.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=z.device)

@@ -16,19 +16,21 @@ import torch
 from . import data as calib
 from .arch import num_layers
 from .capture import capture_mlp_inputs
+from .conditional import fit_conditional
 from .config import SUPPORTED_LANGS, EditConfig
-from .delta import LayerEdit, SparseDelta, apply_delta, make_layer_edit, revert_delta
+from .delta import LayerEdit, SparseDelta, apply_delta, make_layer_edit, neuron_rows, revert_delta
 from .errors import UserError
 from .evaluate import generate, kl_and_perplexity, refusal_scores, refusal_token_ids
 from .judges import make_judge
-from .keys import LayerKeys, NeuronActivation, build_problem
-from .localize import jaccard, neuron_scores, select_neurons
+from .keys import LayerKeys, NeuronActivation, build_problem, refusal_gap_attribution
+from .localize import budget_count, jaccard, neuron_scores, select_neurons
 from .models import LoadedModel, load_model
 from .progress import Reporter
 from .result import EditResult, LanguageResult
 from .solve import anchor_change, solve_edit
 from .stages import StageTimer
 
+DEFAULT_GAP_BUDGET = 0.05  # refusal_gap selection without a neuron_budget: top 5% of the layer
 PHASES = ("load", "capture", "localize", "solve", "apply", "evaluate", "save")
 
 
@@ -65,12 +67,16 @@ def validate_config(config: EditConfig, n_layers: int | None = None) -> None:
         raise bad("eval_split", "must be in (0, 1)")
     if not 0.0 <= config.val_split < 1.0:
         raise bad("val_split", "must be in [0, 1)")
-    if config.module not in ("gate", "up", "gate+up", "down"):
-        raise bad("module", "must be gate, up, gate+up or down")
+    if config.module not in ("gate", "up", "gate+up", "down", "conditional"):
+        raise bad("module", "must be gate, up, gate+up, down or conditional")
     if config.positions not in ("template", "last", "all"):
         raise bad("positions", "must be template, last or all")
-    if config.module == "down" and config.positions == "all":
-        raise bad("positions", "the down variant needs fixed positions (template or last)")
+    if config.module in ("down", "conditional") and config.positions == "all":
+        raise bad("positions", f"the {config.module} variant needs fixed positions (template or last)")
+    if config.select not in ("contrast", "refusal_gap"):
+        raise bad("select", "must be contrast or refusal_gap")
+    if config.select == "refusal_gap" and config.positions == "all":
+        raise bad("positions", "refusal_gap selection needs fixed positions (template or last)")
     if config.target_scale <= 0:
         raise bad("target_scale", "must be > 0")
     if config.lam <= 0:
@@ -137,7 +143,7 @@ def collect_keys(
     lm: LoadedModel, plan: Plan, layers: list[int], config: EditConfig, reporter: Reporter
 ) -> dict[int, LayerKeys]:
     """One capture pass per prompt group, stopping after the deepest layer needed."""
-    want_resid = config.module == "down"
+    want_resid = config.module in ("down", "conditional") or config.select == "refusal_gap"
     positions = config.positions
     groups = {lg: [plan.harmful[i][lg] for i in plan.cal_ids] for lg in plan.langs}
     total = sum(len(v) for v in groups.values()) + sum(len(v) for v in plan.anchor.values())
@@ -179,6 +185,30 @@ class LayerChoice:
     module: str
     edit: LayerEdit
     neurons: dict[str, Any]
+    extra: list[LayerEdit] = field(default_factory=list)  # further modules of the same neurons (conditional)
+
+    @property
+    def edits(self) -> list[LayerEdit]:
+        return [self.edit, *self.extra]
+
+
+def _edits(choices: list[LayerChoice]) -> list[LayerEdit]:
+    return [e for c in choices for e in c.edits]
+
+
+def _conditional_one(lm: LoadedModel, keys: LayerKeys, layer: int, config: EditConfig) -> LayerChoice:
+    """The conditional-refusal-neuron variant (worker/engine/conditional.py) as one LayerChoice."""
+    na = NeuronActivation(lm.model, layer)
+    k = budget_count(config.neuron_budget, na.gate.shape[0]) if config.neuron_budget else 1
+    fit = fit_conditional(na, keys, list(config.target_langs), config.source_lang, k=k, gamma=config.gamma,
+                          lam=config.lam, target_scale=config.target_scale)
+    edits = []
+    for module, rows in (("gate", fit.gate_rows), ("up", fit.up_rows), ("down", fit.down_cols)):
+        old = neuron_rows(lm.model, layer, module, fit.indices).float()
+        edits.append(make_layer_edit(lm.model, layer, module, fit.indices, (rows - old).T))
+    info = {"layer": layer, "module": "conditional", "count": k, "fraction": k / na.gate.shape[0],
+            "selection": "least used on harmless text", "jaccard_with_source": {}, **fit.info}
+    return LayerChoice(layer, "conditional", edits[0], info, extra=edits[1:])
 
 
 def edit_one(
@@ -186,6 +216,8 @@ def edit_one(
     indices: torch.Tensor | None = None,
 ) -> LayerChoice:
     """Localise the safety neurons of (layer, module) (or take `indices`) and solve for their edit."""
+    if module == "conditional":
+        return _conditional_one(lm, keys, layer, config)
     na = NeuronActivation(lm.model, layer)
     src = config.source_lang
 
@@ -194,8 +226,17 @@ def edit_one(
         return torch.stack([na.score_features(t, module).mean(0) for t in rows])
 
     scores = neuron_scores(pooled_features(keys.src), pooled_features(keys.safe_tmpl[src]))
-    idx = indices if indices is not None else select_neurons(scores, config.tau_z, config.tau_d,
-                                                             config.neuron_budget)
+    gap_share: float | None = None  # share of the refusal gap the chosen neurons write (refusal_gap only)
+    if indices is not None:
+        idx = indices
+    elif config.select == "refusal_gap":
+        attr, total_gap = refusal_gap_attribution(na, keys, list(config.target_langs), src)
+        k = budget_count(config.neuron_budget or DEFAULT_GAP_BUDGET, scores.num_neurons)
+        idx = torch.topk(attr, k).indices.sort().values
+        idx = idx[attr[idx] > 0]  # a neuron that widens the gap is not one to pull towards English
+        gap_share = float(attr[idx].sum()) / total_gap if total_gap > 0 else None
+    else:
+        idx = select_neurons(scores, config.tau_z, config.tau_d, config.neuron_budget)
     if idx.numel() == 0:
         raise UserError(f"no safety neurons selected at layer {layer} {module}: lower tau_z/tau_d or set "
                         "neuron_budget", param="tau_z")
@@ -213,7 +254,10 @@ def edit_one(
         "fraction": float(idx.numel()) / scores.num_neurons,
         "jaccard_with_source": overlap, "fit_residual": sol.fit_residual, "rank": sol.rank,
         "jitter": sol.jitter, "anchor_change": anchor_change(prob.c_safe, sol.delta, prob.w_s.double()),
+        "selection": "indices given" if indices is not None else config.select,
     }
+    if indices is None and config.select == "refusal_gap":
+        info["refusal_gap_share"] = gap_share
     return LayerChoice(layer, module, edit, info)
 
 
@@ -295,12 +339,12 @@ def run_edit(
                         with timer("solve"):
                             ch = edit_one(lm, keys, layer, module, config)
                         with timer("apply"):
-                            apply_delta(lm.model, SparseDelta([ch.edit]))
+                            apply_delta(lm.model, SparseDelta(ch.edits))
                         choices.append(ch)
             finally:  # back to the base weights, also when cancelled mid-sequence
                 with timer("apply"):
-                    revert_delta(lm.model, SparseDelta([c.edit for c in reversed(choices)]))
-        delta = SparseDelta([c.edit for c in choices], metadata={"base_model": lm.spec})
+                    revert_delta(lm.model, SparseDelta(list(reversed(_edits(choices)))))
+        delta = SparseDelta(_edits(choices), metadata={"base_model": lm.spec})
         with timer("apply"):
             apply_delta(lm.model, delta)
             applied = True
@@ -337,7 +381,7 @@ def _auto_select(lm, plan, config, rep, timer, layers, token_ids):
         rep.step("localize", i, n, f"layer {layer} {module}")
         with timer("solve"):
             ch = edit_one(lm, all_keys[layer], layer, module, config)
-        d = SparseDelta([ch.edit])
+        d = SparseDelta(ch.edits)
         with timer("apply"):
             apply_delta(lm.model, d)
         try:
@@ -400,19 +444,21 @@ def _judge(config: EditConfig, plan: Plan, before, after) -> list[LanguageResult
 
 
 def _utility(lm, plan, config, delta, rep) -> dict[str, Any]:
-    kl_lang, ppl_b, ppl_a = {}, [], []
+    kl_lang, kl_first, ppl_b, ppl_a = {}, {}, [], []
     cap = config.max_eval_prompts
     for lg in plan.langs:
-        kls, pb, pa = kl_and_perplexity(
+        u = kl_and_perplexity(
             lm.model, lm.tokenizer, plan.harmless_eval[lg][:cap] if cap else plan.harmless_eval[lg],
             lambda: apply_delta(lm.model, delta), lambda: revert_delta(lm.model, delta),
             batch_size=max(1, config.batch_size // 4), reporter=rep,  # full-vocabulary logits are large
         )
-        kl_lang[lg] = sum(kls) / len(kls)
-        ppl_b += pb
-        ppl_a += pa
+        kl_lang[lg] = sum(u.kl) / len(u.kl)
+        kl_first[lg] = sum(u.kl_first) / len(u.kl_first)
+        ppl_b += u.ppl_base
+        ppl_a += u.ppl_edit
     return {
         "kl_mean": sum(kl_lang.values()) / len(kl_lang), "kl_per_lang": kl_lang,
+        "kl_first_token_mean": sum(kl_first.values()) / len(kl_first), "kl_first_token_per_lang": kl_first,
         "ppl_before": sum(ppl_b) / len(ppl_b), "ppl_after": sum(ppl_a) / len(ppl_a),
     }
 

@@ -20,7 +20,7 @@ class LanguageResult:
 @dataclass
 class EditResult:
     languages: list[LanguageResult]
-    utility: dict[str, Any]  # kl_mean, kl_per_lang, ppl_before, ppl_after, anchor_change
+    utility: dict[str, Any]  # kl_mean, kl_per_lang, kl_first_token_*, ppl_before, ppl_after, anchor_change
     neurons: dict[str, Any]  # per "layer.module": count, fraction, jaccard_with_source per language
     timings: dict[str, float]  # seconds per phase
     peak_memory_mb: dict[str, float]
