@@ -29,6 +29,8 @@ def main() -> None:
     p.add_argument("--per-lang", type=int, default=20, help="held-out harmless prompts per language")
     p.add_argument("--max-new-tokens", type=int, default=32)
     a = p.parse_args()
+    if not (a.run / "manifest.json").is_file() or not (a.run / "delta.safetensors").is_file():
+        p.error(f"{a.run} is not the output directory of an edit run (manifest.json, delta.safetensors)")
     manifest = json.loads((a.run / "manifest.json").read_text())
     cfg = manifest["config"]
     config = EditConfig(**{k: v for k, v in cfg.items() if k in EditConfig.__dataclass_fields__})

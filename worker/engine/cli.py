@@ -159,7 +159,7 @@ def cmd_edit(a: argparse.Namespace) -> int:
     print(format_table(d["languages"]))
     u = res.utility
     print(f"harmless KL (mean, nats/token): {u['kl_mean']:.4f}   first answer token: "
-          f"{u.get('kl_first_token_mean', float('nan')):.4f}   perplexity {u['ppl_before']:.2f} -> "
+          f"{u['kl_first_token_mean']:.4f}   perplexity {u['ppl_before']:.2f} -> "
           f"{u['ppl_after']:.2f}")
     for key, n in res.neurons.items():
         print(f"edited layer.module {key}: {n['count']} neurons ({n['fraction']:.2%}), "

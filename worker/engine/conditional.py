@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .keys import LayerKeys, NeuronActivation, _rows, refusal_directions, refusal_gap_attribution
+from .keys import LayerKeys, NeuronActivation, flat_rows, refusal_directions, refusal_gap_attribution
+from .solve import cholesky_with_jitter
 
 SHARPNESS = 6.0  # silu(6) ≈ 5.99, silu(-6) ≈ -0.015: on vs off for read-outs near +1 / -1
 
@@ -47,9 +48,8 @@ def _ridge(x: Tensor, y: Tensor, weights: Tensor, lam: float) -> Tensor:
     a = (x * weights[:, None]).T @ x
     b = (x * weights[:, None]).T @ y
     d = a.shape[0]
-    q = a + lam * float(torch.trace(a)) / d * torch.eye(d, dtype=a.dtype)
-    chol = torch.linalg.cholesky(q)
-    return torch.cholesky_solve(b[:, None], chol)[:, 0]
+    upper, _ = cholesky_with_jitter(a + lam * float(torch.trace(a)) / d * torch.eye(d, dtype=a.dtype))
+    return torch.cholesky_solve(b[:, None], upper, upper=True)[:, 0]
 
 
 def least_used_neurons(na: NeuronActivation, safe_keys: Tensor, k: int) -> Tensor:
@@ -67,11 +67,11 @@ def fit_conditional(
     `gamma` weighs the harmless tokens against the harmful keys (each group normalised by its size), `lam`
     is the normalised ridge weight, `target_scale` scales what a firing neuron writes.
     """
-    pos = torch.cat([_rows(keys.src)] + [_rows(keys.tgt[lg]) for lg in langs])
+    pos = torch.cat([flat_rows(keys.src)] + [flat_rows(keys.tgt[lg]) for lg in langs])
     neg_all = keys.safe_all
     # The harmless prompts' template tokens get half the negative weight: they are where harmful keys are
     # taken, so a read-out that only learned "template token vs text" would fire on them.
-    neg_tmpl = torch.cat([_rows(t) for t in keys.safe_tmpl.values()])
+    neg_tmpl = torch.cat([flat_rows(t) for t in keys.safe_tmpl.values()])
     x = torch.cat([pos, neg_all, neg_tmpl])
     y = torch.cat([torch.ones(len(pos)), -torch.ones(len(neg_all) + len(neg_tmpl))])
     w = torch.cat([torch.full((len(pos),), 1.0 / len(pos)), torch.full((len(neg_all),), gamma / 2 / len(neg_all)),
@@ -79,9 +79,10 @@ def fit_conditional(
     readout = _ridge(x, y, w, lam)
     gain = _ridge(pos, torch.ones(len(pos)), torch.full((len(pos),), 1.0 / len(pos)), lam)
 
-    rhat = refusal_directions(na, keys, source_lang).mean(0)
+    rhat_t = refusal_directions(na, keys, source_lang)  # [T, d]
+    _, gap = refusal_gap_attribution(na, keys, langs, source_lang, rhat_t)
+    rhat = rhat_t.mean(0)
     rhat = rhat / rhat.norm().clamp(min=1e-8)
-    _, gap = refusal_gap_attribution(na, keys, langs, source_lang)
     on = float(torch.nn.functional.silu(torch.tensor(sharpness)))
     idx = least_used_neurons(na, neg_all, k)
     down = (target_scale * max(gap, 0.0) / (on * k)) * rhat

@@ -40,7 +40,8 @@ class LayerKeys:
     safe_resid_tmpl: Tensor | None = None
 
 
-def _rows(k: Tensor | list[Tensor]) -> Tensor:
+def flat_rows(k: Tensor | list[Tensor]) -> Tensor:
+    """One row per (prompt, position): [n, T, d] or a list of [len_i, d] -> [rows, d]."""
     return torch.cat(k, dim=0) if isinstance(k, list) else k.reshape(-1, k.shape[-1])
 
 
@@ -49,12 +50,12 @@ def _pooled(k: Tensor | list[Tensor]) -> Tensor:
 
 
 def _aligned_targets(src_values: Tensor | list[Tensor], tgt_keys: Tensor | list[Tensor]) -> Tensor:
-    """Targets row-aligned with `_rows(tgt_keys)`: position by position for fixed positions; for "all"
+    """Targets row-aligned with `flat_rows(tgt_keys)`: position by position for fixed positions; for "all"
     positions (lengths differ across languages) every row of a prompt gets its English prompt's mean."""
     if isinstance(tgt_keys, list):
         means = _pooled(src_values)
         return torch.cat([means[i].expand(len(t), -1) for i, t in enumerate(tgt_keys)])
-    return src_values.reshape(-1, src_values.shape[-1]) if isinstance(src_values, Tensor) else _rows(src_values)
+    return src_values.reshape(-1, src_values.shape[-1]) if isinstance(src_values, Tensor) else flat_rows(src_values)
 
 
 def _map(k: Tensor | list[Tensor], fn) -> Tensor | list[Tensor]:
@@ -104,7 +105,7 @@ def build_problem(
     """Keys, gap and anchor of one (layer, module); `target_scale` > 1 overshoots the English target."""
     if module in ("gate", "up"):
         w_s = (na.gate if module == "gate" else na.up)[idx].T  # [d, k]
-        x_low = torch.cat([_rows(keys.tgt[lg]) for lg in langs])
+        x_low = torch.cat([flat_rows(keys.tgt[lg]) for lg in langs])
         target = torch.cat([_aligned_targets(_map(keys.src, lambda t: t @ w_s), keys.tgt[lg]) for lg in langs])
         gap = target_scale * (target - x_low @ w_s)
         safe = keys.safe_all.double()
@@ -126,7 +127,7 @@ def refusal_directions(na: NeuronActivation, keys: LayerKeys, source_lang: str) 
 
 
 def refusal_gap_attribution(
-    na: NeuronActivation, keys: LayerKeys, langs: list[str], source_lang: str
+    na: NeuronActivation, keys: LayerKeys, langs: list[str], source_lang: str, rhat: Tensor | None = None
 ) -> tuple[Tensor, float]:
     """How much of the source-vs-target refusal gap each neuron of the layer writes (its direct effect).
 
@@ -134,8 +135,9 @@ def refusal_gap_attribution(
     (a_j(x_src) - a_j(x_tgt)) * (W_down[:, j] · r̂): the part of the gap along the refusal direction r̂ at the
     layer's output that neuron j's activation difference explains. Also returns the whole gap along r̂ (the
     residual stream after the block, source minus target), so the report can say what share a set covers.
+    `rhat`: the refusal directions [T, d] when the caller already has them.
     """
-    rhat = refusal_directions(na, keys, source_lang)  # [T, d]
+    rhat = refusal_directions(na, keys, source_lang) if rhat is None else rhat
     assert keys.tgt_resid is not None and keys.src_resid is not None
     write = rhat @ na.down  # [T, f]: each neuron's unit write along r̂ at each position
     a_src = na.neurons(keys.src)  # [n, T, f]
@@ -160,7 +162,7 @@ def _down_problem(
     for lg in langs:
         post = keys.tgt_resid[lg] + na.mlp_out(keys.tgt[lg])
         gap = ((post_src - post) * rhat).sum(-1, keepdim=True) * rhat
-        x_rows.append(_rows(na.neurons(keys.tgt[lg], idx)))
+        x_rows.append(flat_rows(na.neurons(keys.tgt[lg], idx)))
         gaps.append(target_scale * gap.reshape(-1, gap.shape[-1]))
     a_safe = na.neurons(keys.safe_all, idx).double()
     w_s = na.down[:, idx].T  # [k, d]

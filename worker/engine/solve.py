@@ -100,7 +100,7 @@ class MomentAccumulator:
 # --------------------------------------------------------------------------- linear algebra helpers
 
 
-def _cholesky_with_jitter(q: Tensor) -> tuple[Tensor, float]:
+def cholesky_with_jitter(q: Tensor) -> tuple[Tensor, float]:
     """Upper R with Q + jI = RᵀR and the jitter j used; raises UserError if Q is far from PSD."""
     dim = q.shape[0]
     eye = torch.eye(dim, dtype=q.dtype, device=q.device)
@@ -135,7 +135,7 @@ def _truncate(rm: Tensor, r: int | None) -> tuple[Tensor, int]:
 
 def _rank_solve(q: Tensor, b: Tensor, r: int | None) -> tuple[Tensor, int, float]:
     """argmin_{rank Z <= r} tr(ZᵀQZ) - 2 tr(ZᵀB), i.e. steps 2-5 of the spec: (Z, rank, jitter)."""
-    upper, jitter = _cholesky_with_jitter(q)
+    upper, jitter = cholesky_with_jitter(q)
     m = torch.cholesky_solve(b, upper, upper=True)  # the unconstrained ridge solution Q⁻¹B
     if r is None or r >= min(m.shape):
         return m, min(m.shape), jitter
