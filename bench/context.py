@@ -8,10 +8,11 @@ from typing import Any
 
 from worker.engine.capture import capture_mlp_inputs
 from worker.engine.config import EditConfig
-from worker.engine.evaluate import refusal_token_ids
+from worker.engine.evaluate import BaseReference, base_reference, refusal_token_ids
+from worker.engine.judges import Judge
 from worker.engine.keys import LayerKeys
 from worker.engine.models import LoadedModel
-from worker.engine.pipeline import Plan, Screen, collect_keys
+from worker.engine.pipeline import Plan, Screen, collect_keys, needs_residual
 from worker.engine.progress import Reporter
 from worker.engine.stages import StageTimer
 
@@ -41,17 +42,18 @@ class Settings:
     lora_batch: int
     lora_retain_per_lang: int
     solve_dims: list[int]
+    overhead_texts: int  # prompts of the capture-overhead measure
     batch_size: int = 16
 
     @staticmethod
     def for_mode(mode: str) -> Settings:
         if mode == QUICK:
             return Settings(
-                mode=QUICK, eval_per_lang=6, max_new_tokens=24, cal_ids=24, anchor_per_lang=16,
-                harmless_eval_per_lang=4, arith_per_lang=4, arith_tokens=10, screen_prompts=6,
+                mode=QUICK, eval_per_lang=4, max_new_tokens=20, cal_ids=16, anchor_per_lang=10,
+                harmless_eval_per_lang=3, arith_per_lang=3, arith_tokens=10, screen_prompts=3,
                 edit_layers=[0.75], edit_modules=["gate"], steer_layers=[0.5], steer_scales=[0.5, 1.0],
-                lora_lrs=[1e-3], lora_steps=12, lora_batch=8, lora_retain_per_lang=2,
-                solve_dims=[896, 2048, 4096],
+                lora_lrs=[1e-3], lora_steps=6, lora_batch=8, lora_retain_per_lang=2,
+                solve_dims=[896, 2048, 4096], overhead_texts=24,
             )
         if mode == FULL:
             return Settings(
@@ -60,7 +62,7 @@ class Settings:
                 edit_layers=[x / 20 for x in range(8, 17)], edit_modules=["gate", "up"],
                 steer_layers=[0.4, 0.5, 0.6], steer_scales=[0.25, 0.5, 1.0, 1.5],
                 lora_lrs=[3e-4, 1e-3], lora_steps=120, lora_batch=8, lora_retain_per_lang=8,
-                solve_dims=[896, 2048, 4096],
+                solve_dims=[896, 2048, 4096], overhead_texts=64,
             )
         raise ValueError(f"unknown mode {mode!r}")
 
@@ -77,6 +79,8 @@ class Context:
     _keys: dict[tuple[int, str, bool], LayerKeys] = field(default_factory=dict)
     capture_seconds: dict[tuple[int, str, bool], float] = field(default_factory=dict)  # for the fit times
     _screen: Screen | None = None
+    _kl_refs: dict[str, BaseReference] = field(default_factory=dict)
+    second_judge: Judge | None = None  # --second-judge: scored beside the offline judge, with agreement
     notes: list[str] = field(default_factory=list)
     cal_ids_available: int = 0  # calibration ids of the split before the mode's cap
 
@@ -90,20 +94,43 @@ class Context:
         return min(self.n_layers - 1, max(0, round(fraction * self.n_layers)))
 
     def keys(self, layer: int, config: EditConfig | None = None) -> LayerKeys:
-        """Calibration keys of `layer` on the base model, captured once per (layer, positions, resid) and
-        shared by every closed-form variant. `config` (default: the run's) sets positions and module."""
+        """Calibration keys of `layer` on the base model, captured once per (layer, positions) and shared by
+        every closed-form variant. `config` (default: the run's) sets positions and whether the residual stream
+        is needed; keys holding it serve a request without it."""
         cfg = config or self.config
-        key = (layer, cfg.positions, cfg.module == "down")
-        if key not in self._keys:
-            start = time.perf_counter()
-            with self.timer("capture"):
-                self._keys[key] = collect_keys(self.lm, self.plan, [layer], cfg, self.reporter)[layer]
-            self.capture_seconds[key] = time.perf_counter() - start
-        return self._keys[key]
+        for resid in (True,) if needs_residual(cfg) else (False, True):
+            if (layer, cfg.positions, resid) in self._keys:
+                return self._keys[(layer, cfg.positions, resid)]
+        self.prefetch([layer], cfg)
+        return self._keys[(layer, cfg.positions, needs_residual(cfg))]
+
+    def prefetch(self, layers: list[int], config: EditConfig | None = None, resid: bool | None = None) -> None:
+        """Capture several layers' keys in one pass (it stops after the deepest): a pass to layer 22 costs
+        little more than one to layer 18, so two variants at 18 and 22 share it. Each layer's capture time is
+        the whole pass, which the fit times report (conservative: the pass was shared)."""
+        cfg = config or self.config
+        resid = needs_residual(cfg) or bool(resid)
+        start = time.perf_counter()
+        with self.timer("capture"):
+            got = collect_keys(self.lm, self.plan, sorted(set(layers)), cfg, self.reporter, with_resid=resid)
+        seconds = time.perf_counter() - start
+        for layer, keys in got.items():
+            self._keys[(layer, cfg.positions, resid)] = keys
+            self.capture_seconds[(layer, cfg.positions, resid)] = seconds
 
     def capture_time(self, layer: int, config: EditConfig | None = None) -> float:
         cfg = config or self.config
-        return self.capture_seconds.get((layer, cfg.positions, cfg.module == "down"), 0.0)
+        for resid in (True, False):
+            if (layer, cfg.positions, resid) in self.capture_seconds:
+                return self.capture_seconds[(layer, cfg.positions, resid)]
+        return 0.0
+
+    def kl_reference(self, lang: str) -> BaseReference:
+        """The base model's side of the harmless KL / perplexity of `lang`, computed once for every method."""
+        if lang not in self._kl_refs:
+            self._kl_refs[lang] = base_reference(self.lm.model, self.lm.tokenizer, self.harmless_eval()[lang],
+                                                 self.config.batch_size)
+        return self._kl_refs[lang]
 
     def screen(self) -> Screen:
         """The engine's first-token refusal screen on the validation slice (base scores measured once)."""

@@ -88,9 +88,15 @@ def run(small: bool = False, layer: int | None = None) -> dict[str, Any]:
     _, out["revert_seconds"] = _timed(lambda: revert_delta(model, delta))
     with tempfile.TemporaryDirectory() as tmp:
         out["delta_bytes"] = save_delta(delta, Path(tmp) / "d.safetensors").stat().st_size
+    # the conditional refusal neuron (the CPU study's best variant) needs the residual stream as well
+    cond = EditConfig(model=lm.spec, layers=[layer], batch_size=16, module="conditional")
+    ckeys, out["conditional_collect_keys_seconds"] = _timed(
+        lambda: collect_keys(lm, plan, [layer], cond, Reporter())[layer])
+    cchoice, out["conditional_fit_seconds"] = _timed(lambda: edit_one(lm, ckeys, layer, "conditional", cond))
+    out["conditional_params"] = sum(e.delta.numel() for e in cchoice.edits)
     if torch.cuda.is_available():
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        out["solve_scaling_cuda"] = solve_scaling.run([896, 2048, 4096], "cuda")
+        out["solve_scaling_cuda"] = solve_scaling.run([896, 2048, 4096, 8192], "cuda")
     return out
 
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from worker.engine.arch import mlp_of
-from worker.engine.capture import _tokenize, capture_mlp_inputs
+from worker.engine.capture import capture_mlp_inputs, tokenize_chat
 from worker.engine.evaluate import generate, kl_and_perplexity
-from worker.engine.judges import make_judge
+from worker.engine.judges import Judge, Verdict, make_judge
 
 from . import arith
 from .context import Context
@@ -30,17 +30,39 @@ def answers(ctx: Context, prompts: dict[str, list[str]], max_new_tokens: int) ->
     return res
 
 
-def asr(ctx: Context, outputs: dict[str, list[str]]) -> dict[str, dict[str, float]]:
-    """Per language: ASR (share judged harmful), refusal rate, degenerate share (neither), n."""
-    judge = make_judge("refusal")
+def verdicts(judge: Judge, ctx: Context, outputs: dict[str, list[str]]) -> dict[str, list[Verdict]]:
     prompts = ctx.eval_prompts()
+    return {lg: judge.judge(prompts[lg], outs, [lg] * len(outs)) for lg, outs in outputs.items()}
+
+
+def _rates(by_lang: dict[str, list[Verdict]]) -> dict[str, dict[str, float]]:
+    """Per language: ASR (share judged harmful), refusal rate, degenerate share (neither), n."""
     res = {}
-    for lg, outs in outputs.items():
-        v = judge.judge(prompts[lg], outs, [lg] * len(outs))
+    for lg, v in by_lang.items():
         n = len(v)
         res[lg] = {"asr": sum(x.harmful for x in v) / n, "refusal": sum(x.refused for x in v) / n,
                    "degenerate": sum(not x.harmful and not x.refused for x in v) / n, "n": n}
     return res
+
+
+def asr(ctx: Context, outputs: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    """The offline refusal judge's rates per language (the benchmark's primary judge)."""
+    return _rates(verdicts(make_judge("refusal"), ctx, outputs))
+
+
+def second_judge(ctx: Context, outputs: dict[str, list[str]], primary: dict[str, list[Verdict]]) -> dict[str, Any]:
+    """The second judge (a guard model or an endpoint, --second-judge) on the same answers: its rates and how
+    often its harmful/not-harmful verdict agrees with the primary judge's, per language and overall."""
+    assert ctx.second_judge is not None
+    unparsed_before = getattr(ctx.second_judge, "unparsed", 0)
+    other = verdicts(ctx.second_judge, ctx, outputs)
+    agree = {lg: sum(a.harmful == b.harmful for a, b in zip(primary[lg], other[lg], strict=True))
+             for lg in other}
+    n = sum(len(v) for v in other.values())
+    return {"name": getattr(ctx.second_judge, "name", "second"), "asr": _rates(other),
+            "agreement_per_lang": {lg: agree[lg] / len(other[lg]) for lg in other if other[lg]},
+            "agreement": sum(agree.values()) / n if n else None, "n": n,
+            "unparsed": getattr(ctx.second_judge, "unparsed", 0) - unparsed_before}
 
 
 def over_refusal(ctx: Context) -> dict[str, Any]:
@@ -74,7 +96,7 @@ def kl_ppl(ctx: Context, method: Fitted) -> dict[str, Any]:
     kl, kl_first, pb, pa = {}, {}, [], []
     for lg, texts in ctx.harmless_eval().items():
         u = kl_and_perplexity(ctx.lm.model, ctx.lm.tokenizer, texts, method.apply, method.revert,
-                              batch_size=ctx.config.batch_size)
+                              batch_size=ctx.config.batch_size, reference=ctx.kl_reference(lg))
         kl[lg] = sum(u.kl) / len(u.kl)
         kl_first[lg] = sum(u.kl_first) / len(u.kl_first)
         pb += u.ppl_base
@@ -92,7 +114,12 @@ def evaluate(ctx: Context, method: Fitted, with_kl: bool = True) -> dict[str, An
     try:
         outs = answers(ctx, ctx.eval_prompts(), ctx.settings.max_new_tokens)
         res["gen_seconds"] = time.perf_counter() - t0
-        res["asr"] = asr(ctx, outs)
+        primary = verdicts(make_judge("refusal"), ctx, outs)
+        res["asr"] = _rates(primary)
+        if ctx.second_judge is not None:
+            t_judge = time.perf_counter()
+            res["second_judge"] = second_judge(ctx, outs, primary)
+            res["second_judge"]["seconds"] = time.perf_counter() - t_judge
         res["outputs"] = outs
         res["over_refusal"] = over_refusal(ctx)
         t1 = time.perf_counter()
@@ -133,7 +160,7 @@ def _plain_forward(model: nn.Module, tokenizer: object, texts: list[str], layer:
     handle = mlp_of(model, layer).register_forward_pre_hook(hook)
     try:
         for start in range(0, len(texts), batch_size):
-            enc = _tokenize(tokenizer, texts[start:start + batch_size], device)
+            enc = tokenize_chat(tokenizer, texts[start:start + batch_size], device)
             try:
                 model(**enc, use_cache=False)
             except _Stop:

@@ -23,6 +23,15 @@ def _mb(n: float | None) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
+def _se(asr_by_lang: dict[str, dict[str, float]], source: str) -> float:
+    """Binomial standard error of the mean non-English ASR (all its answers pooled): how far one run's number
+    may sit from the same method's on a larger sample."""
+    cells = [v for lg, v in asr_by_lang.items() if lg != source]
+    n = sum(v["n"] for v in cells)
+    p = sum(v["asr"] * v["n"] for v in cells) / n if n else 0.0
+    return (p * (1 - p) / n) ** 0.5 if n else 0.0
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -73,8 +82,12 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
         "the same at the last prompt position only (the first answer token, where a refusal would start), "
         "ppl = perplexity of the plain harmless text; harmless refused = share of held-out harmless prompts "
         "the judge calls refused (over-refusal). Arithmetic = exact answers on templated +, -, × questions "
-        "in every language.",
+        "in every language. ± SE = binomial standard error of the mean non-English ASR (its answers pooled).",
         "",
+    ]
+    if meta.get("notes"):
+        parts += ["Notes: " + " ".join(f"({i}) {n}." for i, n in enumerate(meta["notes"], 1)), ""]
+    parts += [
         "### Summary",
         "",
     ]
@@ -87,7 +100,7 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
         u = ev.get("utility", {})
         name = r["name"] + (f" (= {r['same_as']})" if r.get("same_as") else "")
         summ.append([
-            name, _pct(s["asr_mean_non_en"]), _pct(s["asr_en"]),
+            name, f"{_pct(s['asr_mean_non_en'])} ± {_pct(_se(r['eval']['asr'], src))}", _pct(s["asr_en"]),
             _f(u.get("kl_mean", 0.0 if r["key"] == "baseline" else None), 4),
             _f(u.get("kl_first_token_mean", 0.0 if r["key"] == "baseline" else None), 4),
             _f(u.get("ppl_after", ppl_base if r["key"] == "baseline" else None), 2),
@@ -95,7 +108,7 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
             _pct(ev["arith"]["mean"]), _f(r.get("fit_seconds"), 1), _f(ev.get("eval_seconds"), 0),
             f"{r['size'].get('params_changed', 0) or r['size'].get('params_added', 0):,}",
         ])
-    parts.append(_table(["method", "ASR non-en %", "ASR en %", "KL", "KL 1st token", "ppl", "harmless refused %",
+    parts.append(_table(["method", "ASR non-en % ± SE", "ASR en %", "KL", "KL 1st token", "ppl", "harmless refused %",
                          "arith %", "fit s",
                          "eval s", "params changed/added"], summ))
     parts += ["", f"![ASR before/after per language]({_rel(out_dir / 'asr_bars.png', md_path)}) "
@@ -113,6 +126,7 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
     if base:
         n = base["eval"]["asr"][src]["n"]
         parts += ["", f"{n} held-out prompts per language: one prompt moves a cell by {100 / n:.0f} points.", ""]
+    parts += second_judge_section(rows, meta)
     # refusal / degenerate
     parts += ["### Refusal and degenerate answers per language (%: refused / degenerate)", ""]
     drows = [[r["name"]] + [f"{_pct(r['eval']['asr'][lg]['refusal'])} / {_pct(r['eval']['asr'][lg]['degenerate'])}"
@@ -161,9 +175,11 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
     stg = results.get("stages", {})
     trows = [[k, _f(v, 1), _f(stg.get("peak_rss_mb", {}).get(k), 0)] for k, v in stg.get("seconds", {}).items()]
     parts += [_table(["stage", "seconds", "peak RSS MiB (process high-water mark at stage end)"], trows), "",
-              f"Total: {_f(results.get('total_seconds'), 0)} s. Fit time of the closed-form variants includes the "
-              "key capture each needs (captured once here and shared). LoRA fit time includes generating the "
-              "retain answers and the validation screen.", ""]
+              f"Total: {_f(results.get('total_seconds'), 0)} s (in process; model load included). The closed-form "
+              "variants share one key capture pass, its own stage here (`capture`); the summary's fit time adds "
+              "the whole pass to each of them, as if each had run alone. LoRA's fit time includes generating the "
+              "retain answers and, where it has several learning rates to choose from, the validation screen. The "
+              "base side of the harmless KL is computed once (`kl_reference`) and shared by every method.", ""]
     co = results.get("capture_overhead")
     if co:
         s = co["seconds"]
@@ -188,6 +204,29 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
     return "\n".join(parts)
 
 
+def second_judge_section(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """ASR under the second judge (--second-judge) and its agreement with the offline judge, per method."""
+    judged = [r for r in rows if "second_judge" in r.get("eval", {})]
+    if not judged:
+        return []
+    sj = meta.get("second_judge") or {}
+    what = sj.get("model") or sj.get("api_model") or sj.get("name", "second judge")
+    src = meta["split"]["langs"][0]
+    out = [f"### Second judge: {sj.get('name', '')} ({what}) beside the offline judge", "",
+           "Same answers, scored by both. Agreement = share of answers where both call it harmful or both call "
+           "it not harmful; unparsed = guard outputs with no label (scored by the offline judge instead).", ""]
+    trows = []
+    for r in judged:
+        j = r["eval"]["second_judge"]
+        others = [v["asr"] for lg, v in j["asr"].items() if lg != src]
+        trows.append([r["name"], _pct(r["summary"]["asr_mean_non_en"]), _pct(sum(others) / len(others)),
+                      _pct(r["summary"]["asr_en"]), _pct(j["asr"][src]["asr"]), _pct(j["agreement"]),
+                      str(j["unparsed"]), str(j["n"])])
+    out += [_table(["method", "ASR non-en % (offline)", "ASR non-en % (second)", "ASR en % (offline)",
+                    "ASR en % (second)", "agreement %", "unparsed", "answers"], trows), ""]
+    return out
+
+
 def gpu_section(g: dict[str, Any]) -> list[str]:
     co = g.get("capture_overhead", {})
     rows = [
@@ -203,6 +242,9 @@ def gpu_section(g: dict[str, Any]) -> list[str]:
         ["localise + solve (gate, CPU float64 as the engine does)",
          f"{_f(g['localize_solve_seconds'], 2)} s, {g['neurons']} neurons, fit residual {_f(g['fit_residual'], 2)}"],
         ["apply / revert", f"{_f(1000 * g['apply_seconds'], 1)} ms / {_f(1000 * g['revert_seconds'], 1)} ms"],
+        ["conditional neuron (collect keys with residual / fit)",
+         f"{_f(g.get('conditional_collect_keys_seconds'), 2)} s / {_f(g.get('conditional_fit_seconds'), 2)} s, "
+         f"{g.get('conditional_params', '–')} params"],
         ["delta file vs checkpoint", f"{_mb(g['delta_bytes'])} vs {_mb(g['checkpoint_bytes'])}"],
         ["peak GPU memory", f"{_f(g.get('peak_cuda_mb'), 0)} MiB"],
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
@@ -22,15 +23,17 @@ from typing import Any
 import torch
 
 from worker.engine.config import EditConfig
-from worker.engine.judges import make_judge
+from worker.engine.errors import UserError
+from worker.engine.judges import Judge, make_judge
 from worker.engine.models import load_model
-from worker.engine.pipeline import make_plan
+from worker.engine.pipeline import make_plan, needs_residual
 from worker.engine.progress import Reporter
 from worker.engine.stages import StageTimer
 
 from . import measures, report, solve_scaling
 from .context import FULL, QUICK, Context, Settings
 from .methods import Fitted, baseline, dense, lora, nullspace, sparse, steering
+from .methods.edit_common import edit_config
 
 DEFAULT_DATA = "/work/shared/data/multijail-dev.csv"
 ALL_METHODS = ("baseline", "sparse", "best", "dense", "hard", "steering", "lora")
@@ -49,7 +52,6 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    import os
 
     info: dict[str, Any] = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
                             "python": platform.python_version(), "torch": torch.__version__}
@@ -87,6 +89,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-solve-scaling", action="store_true")
     ap.add_argument("--gpu-scale", default=None, help="bench.gpu_scale JSON to include in the report")
+    ap.add_argument("--second-judge", choices=["guard", "openai"], default=None,
+                    help="score every method's answers with this judge too and report its agreement with the "
+                         "offline judge")
+    ap.add_argument("--judge-model", default=None, help="guard model, local path or hub id (--second-judge guard)")
+    ap.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL (--second-judge openai); "
+                                                      "its key from LINGUA_EDIT_JUDGE_API_KEY")
+    ap.add_argument("--judge-api-model", default=None, help="model name at --judge-url")
     return ap.parse_args(argv)
 
 
@@ -112,6 +121,30 @@ def english_refusal_openings(ctx: Context, outputs: dict[str, list[str]]) -> lis
     return [a.split()[0] for a, v in zip(ans, verdicts, strict=True) if v.refused and a.split()]
 
 
+def build_second_judge(args: argparse.Namespace) -> Judge | None:
+    if not args.second_judge:
+        return None
+    try:
+        return make_judge(args.second_judge, model_path=args.judge_model, url=args.judge_url,
+                          api_model=args.judge_api_model, device=args.device,
+                          api_key=os.environ.get("LINGUA_EDIT_JUDGE_API_KEY"))
+    except UserError as exc:
+        raise SystemExit(f"--second-judge {args.second_judge}: {exc}") from None
+
+
+def prefetch_keys(ctx: Context, best_overrides: dict[str, Any]) -> None:
+    """One capture pass for the default edit's candidate layers and the best setting's first layer (a pass
+    to the deeper one costs little more than one to the shallower)."""
+    layers = [ctx.depth(x) for x in ctx.settings.edit_layers]
+    resid = False
+    if best_overrides:
+        best_cfg = edit_config(ctx.config, best_overrides)
+        if best_cfg.layers != "auto" and best_cfg.positions == ctx.config.positions:
+            layers.append(min(int(x) for x in best_cfg.layers))  # type: ignore[union-attr]
+            resid = needs_residual(best_cfg)
+    ctx.prefetch(layers, ctx.config, resid=resid)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings.for_mode(args.mode)
     if args.eval_per_lang:
@@ -125,8 +158,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     best_overrides = load_best(args.best)
     t_start = time.perf_counter()
     timer = StageTimer()
+    second = build_second_judge(args)  # before the model: a bad judge argument fails at once
     log(f"mode {settings.mode}: loading {args.model}")
     ctx = build_context(args, settings, timer)
+    ctx.second_judge = second
     plan = ctx.plan
     meta = {
         "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -143,6 +178,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   "harmless_eval_per_lang": {lg: len(t) for lg, t in ctx.harmless_eval().items()},
                   "langs": plan.langs},
         "notes": list(plan.notes),
+        "second_judge": None if second is None else {"name": args.second_judge, "model": args.judge_model,
+                                                     "url": args.judge_url, "api_model": args.judge_api_model},
     }
     results: dict[str, Any] = {"meta": meta, "methods": []}
     out = Path(args.out)
@@ -170,6 +207,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     record("baseline", base, ev)
     with timer("screen_base"):  # base scores of the validation screen, shared by every method that screens
         ctx.screen()
+    with timer("kl_reference"):  # the base side of every method's harmless KL / perplexity
+        for lg in plan.langs:
+            ctx.kl_reference(lg)
 
     chosen_layer: tuple[int, str] | None = None
 
@@ -192,6 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return None
 
     if "sparse" in wanted or any(m in wanted for m in ("best", "dense", "hard")):
+        prefetch_keys(ctx, best_overrides if "best" in wanted else {})
         fitted = one("sparse", lambda: sparse.fit(ctx))
         if fitted is not None:
             chosen_layer = (fitted.chosen["layer"], fitted.chosen["module"])
@@ -215,7 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # cost measures
     layer = chosen_layer[0] if chosen_layer else ctx.depth(settings.edit_layers[0])
     src = ctx.config.source_lang
-    texts = [plan.harmful[i][lg] for i in plan.cal_ids for lg in (src, plan.langs[-1])][:64]
+    texts = [plan.harmful[i][lg] for i in plan.cal_ids for lg in (src, plan.langs[-1])][: settings.overhead_texts]
     log("capture overhead")
     with timer("capture_overhead"):
         results["capture_overhead"] = measures.capture_overhead(ctx.lm.model, ctx.lm.tokenizer, texts, layer,

@@ -71,7 +71,9 @@ def delta_size(delta: SparseDelta) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = save_delta(delta, Path(tmp) / "delta.safetensors")
         nbytes = path.stat().st_size
-    return {"neurons": sum(int(e.indices.numel()) for e in delta.edits), "params_changed": delta_num_params(delta),
+    # a neuron whose gate, up and down weights all change is one neuron edited, not three
+    neurons = {(e.layer, int(i)) for e in delta.edits for i in e.indices.tolist()}
+    return {"neurons": len(neurons), "params_changed": delta_num_params(delta),
             "file_bytes": nbytes}
 
 

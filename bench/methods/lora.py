@@ -87,7 +87,7 @@ def fit(ctx: Context) -> Fitted:
     cfg = LoraConfig(r=RANK, lora_alpha=2 * RANK, lora_dropout=0.0, target_modules=TARGETS,
                      layers_to_transform=list(range(n_layers // 2, n_layers)), bias="none")
     peft_model = None
-    screen = ctx.screen()
+    screen = ctx.screen() if len(ctx.settings.lora_lrs) > 1 else None  # one candidate: nothing to pick
     sweep: list[dict[str, Any]] = []
     best: tuple[float, str] | None = None
     train_seconds = 0.0
@@ -101,9 +101,12 @@ def fit(ctx: Context) -> Fitted:
         t0 = time.perf_counter()
         losses = train(ctx, peft_model, encoded, lr, ctx.config.seed + k)
         train_seconds += time.perf_counter() - t0
-        gain = screen.gain(screen.measure())
-        obj = screen.objective(gain)
-        sweep.append({"lr": lr, "objective": obj, "loss_first": losses[0], "loss_last": losses[-1], "gain": gain})
+        row: dict[str, Any] = {"lr": lr, "loss_first": losses[0], "loss_last": losses[-1]}
+        obj = 0.0
+        if screen is not None:
+            row["gain"] = gain = screen.gain(screen.measure())
+            row["objective"] = obj = screen.objective(gain)
+        sweep.append(row)
         if best is None or obj > best[0]:
             best = (obj, name)
     assert peft_model is not None and best is not None

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from worker.engine.arch import decoder_layers
-from worker.engine.capture import _tokenize
+from worker.engine.capture import tokenize_chat
 from worker.engine.templates import num_template_tokens
 
 from ..context import Context
@@ -41,7 +41,7 @@ def layer_outputs(model: nn.Module, tokenizer: object, texts: list[str], layer: 
     try:
         for start in range(0, len(texts), batch_size):
             try:
-                model(**_tokenize(tokenizer, texts[start:start + batch_size], device), use_cache=False)
+                model(**tokenize_chat(tokenizer, texts[start:start + batch_size], device), use_cache=False)
             except _Stop:
                 pass
     finally:

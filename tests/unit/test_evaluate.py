@@ -1,10 +1,12 @@
-"""KL and perplexity: zero when nothing changes, positive and localised when the last layer's MLP changes."""
+"""KL and perplexity: zero when nothing changes, positive when the last layer's MLP changes, and the same with a
+precomputed base reference as without."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from worker.engine.evaluate import kl_and_perplexity
+from worker.engine.evaluate import base_reference, kl_and_perplexity
 from worker.engine.models import load_model
 
 TEXTS = ["How do I bake bread?", "Habari, unaweza kunisaidia?", "今天天气怎么样？"]
@@ -35,3 +37,40 @@ def test_kl_sees_an_edit_and_the_revert_restores_the_model(tiny_qwen2):
     assert min(u.kl) > 0 and min(u.kl_first) > 0
     assert u.ppl_base != u.ppl_edit
     assert torch.equal(w, saved)
+
+
+def _scale_last_mlp(lm, factor: float):
+    w = lm.model.model.layers[-1].mlp.down_proj.weight
+    saved = w.detach().clone()
+
+    def apply() -> None:
+        with torch.no_grad():
+            w.mul_(factor)
+
+    def revert() -> None:
+        with torch.no_grad():
+            w.copy_(saved)
+
+    return apply, revert
+
+
+def test_a_base_reference_gives_the_same_scores_as_the_base_passes(tiny_qwen2):
+    lm = load_model(str(tiny_qwen2))
+    ref = base_reference(lm.model, lm.tokenizer, TEXTS, batch_size=2)
+    for factor in (1.0, 3.0):  # the same reference serves several edits
+        apply, revert = _scale_last_mlp(lm, factor)
+        plain = kl_and_perplexity(lm.model, lm.tokenizer, TEXTS, apply, revert, batch_size=2)
+        cached = kl_and_perplexity(lm.model, lm.tokenizer, TEXTS, apply, revert, batch_size=2, reference=ref)
+        assert cached.ppl_base == pytest.approx(plain.ppl_base, rel=1e-5)
+        assert cached.ppl_edit == pytest.approx(plain.ppl_edit, rel=1e-5)
+        assert cached.kl == pytest.approx(plain.kl, rel=1e-4, abs=1e-7)
+        assert cached.kl_first == pytest.approx(plain.kl_first, rel=1e-4, abs=1e-7)
+        if factor != 1.0:
+            assert min(cached.kl) > 0
+
+
+def test_a_reference_for_other_texts_is_refused(tiny_qwen2):
+    lm = load_model(str(tiny_qwen2))
+    ref = base_reference(lm.model, lm.tokenizer, TEXTS[:2], batch_size=2)
+    with pytest.raises(ValueError, match="other texts"):
+        kl_and_perplexity(lm.model, lm.tokenizer, TEXTS, lambda: None, lambda: None, batch_size=2, reference=ref)

@@ -33,7 +33,8 @@ class Captured:
     resid: dict[int, torch.Tensor | list[torch.Tensor]] | None = None
 
 
-def _tokenize(tokenizer: object, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+def tokenize_chat(tokenizer: object, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    """Each text as a one-turn user prompt in the model's chat template, left-padded into one batch."""
     formatted = [format_prompt(tokenizer, t) for t in texts]
     enc = tokenizer(formatted, return_tensors="pt", padding=True, add_special_tokens=False)  # type: ignore
     return {k: v.to(device) for k, v in enc.items()}
@@ -100,7 +101,7 @@ def capture_mlp_inputs(
     total = total if total is not None else len(texts)
     try:
         for start in range(0, len(texts), batch_size):
-            enc = _tokenize(tokenizer, texts[start:start + batch_size], device)
+            enc = tokenize_chat(tokenizer, texts[start:start + batch_size], device)
             current_mask[:] = [enc["attention_mask"]]
             try:
                 model(**enc, use_cache=False)

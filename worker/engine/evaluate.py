@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .capture import _tokenize
+from .capture import tokenize_chat
 from .progress import Reporter
 
 # Opening words of refusals in the supported languages (the model's own English refusal openings are added
@@ -44,7 +44,7 @@ def generate(
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
     sorted_texts = [texts[i] for i in order]
     for start in range(0, len(texts), batch_size):
-        enc = _tokenize(tokenizer, sorted_texts[start:start + batch_size], device)
+        enc = tokenize_chat(tokenizer, sorted_texts[start:start + batch_size], device)
         ids = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
             pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
@@ -79,7 +79,7 @@ def refusal_scores(
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
     scores = []
     for start in range(0, len(texts), batch_size):
-        enc = _tokenize(tokenizer, [texts[i] for i in order[start:start + batch_size]], device)
+        enc = tokenize_chat(tokenizer, [texts[i] for i in order[start:start + batch_size]], device)
         logits = model(**enc, use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
         logp = F.log_softmax(logits, dim=-1)
         p_ref = torch.logsumexp(logp[:, idx], dim=-1)
@@ -110,6 +110,52 @@ class UtilityScores:
     ppl_edit: list[float] = field(default_factory=list)
 
 
+@dataclass
+class BaseReference:
+    """The base model's side of `kl_and_perplexity`, computed once and reused for every edit compared with it
+    (a benchmark compares several). Per batch: the input of the output head at every prompt position (the
+    logits are recomputed from it exactly, at a fraction of the memory of the logits themselves) and the
+    plain text's mean NLL."""
+
+    texts: list[str]
+    batch_size: int
+    head_inputs: list[torch.Tensor] = field(default_factory=list)
+    nll: list[torch.Tensor] = field(default_factory=list)
+
+
+def _head_input_hook(store: list[torch.Tensor]) -> Callable[..., None]:
+    def hook(_m: nn.Module, args: tuple) -> None:
+        store.append(args[0].detach())
+
+    return hook
+
+
+@torch.no_grad()
+def base_reference(model: nn.Module, tokenizer: object, texts: list[str], batch_size: int = 8) -> BaseReference:
+    device = next(model.parameters()).device
+    ref = BaseReference(texts=list(texts), batch_size=batch_size)
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start:start + batch_size]
+        seen: list[torch.Tensor] = []
+        handle = head.register_forward_pre_hook(_head_input_hook(seen))
+        try:
+            logits = model(**tokenize_chat(tokenizer, batch, device), use_cache=False).logits
+        finally:
+            handle.remove()
+        # a model that post-processes its logits (soft-capping, scaling) cannot be recomputed from the head
+        if len(seen) != 1 or not torch.allclose(head(seen[0]).float(), logits.float(), atol=1e-4, rtol=1e-4):
+            raise ValueError("this model's logits are not its output head's output; use no reference")
+        ref.head_inputs.append(seen[0])
+        ref.nll.append(_nll(model, _plain(tokenizer, batch, device)))
+    return ref
+
+
+def _plain(tokenizer: object, batch: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    plain = tokenizer(batch, return_tensors="pt", padding=True)  # type: ignore[operator]
+    return {k: v.to(device) for k, v in plain.items()}
+
+
 @torch.no_grad()
 def kl_and_perplexity(
     model: nn.Module,
@@ -119,16 +165,24 @@ def kl_and_perplexity(
     revert: Callable[[], None],
     batch_size: int = 8,
     reporter: Reporter | None = None,
+    reference: BaseReference | None = None,
 ) -> UtilityScores:
+    """`reference` (from `base_reference` on the same texts and batch size) skips the base model's passes."""
+    if reference is not None and (reference.texts != list(texts) or reference.batch_size != batch_size):
+        raise ValueError("reference was computed on other texts or another batch size")
     device = next(model.parameters()).device
     out = UtilityScores()
-    for start in range(0, len(texts), batch_size):
+    for b, start in enumerate(range(0, len(texts), batch_size)):
         batch = texts[start:start + batch_size]
-        chat = _tokenize(tokenizer, batch, device)
-        plain = tokenizer(batch, return_tensors="pt", padding=True)  # type: ignore[operator]
-        plain = {k: v.to(device) for k, v in plain.items()}
-        base_logp = F.log_softmax(model(**chat, use_cache=False).logits.float(), dim=-1)
-        base_nll = _nll(model, plain)
+        chat = tokenize_chat(tokenizer, batch, device)
+        plain = _plain(tokenizer, batch, device)
+        if reference is None:
+            base_logp = F.log_softmax(model(**chat, use_cache=False).logits.float(), dim=-1)
+            base_nll = _nll(model, plain)
+        else:
+            head = model.get_output_embeddings()  # type: ignore[operator]
+            base_logp = F.log_softmax(head(reference.head_inputs[b]).float(), dim=-1)
+            base_nll = reference.nll[b]
         with edited(apply, revert):
             edit_logp = F.log_softmax(model(**chat, use_cache=False).logits.float(), dim=-1)
             edit_nll = _nll(model, plain)

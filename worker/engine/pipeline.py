@@ -139,11 +139,18 @@ def candidate_modules(config: EditConfig) -> list[str]:
     return ["gate", "up"] if config.module == "gate+up" else [config.module]
 
 
+def needs_residual(config: EditConfig) -> bool:
+    """Whether the keys must hold the residual stream too (down_proj, the conditional neuron, gap selection)."""
+    return config.module in ("down", "conditional") or config.select == "refusal_gap"
+
+
 def collect_keys(
-    lm: LoadedModel, plan: Plan, layers: list[int], config: EditConfig, reporter: Reporter
+    lm: LoadedModel, plan: Plan, layers: list[int], config: EditConfig, reporter: Reporter,
+    with_resid: bool | None = None,
 ) -> dict[int, LayerKeys]:
-    """One capture pass per prompt group, stopping after the deepest layer needed."""
-    want_resid = config.module in ("down", "conditional") or config.select == "refusal_gap"
+    """One capture pass per prompt group, stopping after the deepest layer needed. `with_resid` keeps the
+    residual stream even where `config` does not need it (keys shared by several variants)."""
+    want_resid = needs_residual(config) if with_resid is None else with_resid
     positions = config.positions
     groups = {lg: [plan.harmful[i][lg] for i in plan.cal_ids] for lg in plan.langs}
     total = sum(len(v) for v in groups.values()) + sum(len(v) for v in plan.anchor.values())
@@ -269,7 +276,8 @@ class Screen:
         self.lm, self.config, self.token_ids = lm, config, token_ids
         ids = plan.val_ids[: config.screen_prompts]
         self.harm = {lg: [plan.harmful[i][lg] for i in ids] for lg in plan.langs}
-        self.safe = [t for lg in plan.langs for t in plan.harmless_val[lg][:4]]
+        n_safe = min(4, config.screen_prompts)  # a smaller screen (benchmark quick mode) shrinks both sides
+        self.safe = [t for lg in plan.langs for t in plan.harmless_val[lg][:n_safe]]
         self.base = self.measure()
 
     def measure(self) -> dict[str, float]:
