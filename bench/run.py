@@ -26,7 +26,7 @@ from worker.engine.config import EditConfig
 from worker.engine.errors import UserError
 from worker.engine.judges import Judge, make_judge
 from worker.engine.models import load_model
-from worker.engine.pipeline import make_plan, needs_residual
+from worker.engine.pipeline import make_plan, needs_residual, validate_config
 from worker.engine.progress import Reporter
 from worker.engine.stages import StageTimer
 
@@ -156,6 +156,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"unknown methods: {', '.join(unknown)}")
     best_overrides = load_best(args.best)
+    try:  # a bad --best fails here, before an hour of other methods, not at its own turn
+        validate_config(edit_config(EditConfig(model=args.model), best_overrides))
+    except (ValueError, TypeError, UserError) as exc:
+        raise SystemExit(f"--best: {exc}") from None
     t_start = time.perf_counter()
     timer = StageTimer()
     second = build_second_judge(args)  # before the model: a bad judge argument fails at once

@@ -89,3 +89,12 @@ def test_gpu_scale_script_runs_shrunken_on_the_cpu():
         assert key in res, key
     assert res["neurons"] > 0 and 0 < res["delta_bytes"] < res["checkpoint_bytes"]
     assert res["conditional_params"] == 3 * res["hidden_size"]  # gate row, up row, down column of one neuron
+
+
+@pytest.mark.parametrize("best, why", [('{"modul": "gate"}', "unknown EditConfig fields"),
+                                       ('{"module": "attention"}', "module"),
+                                       ('[18]', "JSON object")])
+def test_bench_rejects_bad_best_settings_before_loading_anything(tmp_path, best, why):
+    args = bench_run.parse(["--quick", "--model", str(tmp_path / "no-such-model"), "--best", best])
+    with pytest.raises(SystemExit, match=why):
+        bench_run.run(args)
