@@ -79,7 +79,7 @@ class Context:
     _keys: dict[tuple[int, str, bool], LayerKeys] = field(default_factory=dict)
     capture_seconds: dict[tuple[int, str, bool], float] = field(default_factory=dict)  # for the fit times
     _screen: Screen | None = None
-    _kl_refs: dict[str, BaseReference] = field(default_factory=dict)
+    _kl_refs: dict[str, BaseReference | None] = field(default_factory=dict)
     second_judge: Judge | None = None  # --second-judge: scored beside the offline judge, with agreement
     notes: list[str] = field(default_factory=list)
     cal_ids_available: int = 0  # calibration ids of the split before the mode's cap
@@ -104,12 +104,12 @@ class Context:
         self.prefetch([layer], cfg)
         return self._keys[(layer, cfg.positions, needs_residual(cfg))]
 
-    def prefetch(self, layers: list[int], config: EditConfig | None = None, resid: bool | None = None) -> None:
+    def prefetch(self, layers: list[int], config: EditConfig | None = None, resid: bool = False) -> None:
         """Capture several layers' keys in one pass (it stops after the deepest): a pass to layer 22 costs
         little more than one to layer 18, so two variants at 18 and 22 share it. Each layer's capture time is
         the whole pass, which the fit times report (conservative: the pass was shared)."""
         cfg = config or self.config
-        resid = needs_residual(cfg) or bool(resid)
+        resid = resid or needs_residual(cfg)
         start = time.perf_counter()
         with self.timer("capture"):
             got = collect_keys(self.lm, self.plan, sorted(set(layers)), cfg, self.reporter, with_resid=resid)
@@ -125,11 +125,16 @@ class Context:
                 return self.capture_seconds[(layer, cfg.positions, resid)]
         return 0.0
 
-    def kl_reference(self, lang: str) -> BaseReference:
-        """The base model's side of the harmless KL / perplexity of `lang`, computed once for every method."""
+    def kl_reference(self, lang: str) -> BaseReference | None:
+        """The base model's side of the harmless KL / perplexity of `lang`, computed once for every method;
+        None where the model's logits cannot be recomputed from its output head (each method then runs the base
+        passes itself, as without a reference)."""
         if lang not in self._kl_refs:
-            self._kl_refs[lang] = base_reference(self.lm.model, self.lm.tokenizer, self.harmless_eval()[lang],
-                                                 self.config.batch_size)
+            try:
+                self._kl_refs[lang] = base_reference(self.lm.model, self.lm.tokenizer,
+                                                     self.harmless_eval()[lang], self.config.batch_size)
+            except ValueError:
+                self._kl_refs[lang] = None
         return self._kl_refs[lang]
 
     def screen(self) -> Screen:

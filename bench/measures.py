@@ -45,11 +45,6 @@ def _rates(by_lang: dict[str, list[Verdict]]) -> dict[str, dict[str, float]]:
     return res
 
 
-def asr(ctx: Context, outputs: dict[str, list[str]]) -> dict[str, dict[str, float]]:
-    """The offline refusal judge's rates per language (the benchmark's primary judge)."""
-    return _rates(verdicts(make_judge("refusal"), ctx, outputs))
-
-
 def second_judge(ctx: Context, outputs: dict[str, list[str]], primary: dict[str, list[Verdict]]) -> dict[str, Any]:
     """The second judge (a guard model or an endpoint, --second-judge) on the same answers: its rates and how
     often its harmful/not-harmful verdict agrees with the primary judge's, per language and overall."""

@@ -74,3 +74,18 @@ def test_a_reference_for_other_texts_is_refused(tiny_qwen2):
     ref = base_reference(lm.model, lm.tokenizer, TEXTS[:2], batch_size=2)
     with pytest.raises(ValueError, match="other texts"):
         kl_and_perplexity(lm.model, lm.tokenizer, TEXTS, lambda: None, lambda: None, batch_size=2, reference=ref)
+
+
+def test_no_reference_for_a_model_whose_logits_are_not_its_heads_output(tiny_qwen2):
+    lm = load_model(str(tiny_qwen2))
+
+    def soft_cap(_m, _args, out):  # what Gemma-2-style logit soft-capping does after the head
+        out.logits = 5.0 * torch.tanh(out.logits / 5.0)
+        return out
+
+    handle = lm.model.register_forward_hook(soft_cap)
+    try:
+        with pytest.raises(ValueError, match="not its output head"):
+            base_reference(lm.model, lm.tokenizer, TEXTS, batch_size=2)
+    finally:
+        handle.remove()

@@ -143,8 +143,10 @@ def base_reference(model: nn.Module, tokenizer: object, texts: list[str], batch_
             logits = model(**tokenize_chat(tokenizer, batch, device), use_cache=False).logits
         finally:
             handle.remove()
-        # a model that post-processes its logits (soft-capping, scaling) cannot be recomputed from the head
-        if len(seen) != 1 or not torch.allclose(head(seen[0]).float(), logits.float(), atol=1e-4, rtol=1e-4):
+        # a model that post-processes its logits (soft-capping, scaling) cannot be recomputed from the head;
+        # the last position tells, at a sliver of the head's cost
+        if len(seen) != 1 or not torch.allclose(head(seen[0][:, -1:]).float(), logits[:, -1:].float(),
+                                                atol=1e-4, rtol=1e-4):
             raise ValueError("this model's logits are not its output head's output; use no reference")
         ref.head_inputs.append(seen[0])
         ref.nll.append(_nll(model, _plain(tokenizer, batch, device)))
@@ -171,6 +173,7 @@ def kl_and_perplexity(
     if reference is not None and (reference.texts != list(texts) or reference.batch_size != batch_size):
         raise ValueError("reference was computed on other texts or another batch size")
     device = next(model.parameters()).device
+    head = model.get_output_embeddings()  # type: ignore[operator]
     out = UtilityScores()
     for b, start in enumerate(range(0, len(texts), batch_size)):
         batch = texts[start:start + batch_size]
@@ -180,7 +183,6 @@ def kl_and_perplexity(
             base_logp = F.log_softmax(model(**chat, use_cache=False).logits.float(), dim=-1)
             base_nll = _nll(model, plain)
         else:
-            head = model.get_output_embeddings()  # type: ignore[operator]
             base_logp = F.log_softmax(head(reference.head_inputs[b]).float(), dim=-1)
             base_nll = reference.nll[b]
         with edited(apply, revert):
