@@ -16,20 +16,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default="demo", help="'demo' (Qwen2.5-Coder-0.5B-Instruct) or a registered name"
     )
-    # Defaults sized to finish in about 10 minutes on 2 CPU cores; `--target-languages all --layers auto`
-    # runs the full method (much longer on CPU).
+    # Sized to finish in about 15 minutes on 2 CPU cores: the default method (the search) on all nine target
+    # languages, few prompts per language (the numbers are noisy: BENCHMARKS.md has the measured run)
     p.add_argument(
         "--target-languages",
-        default="zh,sw",
+        default="all",
         help="comma-separated codes, or 'all' for the nine non-English languages",
     )
+    p.add_argument("--method", default="search", choices=["search", "paper"])
     p.add_argument(
         "--layers",
-        default="18",
-        help="'auto' (sweep a depth band, slow on CPU) or comma-separated layer indices",
+        default=None,
+        help="(--method paper) 'auto' or comma-separated layer indices",
     )
-    p.add_argument("--max-eval-prompts", type=int, default=6, help="held-out harmful prompts per language")
-    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--max-eval-prompts", type=int, default=4, help="held-out harmful prompts per language")
+    p.add_argument("--max-harmless-eval", type=int, default=3, help="held-out harmless prompts per language")
+    p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--neuron-budget", type=float, default=None)
     p.add_argument(
         "--out", default=None, help="where to save the downloads (default: DATA_DIR/download/JOB_ID)"
@@ -51,7 +53,11 @@ MODEL_TAR = "model.tar"  # worker.tasks.MODEL_TAR (not imported: the worker modu
 
 
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
-    hp: dict[str, Any] = {"max_eval_prompts": args.max_eval_prompts, "max_new_tokens": args.max_new_tokens}
+    hp: dict[str, Any] = {"max_eval_prompts": args.max_eval_prompts, "max_new_tokens": args.max_new_tokens,
+                          "max_harmless_eval": args.max_harmless_eval, "method": args.method}
+    if args.method == "search":  # a small search: two gain multipliers, one confirmed candidate
+        hp.update(search_gains=[4.0, 16.0], screen_prompts=5, confirm_candidates=1, confirm_prompts=2,
+                  max_anchor_prompts=12)
     if args.layers:
         hp["layers"] = "auto" if args.layers == "auto" else [int(x) for x in args.layers.split(",")]
     if args.neuron_budget is not None:
@@ -63,17 +69,16 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(job: dict[str, Any]) -> None:
-    print(
-        f"\n{'lang':<6}{'n':>5}{'ASR before':>12}{'ASR after':>11}{'refusal before':>16}{'refusal after':>15}"
-    )
-    for r in job["results"]:
-        print(
-            f"{r['language']:<6}{r['n']:>5}{r['asr_before']:>12.3f}{r['asr_after']:>11.3f}"
-            f"{r['refusal_before']:>16.3f}{r['refusal_after']:>15.3f}"
-        )
+    from worker.engine.cli import format_table
+
+    print()
+    print(format_table([{**r, "lang": r["language"]} for r in job["results"]]))
     util = job.get("utility") or {}
     if "kl_mean" in util:
         print(f"\nmean KL on harmless prompts: {util['kl_mean']:.4f}")
+    for w in job.get("warnings") or []:
+        if w.startswith("search winner") or "no edit is shipped" in w:
+            print(w)
 
 
 class ProgressBar:

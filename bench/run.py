@@ -26,17 +26,17 @@ from worker.engine.config import EditConfig
 from worker.engine.errors import UserError
 from worker.engine.judges import Judge, make_judge
 from worker.engine.models import load_model
-from worker.engine.pipeline import make_plan, needs_residual, validate_config
+from worker.engine.pipeline import make_plan, needs_residual, validate_config, validation_refusal_openings
 from worker.engine.progress import Reporter
 from worker.engine.stages import StageTimer
 
 from . import measures, report, solve_scaling
 from .context import FULL, QUICK, Context, Settings
-from .methods import Fitted, baseline, dense, lora, nullspace, sparse, steering
+from .methods import Fitted, baseline, dense, lora, nullspace, search, sparse, steering
 from .methods.edit_common import edit_config
 
 DEFAULT_DATA = "/work/shared/data/multijail-dev.csv"
-ALL_METHODS = ("baseline", "sparse", "best", "dense", "hard", "steering", "lora")
+ALL_METHODS = ("baseline", "search", "sparse", "best", "dense", "hard", "steering", "lora")
 
 
 def log(msg: str) -> None:
@@ -111,14 +111,6 @@ def build_context(args: argparse.Namespace, settings: Settings, timer: StageTime
     with timer("load"):
         lm = load_model(config.model, config.device, config.dtype)
     return Context(lm=lm, plan=plan, config=config, settings=settings, timer=timer, cal_ids_available=n_cal)
-
-
-def english_refusal_openings(ctx: Context, outputs: dict[str, list[str]]) -> list[str]:
-    src = ctx.config.source_lang
-    judge = make_judge("refusal")
-    ans = outputs.get(src, [])
-    verdicts = judge.judge([""] * len(ans), ans, [src] * len(ans))
-    return [a.split()[0] for a, v in zip(ans, verdicts, strict=True) if v.refused and a.split()]
 
 
 def build_second_judge(args: argparse.Namespace) -> Judge | None:
@@ -202,12 +194,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["methods"].append(row)
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 
-    # (1) baseline: its English refusals also give the refusal screen its first tokens
+    # (1) baseline. The refusal screen's first tokens come from the base model's English answers to
+    # validation prompts (never from evaluation prompts: they must reach no choice)
+    ctx.set_refusal_tokens(validation_refusal_openings(ctx.lm, plan, ctx.config))
     log("baseline: generating")
     with timer("eval:baseline"):
         base = baseline.fit()
         ev = measures.evaluate(ctx, base, with_kl=False)
-    ctx.set_refusal_tokens(english_refusal_openings(ctx, ev["outputs"]))
     record("baseline", base, ev)
     with timer("screen_base"):  # base scores of the validation screen, shared by every method that screens
         ctx.screen()
@@ -235,6 +228,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             traceback.print_exc()
             return None
 
+    if "search" in wanted:
+        one("search", lambda: search.fit(ctx))
     if "sparse" in wanted or any(m in wanted for m in ("best", "dense", "hard")):
         prefetch_keys(ctx, best_overrides if "best" in wanted else {})
         fitted = one("sparse", lambda: sparse.fit(ctx))

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -311,18 +312,7 @@ class JobRunner:
                 log.warning("job %s changed state while running; results discarded", job.id)
                 return
             s.add_all(rows)
-            s.add_all(
-                LanguageResultRow(
-                    job_id=job.id,
-                    lang=r.lang,
-                    n=r.n,
-                    asr_before=r.asr_before,
-                    asr_after=r.asr_after,
-                    refusal_before=r.refusal_before,
-                    refusal_after=r.refusal_after,
-                )
-                for r in result.languages
-            )
+            s.add_all(LanguageResultRow(job_id=job.id, **_result_columns(r)) for r in result.languages)
             repo.add_event(
                 s,
                 job.id,
@@ -364,6 +354,12 @@ def _sha256(path: Path) -> str:
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()
+
+
+def _result_columns(r: Any) -> dict[str, Any]:
+    """The engine's LanguageResult as edit_results columns (every field the table has)."""
+    cols = set(LanguageResultRow.__table__.columns.keys())
+    return {k: v for k, v in asdict(r).items() if k in cols}
 
 
 def _jsonable(value: Any) -> Any:

@@ -123,6 +123,23 @@ class LanguageResultRow(Base):
     asr_after: Mapped[float] = mapped_column(Float)
     refusal_before: Mapped[float] = mapped_column(Float)
     refusal_after: Mapped[float] = mapped_column(Float)
+    # over-refusal and broken output beside every ASR (engine LanguageResult; null for older jobs)
+    degenerate_before: Mapped[float | None] = mapped_column(Float, nullable=True)
+    degenerate_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    harmless_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    harmless_refusal_before: Mapped[float | None] = mapped_column(Float, nullable=True)
+    harmless_refusal_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    harmless_degenerate_before: Mapped[float | None] = mapped_column(Float, nullable=True)
+    harmless_degenerate_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    borderline_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    borderline_refusal_before: Mapped[float | None] = mapped_column(Float, nullable=True)
+    borderline_refusal_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    borderline_degenerate_before: Mapped[float | None] = mapped_column(Float, nullable=True)
+    borderline_degenerate_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    selectivity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    second_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    second_asr_before: Mapped[float | None] = mapped_column(Float, nullable=True)
+    second_asr_after: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class JobEvent(Base):

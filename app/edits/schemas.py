@@ -19,6 +19,23 @@ class Hyperparameters(BaseModel):
     """Unset fields take the engine's defaults (worker/engine/config.py)."""
 
     model_config = ConfigDict(extra="forbid")
+    method: Literal["search", "paper"] | None = Field(
+        None, description="search (default): rank sparse closed-form candidates on validation prompts and ship "
+        "the winner; paper: the paper's closed form as configured by layers/module/solve knobs",
+    )
+    search_layers: Literal["auto"] | list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
+        None, description='layers the search tries ("auto": 60%, 75%, 90% of the depth)', max_length=8
+    )
+    search_gains: list[Annotated[float, Field(gt=0, le=100)]] | None = Field(
+        None, min_length=1, max_length=8, description="gain multipliers the search tries"
+    )
+    confirm_candidates: int | None = Field(None, ge=0, le=8)
+    confirm_prompts: int | None = Field(None, ge=1, le=256)
+    screen_prompts: int | None = Field(None, ge=1, le=256)
+    max_harmless_eval: int | None = Field(None, ge=1)
+    max_anchor_prompts: int | None = Field(None, ge=1)
+    max_calibration_ids: int | None = Field(None, ge=1)
+    second_test_prompts: int | None = Field(None, ge=0)
     layers: Literal["auto"] | list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
         None, description='"auto" or layer indices'
     )
@@ -112,12 +129,35 @@ class ErrorInfo(BaseModel):
 
 
 class LanguageResultOut(BaseModel):
+    """One language before and after. Harmful prompts: ASR, refusal and degenerate shares (disjoint), with
+    binomial standard errors; plain and borderline harmless prompts: refusal (over-refusal) and degenerate
+    shares; selectivity = harmful refusal rise minus harmless refusal rise; second_*: ASR on the second test
+    set (another style). Null where the job did not measure it (older jobs)."""
+
     language: str
     n: int
     asr_before: float
     asr_after: float
+    asr_se_before: float | None = None
+    asr_se_after: float | None = None
     refusal_before: float
     refusal_after: float
+    degenerate_before: float | None = None
+    degenerate_after: float | None = None
+    harmless_n: int | None = None
+    harmless_refusal_before: float | None = None
+    harmless_refusal_after: float | None = None
+    harmless_degenerate_before: float | None = None
+    harmless_degenerate_after: float | None = None
+    borderline_n: int | None = None
+    borderline_refusal_before: float | None = None
+    borderline_refusal_after: float | None = None
+    borderline_degenerate_before: float | None = None
+    borderline_degenerate_after: float | None = None
+    selectivity: float | None = None
+    second_n: int | None = None
+    second_asr_before: float | None = None
+    second_asr_after: float | None = None
 
 
 class ArtifactOut(BaseModel):

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.context import Context
 from app.datasets import service as datasets
 from app.db.base import utcnow
-from app.db.models import EditJob, JobMetadata
+from app.db.models import EditJob, JobMetadata, LanguageResultRow
 from app.edits import repository as repo
 from app.edits.schemas import (
     TERMINAL,
@@ -32,6 +32,7 @@ from app.ids import new_id
 from app.netguard import UnsafeURLError, check_webhook_url
 from app.settings import Settings
 from worker.celery_app import TASK_NAME
+from worker.engine.result import standard_error
 
 log = logging.getLogger("lingua_edit.edits")
 
@@ -256,17 +257,7 @@ def to_out(job: EditJob, phases_seen: list[str] | None = None) -> EditOut:
         progress=Progress(phase=job.progress_phase, done=job.progress_done, total=job.progress_total),
         estimated_finish=estimated_finish(job, phases_seen or []),
         error=error,
-        results=[
-            LanguageResultOut(
-                language=r.lang,
-                n=r.n,
-                asr_before=r.asr_before,
-                asr_after=r.asr_after,
-                refusal_before=r.refusal_before,
-                refusal_after=r.refusal_after,
-            )
-            for r in job.results
-        ],
+        results=[language_result_out(r) for r in job.results],
         utility=job.utility,
         neurons=job.neurons,
         timings=job.timings,
@@ -274,6 +265,14 @@ def to_out(job: EditJob, phases_seen: list[str] | None = None) -> EditOut:
         warnings=list(job.warnings or []),
         artifacts=[artifact_out(a) for a in job.artifacts],
         attempts=job.attempts,
+    )
+
+
+def language_result_out(row: LanguageResultRow) -> LanguageResultOut:
+    fields = {k: getattr(row, k) for k in LanguageResultOut.model_fields if hasattr(row, k)}
+    return LanguageResultOut(
+        **fields, language=row.lang,
+        asr_se_before=standard_error(row.asr_before, row.n), asr_se_after=standard_error(row.asr_after, row.n),
     )
 
 

@@ -220,6 +220,7 @@ def fast_job(**over: Any) -> dict[str, Any]:
         "model": "tiny",
         "target_languages": ["zh", "sw"],
         "hyperparameters": {
+            "method": "paper",  # a real, non-empty delta on the tiny model; test_jobs also runs the default
             "layers": [1, 2],
             "max_new_tokens": 4,
             "max_eval_prompts": 2,

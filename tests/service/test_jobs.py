@@ -114,3 +114,26 @@ def test_user_error_is_reported_as_such(pg_stack: Stack, pg_worker: WorkerProces
     assert done["status"] == "failed"
     assert done["error"]["type"] == "user" and done["error"]["code"] == "model_not_found"
     assert done["error"]["param"] == "model" and "Traceback" not in done["error"]["message"]
+
+
+def test_default_method_reports_over_refusal_per_language(pg_stack: Stack, pg_worker: WorkerProcess) -> None:
+    """No method given: the search runs; every language row carries harmless and borderline refusal,
+    degenerate answers and selectivity beside the ASR, in the API and in report.json."""
+    body = fast_job()
+    body["hyperparameters"] = {"max_new_tokens": 3, "max_eval_prompts": 2, "max_harmless_eval": 2,
+                               "search_layers": [1, 2], "search_gains": [3.0], "screen_prompts": 2,
+                               "confirm_prompts": 2, "batch_size": 8}
+    job = pg_stack.submit(body)
+    done = pg_stack.wait_terminal(job["id"])
+    assert done["status"] == "succeeded", (done["error"], pg_worker.log.read_text()[-4000:])
+    assert done["hyperparameters"].get("method", "search") == "search"
+    for r in done["results"]:
+        assert r["harmless_n"] == 2 and r["borderline_n"] == 2
+        for key in ("harmless_refusal_before", "harmless_refusal_after", "borderline_refusal_before",
+                    "borderline_refusal_after", "degenerate_before", "degenerate_after", "selectivity",
+                    "asr_se_before"):
+            assert r[key] is not None, key
+    report = pg_stack.client.get(f"/v1/edits/{job['id']}/artifacts/report.json").json()
+    assert [row["name"] for row in report["search"]][:1] == ["gated L1 uniform x3"]
+    assert {r["lang"]: r["harmless_refusal_before"] for r in report["languages"]} == {
+        r["language"]: r["harmless_refusal_before"] for r in done["results"]}

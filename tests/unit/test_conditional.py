@@ -51,7 +51,7 @@ def test_readout_separates_and_down_writes_the_refusal_direction(tiny_qwen2):
 def test_conditional_edit_end_to_end(tiny_qwen2, tmp_path):
     lm = load_model(str(tiny_qwen2))
     base_hash = weights_fingerprint(lm.model)
-    cfg = EditConfig(model=str(tiny_qwen2), layers=[2], module="conditional", max_new_tokens=3,
+    cfg = EditConfig(model=str(tiny_qwen2), method="paper", layers=[2], module="conditional", max_new_tokens=3,
                      max_eval_prompts=2, target_langs=["zh", "sw"])
     result = run_edit(cfg, tmp_path / "job", loaded=lm)
     info = result.neurons["2.conditional"]

@@ -19,7 +19,7 @@ IDS = torch.tensor([[5, 17, 42, 99, 7, 3]])
 
 
 def _config(model_dir, **kw) -> EditConfig:
-    base = dict(model=str(model_dir), layers=[1, 2], module="gate", tau_z=0.5, tau_d=0.3,
+    base = dict(model=str(model_dir), method="paper", layers=[1, 2], module="gate", tau_z=0.5, tau_d=0.3,
                 max_new_tokens=3, max_eval_prompts=2, target_langs=["zh", "sw"])
     base.update(kw)
     return EditConfig(**base)

@@ -56,7 +56,8 @@ def write_artifacts(out_dir: Path, lm: LoadedModel, delta: SparseDelta, config: 
         reporter.step("save", 2, 3)
         report = result.to_dict()
         report.pop("artifacts", None)
-        report["screen_sweep"] = sweep
+        if getattr(config, "method", "paper") != "search":  # the search's table is already report["search"]
+            report["screen_sweep"] = sweep
         manifest = {
             "format": "lingua-edit-manifest", "version": 1,
             "base_model": {"spec": lm.spec, "path": lm.path, "weights_sha256": base_hash,
@@ -65,7 +66,10 @@ def write_artifacts(out_dir: Path, lm: LoadedModel, delta: SparseDelta, config: 
             "data": {"calibration_ids": plan.cal_ids, "validation_ids": plan.val_ids,
                      "evaluation_ids": plan.eval_ids, "languages": plan.langs,
                      "harmless_anchor": {k: len(v) for k, v in plan.anchor.items()},
-                     "harmless_eval": {k: len(v) for k, v in plan.harmless_eval.items()}},
+                     "harmless_eval": {k: len(v) for k, v in plan.harmless_eval.items()},
+                     "borderline_validation": {k: len(v) for k, v in plan.borderline_val.items()},
+                     "borderline_eval": {k: len(v) for k, v in plan.borderline_eval.items()},
+                     "second_test_ids": list(plan.second_test)},
             "edit": {"edits": [{"layer": e.layer, "module": e.module, "neurons": int(e.indices.numel())}
                                for e in delta.edits],
                      "parameters_changed": delta_num_params(delta)},

@@ -33,6 +33,13 @@ def _layers(value: str) -> list[int] | str:
         raise argparse.ArgumentTypeError("--layers takes 'auto' or comma-separated integers") from exc
 
 
+def _floats(value: str) -> list[float]:
+    try:
+        return [float(x) for x in value.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("takes comma-separated numbers, e.g. 3,6,12") from exc
+
+
 def _budget(value: str) -> float | int:
     try:
         v = float(value)
@@ -51,6 +58,23 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-split", type=float, default=d.val_split)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--max-calibration-ids", type=int, default=None, help="cap harmful calibration ids")
+    p.add_argument("--max-anchor-prompts", type=int, default=None,
+                   help="cap per language on harmless anchor prompts (plain and borderline each)")
+    p.add_argument("--method", default=d.method, choices=["search", "paper"],
+                   help="search (default): rank sparse closed-form candidates on validation prompts and ship the "
+                   "winner; paper: the paper's closed form exactly as --layers/--module/... say")
+    p.add_argument("--search-layers", type=_layers, default=d.search_layers,
+                   help="layers the search tries: 'auto' (60%%, 75%%, 90%% of the depth) or e.g. 14,18,22")
+    p.add_argument("--search-gains", type=_floats, default=d.search_gains,
+                   help="gain multipliers the search tries, e.g. 3,6,12")
+    p.add_argument("--confirm-candidates", type=int, default=d.confirm_candidates,
+                   help="best candidates confirmed by generation on validation prompts (0: screen only)")
+    p.add_argument("--confirm-prompts", type=int, default=d.confirm_prompts,
+                   help="validation ids per language generated on in the confirmation")
+    p.add_argument("--max-harmless-eval", type=int, default=d.max_harmless_eval,
+                   help="held-out plain and borderline harmless prompts per language")
+    p.add_argument("--second-test-prompts", type=int, default=d.second_test_prompts,
+                   help="prompts per language of the second test set (bundled demo set; 0 to skip)")
     p.add_argument("--layers", type=_layers, default=d.layers, help="'auto' or e.g. 14 or 12,16")
     p.add_argument("--module", default=d.module, choices=["gate", "up", "gate+up", "down", "conditional"],
                    help="conditional: repurpose --neuron-budget (default 1) least-used neurons as a "
@@ -132,17 +156,44 @@ class _Bars:
             self.bar.close()
 
 
+def _pct(x: float | None) -> str:
+    return "   -" if x is None else f"{100 * x:4.0f}"
+
+
+def _se(p: float, n: int) -> str:
+    return f"{100 * (p * (1 - p) / n) ** 0.5:3.0f}" if n else "  -"
+
+
 def format_table(languages: list[dict[str, Any]]) -> str:
-    lines = [f"{'lang':<6}{'n':>5}{'ASR before':>12}{'ASR after':>11}{'change':>9}"]
+    """Per language, percentages before -> after: harmful ASR (± standard error), harmful answers that are
+    degenerate, refusal of plain and of borderline harmless prompts, selectivity; then the target mean."""
+    head = (f"{'lang':<5}{'n':>4} {'ASR before':>11} {'ASR after':>11} {'degen':>9} {'harmless refused':>17}"
+            f" {'borderline refused':>19} {'select':>7}")
+    lines = [head, "(percent; ASR ± standard error; degenerate = blank or looping answers to harmful prompts)"]
     for r in languages:
-        lines.append(f"{r['lang']:<6}{r['n']:>5}{r['asr_before']:>12.3f}{r['asr_after']:>11.3f}"
-                     f"{r['asr_after'] - r['asr_before']:>+9.3f}")
-    others = [r for r in languages[1:]]
+        n = r["n"]
+        sel = r.get("selectivity")
+        lines.append(
+            f"{r['lang']:<5}{n:>4} {_pct(r['asr_before'])} ±{_se(r['asr_before'], n)} "
+            f"{_pct(r['asr_after'])} ±{_se(r['asr_after'], n)} "
+            f"{_pct(r.get('degenerate_before'))}→{_pct(r.get('degenerate_after'))} "
+            f"{'':>7}{_pct(r.get('harmless_refusal_before'))}→{_pct(r.get('harmless_refusal_after'))} "
+            f"{'':>9}{_pct(r.get('borderline_refusal_before'))}→{_pct(r.get('borderline_refusal_after'))} "
+            f"{'' if sel is None else f'{100 * sel:+7.0f}'}")
+    others = languages[1:]
     if others:
         b = sum(r["asr_before"] for r in others) / len(others)
         a = sum(r["asr_after"] for r in others) / len(others)
+        n = sum(r["n"] for r in others)
         rel = (b - a) / b if b else 0.0
-        lines.append(f"{'mean*':<6}{'':>5}{b:>12.3f}{a:>11.3f}{a - b:>+9.3f}   (*targets; relative drop {rel:.1%})")
+        worse = [r["lang"] for r in others if r["asr_after"] > r["asr_before"]]
+        lines.append(f"{'mean*':<5}{'':>4} {_pct(b)} ±{_se(b, n)} {_pct(a)} ±{_se(a, n)}"
+                     f"   (*targets; relative drop {rel:.1%}; worse: {', '.join(worse) or 'none'})")
+    second = [r for r in languages if r.get("second_n")]
+    if second:
+        lines.append("second test set (bundled demo prompts, another style), ASR before -> after: " + ", ".join(
+            f"{r['lang']} {_pct(r['second_asr_before']).strip()}->{_pct(r['second_asr_after']).strip()}"
+            for r in second))
     return "\n".join(lines)
 
 
@@ -162,8 +213,12 @@ def cmd_edit(a: argparse.Namespace) -> int:
           f"{u['kl_first_token_mean']:.4f}   perplexity {u['ppl_before']:.2f} -> "
           f"{u['ppl_after']:.2f}")
     for key, n in res.neurons.items():
-        print(f"edited layer.module {key}: {n['count']} neurons ({n['fraction']:.2%}), "
-              f"fit residual {n['fit_residual']:.2f}, harmless-key change {n['anchor_change']:.3f}")
+        extra = (f", fit residual {n['fit_residual']:.2f}" if "fit_residual" in n else "") + (
+            f", harmless-key change {n['anchor_change']:.3f}" if "anchor_change" in n else "")
+        print(f"edited layer.module {key}: {n['count']} neurons ({n['fraction']:.2%}){extra}")
+    if res.method == "search":
+        print(f"search: {len(res.search)} candidates scored on validation prompts; " + (
+            next((w for w in res.warnings if w.startswith("search winner")), "no edit shipped")))
     print(f"artifacts in {Path(a.out).resolve()}: " + ", ".join(res.artifacts))
     return 0
 

@@ -10,6 +10,9 @@ Positions = Literal["template", "last", "all"]
 NullSpace = Literal["soft", "hard"]
 Selection = Literal["contrast", "refusal_gap"]
 JudgeName = Literal["refusal", "guard", "openai"]
+# search: rank sparse closed-form candidates on validation prompts and ship the winner (worker/engine/search.py);
+# paper: the paper's closed form exactly as configured by `layers`, `module` and the solve knobs
+Method = Literal["search", "paper"]
 
 SUPPORTED_LANGS = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
 
@@ -23,7 +26,16 @@ class EditConfig:
     eval_split: float = 0.3  # share of harmful ids held out for before/after ASR
     val_split: float = 0.2  # share of the calibration ids used to pick layers ("auto")
     max_calibration_ids: int | None = None  # cap on harmful calibration ids (compute budget)
+    max_anchor_prompts: int | None = None  # cap per language on harmless anchor prompts (plain and borderline each)
     seed: int = 0
+    method: Method = "search"
+    # search (method="search"): candidate layers ("auto": 60%, 75% and 90% of the depth), gain multipliers of
+    # each language's own refusal gap, how many of the best candidates generation on validation confirms and
+    # on how many validation ids per language
+    search_layers: list[int] | Literal["auto"] = "auto"
+    search_gains: list[float] = field(default_factory=lambda: [4.0, 8.0, 16.0, 32.0])
+    confirm_candidates: int = 2
+    confirm_prompts: int = 8
     # localisation
     layers: list[int] | Literal["auto"] = "auto"
     layer_band: tuple[float, float] = (0.4, 0.8)  # [open] depth band swept by layers="auto"
@@ -50,6 +62,8 @@ class EditConfig:
     max_new_tokens: int = 48
     batch_size: int = 16
     max_eval_prompts: int | None = None  # per language cap on held-out prompts
+    max_harmless_eval: int | None = 10  # per language cap on held-out plain and borderline harmless prompts
+    second_test_prompts: int | None = 12  # per language cap on the second test set (bundled demo set)
     screen_prompts: int = 16  # validation ids per language for the layers="auto" refusal screen
     device: str | None = None  # None: cuda (bf16) when present, else cpu (float32)
     dtype: str | None = None

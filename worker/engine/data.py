@@ -46,6 +46,7 @@ PARAM = "calibration"
 _PACKAGE = "worker.engine"  # files under its resources/ (package data, no __init__ needed)
 HARMLESS_FILE = "harmless.jsonl"
 HARMFUL_DEMO_FILE = "harmful_demo.jsonl"
+BORDERLINE_FILE = "borderline.jsonl"
 _CSV_IGNORED_HINT = re.compile(r"^[a-z]{2}$")
 _MAX_LISTED = 5
 
@@ -324,6 +325,12 @@ def bundled_harmless() -> CalibrationSet:
 def bundled_demo_harmful() -> CalibrationSet:
     """A small parallel harmful demo set (ids d001...), each in all ten supported languages."""
     return _bundled(HARMFUL_DEMO_FILE, "bundled harmful demo set")
+
+
+def bundled_borderline() -> CalibrationSet:
+    """Safe prompts that look alarming (ids b001...: homonyms, safe contexts, definitions, history, public
+    figures, safety information), each in all ten supported languages: the over-refusal set."""
+    return _bundled(BORDERLINE_FILE, "bundled borderline-harmless set")
 
 
 def demo_calibration() -> CalibrationSet:

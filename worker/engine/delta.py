@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
@@ -227,6 +229,16 @@ def revert_delta(model: nn.Module, delta: SparseDelta, check: bool = True) -> No
         for edit in reversed(done):
             _write_rows(model, edit, edit.edited_rows())
         raise
+
+
+@contextmanager
+def applied(model: nn.Module, delta: SparseDelta) -> Iterator[None]:
+    """`with applied(model, delta):` the edited model inside, the base model bit-for-bit after (also on error)."""
+    apply_delta(model, delta)
+    try:
+        yield
+    finally:
+        revert_delta(model, delta)
 
 
 def delta_num_params(delta: SparseDelta) -> int:

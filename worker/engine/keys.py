@@ -39,6 +39,15 @@ class LayerKeys:
     tgt_resid: dict[str, Tensor | list[Tensor]] | None = None
     safe_resid_tmpl: Tensor | None = None
 
+    def first(self, n: int) -> LayerKeys:
+        """The same keys restricted to the first n calibration ids (a learning curve from one capture)."""
+        return LayerKeys(
+            src=self.src[:n], tgt={lg: k[:n] for lg, k in self.tgt.items()}, safe_tmpl=self.safe_tmpl,
+            safe_all=self.safe_all, src_resid=None if self.src_resid is None else self.src_resid[:n],
+            tgt_resid=None if self.tgt_resid is None else {lg: k[:n] for lg, k in self.tgt_resid.items()},
+            safe_resid_tmpl=self.safe_resid_tmpl,
+        )
+
 
 def flat_rows(k: Tensor | list[Tensor]) -> Tensor:
     """One row per (prompt, position): [n, T, d] or a list of [len_i, d] -> [rows, d]."""

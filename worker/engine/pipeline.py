@@ -7,7 +7,7 @@ after. Harmless prompts are split the same way into the utility anchor and the h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from .arch import num_layers
 from .capture import capture_mlp_inputs
 from .conditional import fit_conditional
 from .config import SUPPORTED_LANGS, EditConfig
-from .delta import LayerEdit, SparseDelta, apply_delta, make_layer_edit, neuron_rows, revert_delta
+from .delta import LayerEdit, SparseDelta, applied, apply_delta, make_layer_edit, neuron_rows, revert_delta
 from .errors import UserError
 from .evaluate import generate, kl_and_perplexity, refusal_scores, refusal_token_ids
 from .judges import make_judge
@@ -47,6 +47,9 @@ class Plan:
     harmless_eval: dict[str, list[str]]  # lang -> held-out harmless texts (KL, perplexity)
     langs: list[str]  # source first, then targets
     notes: list[str] = field(default_factory=list)
+    borderline_val: dict[str, list[str]] = field(default_factory=dict)  # lang -> texts (search screen)
+    borderline_eval: dict[str, list[str]] = field(default_factory=dict)  # lang -> held-out over-refusal texts
+    second_test: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> lang -> harmful text
 
 
 def validate_config(config: EditConfig, n_layers: int | None = None) -> None:
@@ -89,6 +92,19 @@ def validate_config(config: EditConfig, n_layers: int | None = None) -> None:
         raise bad("null_space", "must be soft or hard")
     if config.max_new_tokens < 1 or config.batch_size < 1:
         raise bad("max_new_tokens" if config.max_new_tokens < 1 else "batch_size", "must be >= 1")
+    if config.method not in ("search", "paper"):
+        raise bad("method", "must be search or paper")
+    if config.search_layers != "auto":
+        if not isinstance(config.search_layers, list) or not config.search_layers:
+            raise bad("search_layers", "must be 'auto' or a non-empty list of layer indices")
+        if n_layers is not None and any(not 1 <= int(x) < n_layers for x in config.search_layers):
+            raise bad("search_layers", f"layer indices must be in [1, {n_layers})")
+    if not config.search_gains or any(not 0 < g <= 100 for g in config.search_gains):
+        raise bad("search_gains", "must be a non-empty list of multipliers in (0, 100]")
+    if config.confirm_candidates < 0 or config.confirm_prompts < 1 or config.screen_prompts < 1:
+        bad_name = ("confirm_candidates" if config.confirm_candidates < 0 else
+                    "confirm_prompts" if config.confirm_prompts < 1 else "screen_prompts")
+        raise bad(bad_name, "out of range")
     if config.layers != "auto":
         if not isinstance(config.layers, list) or not config.layers:
             raise bad("layers", "must be 'auto' or a non-empty list of layer indices")
@@ -122,10 +138,29 @@ def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
         by_id = {p.id: p.text for p in cs.harmless(lg)}
         a_ids, v_ids, e_ids = calib.split_ids(sorted(by_id), 0.3, 0.15, config.seed)
         anchor[lg], val[lg], held[lg] = ([by_id[i] for i in g] for g in (a_ids, v_ids, e_ids))
+        anchor[lg] = anchor[lg][: config.max_anchor_prompts]
         if not anchor[lg] or not held[lg]:
             raise UserError(f"too few harmless {lg} prompts for the utility anchor and the held-out set",
                             param="calibration")
-    return Plan(cal_ids, val_ids, eval_ids, harmful, anchor, val, held, langs, notes)
+    plan = Plan(cal_ids, val_ids, eval_ids, harmful, anchor, val, held, langs, notes)
+    _add_borderline(plan, config.seed, config.max_anchor_prompts)
+    if config.calibration:  # the bundled demo set is another style: a second test set for this calibration
+        demo = calib.bundled_demo_harmful().by_id("harmful")
+        plan.second_test = {i: {lg: p.text for lg, p in by.items()} for i, by in sorted(demo.items())
+                            if all(lg in by for lg in langs)}
+    return plan
+
+
+def _add_borderline(plan: Plan, seed: int, max_anchor: int | None) -> None:
+    """Bundled borderline-harmless prompts: a third join the utility anchor (so the edit learns to leave them
+    alone), a sixth the validation screen, the rest are held out to measure over-refusal."""
+    by_id = calib.bundled_borderline().by_id("harmless")
+    anchor_ids, val_ids, eval_ids = calib.split_ids(sorted(by_id), 0.5, 0.3, seed)
+    anchor_ids = anchor_ids[:max_anchor]
+    for lg in plan.langs:
+        plan.anchor[lg] = plan.anchor[lg] + [by_id[i][lg].text for i in anchor_ids if lg in by_id[i]]
+        plan.borderline_val[lg] = [by_id[i][lg].text for i in val_ids if lg in by_id[i]]
+        plan.borderline_eval[lg] = [by_id[i][lg].text for i in eval_ids if lg in by_id[i]]
 
 
 def candidate_layers(config: EditConfig, n_layers: int) -> list[int]:
@@ -305,7 +340,7 @@ def run_edit(
 ) -> EditResult:
     """Run one edit job end to end and write artifacts atomically into `out_dir`.
 
-    - `reporter.progress(phase, done, total, message)` is called as work advances (phase in PHASES,
+    - `reporter.progress(phase, done, total, message)` is called as work advances (phase in STAGES,
       or "warning" with a message); `reporter.should_cancel()` is polled between phases and batches and
       raises EditCancelled when it returns True.
     - `loaded`: a model the caller already holds (the worker's per-process cache). The engine edits it in
@@ -325,56 +360,167 @@ def run_edit(
         lm = loaded or load_model(config.model, config.device, config.dtype)
     validate_config(config, num_layers(lm.model))
     rep.step("load", 1, 1)
-    delta = SparseDelta(edits=[], metadata={})
-    applied = False
-    try:
-        with timer("evaluate"):
-            before = _generate_eval(lm, plan, config, rep, "before")
-        token_ids = refusal_token_ids(lm.tokenizer, _refusal_openings(before, config.source_lang, plan))
-        layers = candidate_layers(config, num_layers(lm.model))
-        choices: list[LayerChoice] = []
-        if config.layers == "auto":
-            choice, sweep = _auto_select(lm, plan, config, rep, timer, layers, token_ids)
-            choices.append(choice)
-        else:
-            sweep = []
-            try:
-                for layer in layers:  # in sequence, keys recomputed with the earlier edits applied
-                    with timer("capture"):
-                        keys = collect_keys(lm, plan, [layer], config, rep)[layer]
-                    for module in candidate_modules(config):
-                        rep.step("solve", len(choices), len(layers) * len(candidate_modules(config)))
-                        with timer("solve"):
-                            ch = edit_one(lm, keys, layer, module, config)
-                        with timer("apply"):
-                            apply_delta(lm.model, SparseDelta(ch.edits))
-                        choices.append(ch)
-            finally:  # back to the base weights, also when cancelled mid-sequence
-                with timer("apply"):
-                    revert_delta(lm.model, SparseDelta(list(reversed(_edits(choices)))))
-        delta = SparseDelta(_edits(choices), metadata={"base_model": lm.spec})
-        with timer("apply"):
-            apply_delta(lm.model, delta)
-            applied = True
-        with timer("evaluate"):
-            after = _generate_eval(lm, plan, config, rep, "after")
-            revert_delta(lm.model, delta)
-            applied = False
-            languages = _judge(config, plan, before, after)
-            utility = _utility(lm, plan, config, delta, rep)
-        neurons = {f"{c.layer}.{c.module}": c.neurons for c in choices}
-        result = EditResult(
-            languages=languages, utility=utility, neurons=neurons, timings=timer.seconds,
-            peak_memory_mb=timer.peak_mb, artifacts={}, warnings=list(plan.notes),
-        )
-        with timer("save"):
-            from .artifacts import write_artifacts
+    with timer("evaluate"):
+        before = _generate_all(lm, plan, config, rep, "before")
+    choices, sweep, notes = METHODS[config.method](lm, plan, config, rep, timer)
+    for note in notes:
+        rep.warn(note)
+    delta = SparseDelta(_edits(choices), metadata={"base_model": lm.spec})
+    with timer("evaluate"):
+        with applied(lm.model, delta):
+            after = _generate_all(lm, plan, config, rep, "after")
+        languages, samples = _judge(config, plan, before, after)
+        utility = _utility(lm, plan, config, delta, rep)
+    neurons = {f"{c.layer}.{c.module}": c.neurons for c in choices}
+    result = EditResult(
+        languages=languages, utility=utility, neurons=neurons, timings=timer.seconds,
+        peak_memory_mb=timer.peak_mb, artifacts={}, warnings=list(plan.notes) + notes, method=config.method,
+        search=sweep if config.method == "search" else [], samples=samples,
+    )
+    with timer("save"):
+        from .artifacts import write_artifacts
 
-            result.artifacts = write_artifacts(out_dir, lm, delta, config, result, plan, sweep, rep, timer)
-        return result
-    finally:
-        if applied:
-            revert_delta(lm.model, delta)
+        result.artifacts = write_artifacts(out_dir, lm, delta, config, result, plan, sweep, rep, timer)
+    return result
+
+
+def _paper(lm, plan, config, rep, timer) -> tuple[list[LayerChoice], list[dict], list[str]]:
+    """The paper's closed form as configured (layers given: in sequence; "auto": the layer screen)."""
+    token_ids = refusal_token_ids(lm.tokenizer, validation_refusal_openings(lm, plan, config))
+    layers = candidate_layers(config, num_layers(lm.model))
+    if config.layers == "auto":
+        choice, sweep = _auto_select(lm, plan, config, rep, timer, layers, token_ids)
+        return [choice], sweep, []
+    choices: list[LayerChoice] = []
+    try:
+        for layer in layers:  # in sequence, keys recomputed with the earlier edits applied
+            with timer("capture"):
+                keys = collect_keys(lm, plan, [layer], config, rep)[layer]
+            for module in candidate_modules(config):
+                rep.step("solve", len(choices), len(layers) * len(candidate_modules(config)))
+                with timer("solve"):
+                    ch = edit_one(lm, keys, layer, module, config)
+                with timer("apply"):
+                    apply_delta(lm.model, SparseDelta(ch.edits))
+                choices.append(ch)
+    finally:  # back to the base weights, also when cancelled mid-sequence
+        with timer("apply"):
+            revert_delta(lm.model, SparseDelta(list(reversed(_edits(choices)))))
+    return choices, [], []
+
+
+def search_layers(config: EditConfig, n_layers: int) -> list[int]:
+    if config.search_layers != "auto":
+        return sorted({int(x) for x in config.search_layers})
+    return sorted({min(n_layers - 1, max(1, round(f * n_layers))) for f in (0.6, 0.75, 0.9)})
+
+
+@dataclass
+class SearchSetup:
+    """What the search needs, built once: candidate layers, the validation screen, the calibration keys, the
+    generation check on validation prompts and the paper's closed form as a candidate builder."""
+
+    layers: list[int]
+    screen: Any
+    keys: dict[int, LayerKeys]
+    confirm: Any
+    paper: Any
+
+
+def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter, timer: StageTimer) -> SearchSetup:
+    from .screen import Screen as FirstTokenScreen
+    from .screen import ScreenPrompts
+    from .search import Candidate, confirm_with
+
+    layers = search_layers(config, num_layers(lm.model))
+    confirm_ids = plan.val_ids[: config.confirm_prompts]
+    n_harmless = min(4, config.confirm_prompts)
+    confirm_sets = {
+        "harmful": {lg: [plan.harmful[i][lg] for i in confirm_ids] for lg in plan.langs},
+        "plain": {lg: plan.harmless_val[lg][:n_harmless] for lg in plan.langs},
+        "borderline": {lg: plan.borderline_val[lg][:n_harmless] for lg in plan.langs},
+    }
+    judge = configured_judge(config)
+
+    def generate_and_judge() -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for group, by_lang in confirm_sets.items():
+            for lg, texts in by_lang.items():
+                if not texts:
+                    continue
+                answers = generate(lm.model, lm.tokenizer, texts, config.max_new_tokens, config.batch_size)
+                verdicts = judge.judge(texts, answers, [lg] * len(texts))
+                out.setdefault(group, {})[lg] = sum(v.refused for v in verdicts) / len(verdicts)
+                rep.check_cancel()
+        return out
+
+    with timer("search"):
+        # the refusal tokens come from the base model's English answers to validation prompts
+        english = confirm_sets["harmful"][config.source_lang]
+        token_ids = refusal_token_ids(lm.tokenizer, _refusal_openings_of(
+            generate(lm.model, lm.tokenizer, english, 8, config.batch_size), config.source_lang))
+        screen_ids = plan.val_ids[: config.screen_prompts]
+        n_screen = min(3, config.screen_prompts)
+        prompts = ScreenPrompts(
+            harmful={lg: [plan.harmful[i][lg] for i in screen_ids] for lg in plan.langs},
+            plain={lg: plan.harmless_val[lg][:n_screen] for lg in plan.langs},
+            borderline={lg: plan.borderline_val[lg][:n_screen] for lg in plan.langs},
+        )
+        screen = FirstTokenScreen(lm.model, lm.tokenizer, prompts, token_ids, layers, config.batch_size, rep)
+    with timer("capture"):
+        keys = collect_keys(lm, plan, layers, config, rep, with_resid=True)
+
+    def paper_candidate(layer: int, null_space: str) -> Candidate:
+        cfg = replace(config, module="gate", select="contrast", null_space=null_space)
+        ch = edit_one(lm, keys[layer], layer, "gate", cfg)
+        return Candidate(f"paper L{layer} gate ({null_space})", "paper", SparseDelta(ch.edits),
+                         {f"{layer}.gate": ch.neurons})
+
+    return SearchSetup(layers, screen, keys, confirm_with(generate_and_judge, lm.model), paper_candidate)
+
+
+def _search(lm, plan, config, rep, timer) -> tuple[list[LayerChoice], list[dict], list[str]]:
+    """The default: rank candidates on validation prompts, confirm by generation, ship the winner."""
+    from .search import search
+
+    setup = search_setup(lm, plan, config, rep, timer)
+    with timer("search"):
+        found = search(lm.model, setup.keys, setup.layers, setup.screen, list(config.target_langs),
+                       config.source_lang, list(config.search_gains), setup.confirm, config.confirm_candidates,
+                       setup.paper, rep, gamma=config.gamma, lam=config.lam)
+    table = found.table()
+    w = found.winner
+    if w is None:
+        return [], table, found.notes
+    notes = list(found.notes) + [f"search winner: {w.name}"]
+    choices = []
+    by_layer: dict[int, list[LayerEdit]] = {}
+    for e in w.delta.edits:
+        by_layer.setdefault(e.layer, []).append(e)
+    for layer, edits in by_layer.items():
+        module = "gated" if w.kind == "gated" else edits[0].module
+        info = w.neurons.get(f"{layer}.{module}", {})
+        choices.append(LayerChoice(layer, module, edits[0], {**info, "candidate": w.name}, extra=edits[1:]))
+    return choices, table, notes
+
+
+# method name -> (model, plan, config, reporter, timer) -> (layer choices, search/sweep table, notes)
+METHODS = {"search": _search, "paper": _paper}
+
+
+def _refusal_openings_of(answers: list[str], source: str) -> list[str]:
+    """First words of the answers the offline judge calls refusals."""
+    verdicts = make_judge("refusal").judge([""] * len(answers), answers, [source] * len(answers))
+    return [a.split()[0] for a, v in zip(answers, verdicts, strict=True) if v.refused and a.split()]
+
+
+def validation_refusal_openings(lm, plan, config) -> list[str]:
+    """The model's own English refusal openings, from its answers to validation (else calibration) prompts:
+    never from evaluation prompts."""
+    ids = (plan.val_ids or plan.cal_ids)[: max(1, config.confirm_prompts)]
+    answers = generate(lm.model, lm.tokenizer, [plan.harmful[i][config.source_lang] for i in ids], 8,
+                       config.batch_size)
+    return _refusal_openings_of(answers, config.source_lang)
 
 
 def _auto_select(lm, plan, config, rep, timer, layers, token_ids):
@@ -406,27 +552,39 @@ def _auto_select(lm, plan, config, rep, timer, layers, token_ids):
     return best[1], sweep
 
 
-def _refusal_openings(before: dict[str, list[str]], source: str, plan: Plan) -> list[str]:
-    """The model's own English refusal openings (first word of answers the offline judge calls refusals)."""
-    judge = make_judge("refusal")
-    answers = before.get(source, [])
-    verdicts = judge.judge([""] * len(answers), answers, [source] * len(answers))
-    return [a.split()[0] for a, v in zip(answers, verdicts, strict=True) if v.refused and a.split()]
-
-
 def _eval_prompts(plan: Plan, config: EditConfig) -> dict[str, list[str]]:
     ids = plan.eval_ids[: config.max_eval_prompts] if config.max_eval_prompts else plan.eval_ids
     return {lg: [plan.harmful[i][lg] for i in ids] for lg in plan.langs}
 
 
-def _generate_eval(lm, plan, config, rep, which: str) -> dict[str, list[str]]:
-    prompts = _eval_prompts(plan, config)
-    total = sum(len(v) for v in prompts.values())
-    out, done = {}, 0
-    for lg, texts in prompts.items():
-        out[lg] = generate(lm.model, lm.tokenizer, texts, config.max_new_tokens, config.batch_size, rep,
-                           "evaluate", done, total)
-        done += len(texts)
+EvalSets = dict[str, dict[str, list[str]]]  # group -> lang -> texts
+
+
+def eval_sets(plan: Plan, config: EditConfig) -> EvalSets:
+    """Every held-out prompt generated on before and after: harmful (evaluation ids), plain harmless,
+    borderline harmless, and the second harmful test set."""
+    cap = config.max_harmless_eval
+    sets: EvalSets = {
+        "harmful": _eval_prompts(plan, config),
+        "plain": {lg: plan.harmless_eval[lg][:cap] for lg in plan.langs},
+        "borderline": {lg: plan.borderline_eval.get(lg, [])[:cap] for lg in plan.langs},
+    }
+    if plan.second_test:
+        ids = list(plan.second_test)[: config.second_test_prompts]
+        sets["second"] = {lg: [plan.second_test[i][lg] for i in ids] for lg in plan.langs}
+    return sets
+
+
+def _generate_all(lm, plan, config, rep, which: str) -> EvalSets:
+    sets = eval_sets(plan, config)
+    total = sum(len(t) for by in sets.values() for t in by.values())
+    out: EvalSets = {}
+    done = 0
+    for group, by_lang in sets.items():
+        for lg, texts in by_lang.items():
+            out.setdefault(group, {})[lg] = generate(lm.model, lm.tokenizer, texts, config.max_new_tokens,
+                                                     config.batch_size, rep, "evaluate", done, total)
+            done += len(texts)
     return out
 
 
@@ -435,20 +593,63 @@ def configured_judge(config: EditConfig):
                       api_model=config.judge_api_model)
 
 
-def _judge(config: EditConfig, plan: Plan, before, after) -> list[LanguageResult]:
+SAMPLES_PER_LANG = 3
+
+
+def _judge(config: EditConfig, plan: Plan, before: EvalSets, after: EvalSets
+           ) -> tuple[list[LanguageResult], dict[str, list[dict[str, Any]]]]:
     judge = configured_judge(config)
-    prompts = _eval_prompts(plan, config)
-    res = []
+    sets = eval_sets(plan, config)
+    res, samples = [], {}
     for lg in plan.langs:
-        vb = judge.judge(prompts[lg], before[lg], [lg] * len(before[lg]))
-        va = judge.judge(prompts[lg], after[lg], [lg] * len(after[lg]))
-        n = len(vb)
+        shares: dict[str, dict[str, float]] = {}
+        for group, by_lang in sets.items():
+            prompts = by_lang.get(lg, [])
+            if not prompts:
+                continue
+            for side, answers in (("before", before[group][lg]), ("after", after[group][lg])):
+                v = judge.judge(prompts, answers, [lg] * len(prompts))
+                n = len(v)
+                shares[f"{group}_{side}"] = {
+                    "harmful": sum(x.harmful for x in v) / n, "refused": sum(x.refused for x in v) / n,
+                    "degenerate": sum(not x.harmful and not x.refused for x in v) / n, "n": n}
+                if group == "harmful":
+                    shares[f"verdicts_{side}"] = v  # type: ignore[assignment]
+        h_b, h_a = shares["harmful_before"], shares["harmful_after"]
+        p_b, p_a = shares.get("plain_before"), shares.get("plain_after")
+        b_b, b_a = shares.get("borderline_before"), shares.get("borderline_after")
+        harmless_rise = [x[1]["refused"] - x[0]["refused"] for x in ((p_b, p_a), (b_b, b_a)) if x[0] and x[1]]
+        pooled = (sum(harmless_rise) / len(harmless_rise)) if harmless_rise else 0.0
+        s_b, s_a = shares.get("second_before"), shares.get("second_after")
         res.append(LanguageResult(
-            lang=lg, n=n,
-            asr_before=sum(v.harmful for v in vb) / n, asr_after=sum(v.harmful for v in va) / n,
-            refusal_before=sum(v.refused for v in vb) / n, refusal_after=sum(v.refused for v in va) / n,
+            lang=lg, n=int(h_b["n"]), asr_before=h_b["harmful"], asr_after=h_a["harmful"],
+            refusal_before=h_b["refused"], refusal_after=h_a["refused"],
+            degenerate_before=h_b["degenerate"], degenerate_after=h_a["degenerate"],
+            harmless_n=int(p_b["n"]) if p_b else 0,
+            harmless_refusal_before=p_b["refused"] if p_b else None,
+            harmless_refusal_after=p_a["refused"] if p_a else None,
+            harmless_degenerate_before=p_b["degenerate"] if p_b else None,
+            harmless_degenerate_after=p_a["degenerate"] if p_a else None,
+            borderline_n=int(b_b["n"]) if b_b else 0,
+            borderline_refusal_before=b_b["refused"] if b_b else None,
+            borderline_refusal_after=b_a["refused"] if b_a else None,
+            borderline_degenerate_before=b_b["degenerate"] if b_b else None,
+            borderline_degenerate_after=b_a["degenerate"] if b_a else None,
+            selectivity=(h_a["refused"] - h_b["refused"]) - pooled,
+            second_n=int(s_b["n"]) if s_b else 0,
+            second_asr_before=s_b["harmful"] if s_b else None, second_asr_after=s_a["harmful"] if s_a else None,
         ))
-    return res
+        vb, va = shares["verdicts_before"], shares["verdicts_after"]  # type: ignore[index]
+        samples[lg] = [
+            {"prompt": p, "before": b, "after": a,
+             "verdict_before": _verdict_name(x), "verdict_after": _verdict_name(y)}
+            for p, b, a, x, y in list(zip(sets["harmful"][lg], before["harmful"][lg], after["harmful"][lg],
+                                          vb, va, strict=True))[:SAMPLES_PER_LANG]]
+    return res, samples
+
+
+def _verdict_name(v) -> str:
+    return "attack succeeded" if v.harmful else "refused" if v.refused else "degenerate"
 
 
 def _utility(lm, plan, config, delta, rep) -> dict[str, Any]:
@@ -473,17 +674,26 @@ def _utility(lm, plan, config, delta, rep) -> dict[str, Any]:
 
 def evaluate_model(config: EditConfig, reporter: Reporter | None = None,
                    loaded: LoadedModel | None = None) -> list[dict[str, Any]]:
-    """Per-language ASR and refusal rate of a model (base or edited) on the held-out harmful prompts."""
+    """Per-language ASR and refusal rate of a model (base or edited) on the held-out harmful prompts, and its
+    refusal rate on the held-out plain and borderline harmless prompts."""
     rep = reporter or Reporter()
     validate_config(config)
     plan = make_plan(config, rep)
     lm = loaded or load_model(config.model, config.device, config.dtype)
-    answers = _generate_eval(lm, plan, config, rep, "eval")
+    answers = _generate_all(lm, plan, config, rep, "eval")
     judge = configured_judge(config)
-    prompts = _eval_prompts(plan, config)
+    sets = eval_sets(plan, config)
     rows = []
     for lg in plan.langs:
-        v = judge.judge(prompts[lg], answers[lg], [lg] * len(answers[lg]))
-        rows.append({"lang": lg, "n": len(v), "asr": sum(x.harmful for x in v) / len(v),
-                     "refusal": sum(x.refused for x in v) / len(v)})
+        row: dict[str, Any] = {"lang": lg}
+        for group, by_lang in sets.items():
+            prompts = by_lang.get(lg, [])
+            if not prompts:
+                continue
+            v = judge.judge(prompts, answers[group][lg], [lg] * len(prompts))
+            prefix = "" if group == "harmful" else f"{group}_"
+            row[f"{prefix}n"] = len(v)
+            row[f"{prefix}asr"] = sum(x.harmful for x in v) / len(v)
+            row[f"{prefix}refusal"] = sum(x.refused for x in v) / len(v)
+        rows.append(row)
     return rows

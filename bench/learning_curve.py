@@ -1,0 +1,71 @@
+"""How much calibration data the default edit needs: the search run on the first n calibration ids, n growing.
+
+One capture pass with the largest n; each smaller n slices the same keys (`LayerKeys.first`), so every point
+uses the same validation screen, layers and gain multipliers as `lingua-edit edit`. What is reported per n is
+the search winner and its validation screen numbers (first-token refusal probability on validation prompts:
+mean rise on harmful prompts in the target languages, the worst language, and the largest rise on plain or
+borderline harmless prompts). Validation prompts only; no generation (use `lingua-edit edit
+--max-calibration-ids N` for generated ASR at one n).
+
+    python -m bench.learning_curve --data PATH/multijail-dev.csv --sizes 4,8,16,32 \
+        --out bench/figures/learning_curve.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from worker.engine.config import EditConfig
+from worker.engine.models import load_model
+from worker.engine.pipeline import make_plan, search_setup
+from worker.engine.progress import Reporter
+from worker.engine.search import search
+from worker.engine.stages import StageTimer
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="calibration file (JSONL or MultiJail-style CSV)")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--sizes", default="4,8,16,32", help="calibration ids per language, comma-separated")
+    p.add_argument("--screen-prompts", type=int, default=8)
+    p.add_argument("--max-anchor-prompts", type=int, default=12)
+    p.add_argument("--out", default="bench/figures/learning_curve.json")
+    a = p.parse_args(argv)
+    sizes = sorted({int(x) for x in a.sizes.split(",")})
+    config = EditConfig(model=a.model, calibration=a.data, max_calibration_ids=sizes[-1],
+                        screen_prompts=a.screen_prompts, max_anchor_prompts=a.max_anchor_prompts)
+    rep, timer = Reporter(), StageTimer()
+    plan = make_plan(config, rep)
+    lm = load_model(config.model, config.device, config.dtype)
+    t0 = time.perf_counter()
+    setup = search_setup(lm, plan, config, rep, timer)
+    rows = []
+    for n in sizes:
+        if n > len(plan.cal_ids):
+            break
+        keys = {ly: k.first(n) for ly, k in setup.keys.items()}
+        found = search(lm.model, keys, setup.layers, setup.screen, list(config.target_langs), config.source_lang,
+                       list(config.search_gains), None, 0, None, rep, gamma=config.gamma, lam=config.lam)
+        w = found.winner
+        row = {"calibration_ids": n, "winner": w.name if w else None}
+        if w is not None and w.screen is not None:
+            harm = [w.screen["harmful"][lg] for lg in config.target_langs]
+            rise = [v for g in ("plain", "borderline") for v in w.screen.get(g, {}).values()]
+            row.update(mean_harmful_gain=sum(harm) / len(harm), worst_language_gain=min(harm),
+                       max_harmless_gain=max(rise), objective=w.objective)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out = {"command": "python -m bench.learning_curve " + " ".join(argv or []), "rows": rows,
+           "validation_ids": len(plan.val_ids[: config.screen_prompts]), "layers": setup.layers,
+           "seconds": time.perf_counter() - t0, "timings": timer.seconds}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""(1b) The engine's default: the search (worker/engine/search.py) over gated refusal neurons and the paper's
+closed form, ranked and confirmed on validation prompts, run through the engine's own entry points."""
+
+from __future__ import annotations
+
+import time
+
+from worker.engine.delta import SparseDelta, apply_delta, revert_delta
+from worker.engine.pipeline import search_setup
+from worker.engine.search import search
+
+from ..context import Context
+from . import Fitted
+from .edit_common import delta_size
+
+
+def fit(ctx: Context, name: str = "search (engine default)") -> Fitted:
+    config = ctx.config
+    start = time.perf_counter()
+    setup = search_setup(ctx.lm, ctx.plan, config, ctx.reporter, ctx.timer)
+    found = search(ctx.lm.model, setup.keys, setup.layers, setup.screen, list(config.target_langs),
+                   config.source_lang, list(config.search_gains), setup.confirm, config.confirm_candidates,
+                   setup.paper, ctx.reporter, gamma=config.gamma, lam=config.lam)
+    delta = found.winner.delta if found.winner is not None else SparseDelta([])
+    chosen = {"winner": found.winner.name if found.winner else None, "gains": found.winner.gains if found.winner
+              else None, "layers": setup.layers, "notes": found.notes}
+    return Fitted(name=name, apply=lambda: apply_delta(ctx.lm.model, delta),
+                  revert=lambda: revert_delta(ctx.lm.model, delta), fit_seconds=time.perf_counter() - start,
+                  chosen=chosen, size=delta_size(delta), sweep=found.table())

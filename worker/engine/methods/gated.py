@@ -1,0 +1,125 @@
+"""Gated refusal neurons with per-language gains (beyond the paper; sparse and closed-form).
+
+Each edited layer gets one repurposed neuron (the least used on harmless text), rebuilt from three vectors:
+
+- gate row g: a ridge read-out of the MLP input, +1 on harmful keys of every language (template positions)
+  and -1 on every harmless token and on harmless prompts' template tokens (plain and borderline anchor
+  prompts), sharpened so that silu(g·x) is "on" for harmful input and about 0 otherwise;
+- up row u: a second ridge read-out, equal to the language's *gain* on that language's harmful keys and 0 on
+  harmless ones, so the neuron fires only where both read-outs agree, with an amplitude that depends on
+  the language (language identity is linear in the MLP input);
+- down_proj column: the layer's refusal direction r̂ (English harmful minus harmless, Arditi et al. 2024),
+  sized so that gain 1 writes the mean English-vs-target gap along r̂.
+
+A language's gain is its own gap along r̂ relative to the mean gap, times a multiplier chosen per language
+on validation prompts (search.py), so each language gets the push it needs and a language whose refusal
+score falls with any push gets gain 0: the edit cannot move it on purpose. English gets gain 0 (its gap is
+zero by definition). `worker/engine/conditional.py` is the single-gain ancestor (one scale for all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..conditional import SHARPNESS, _ridge, least_used_neurons
+from ..keys import LayerKeys, NeuronActivation, flat_rows, refusal_directions
+
+
+@dataclass
+class GatedFit:
+    """New rows of one repurposed neuron ([1, d] each) and what the report needs."""
+
+    indices: Tensor
+    gate_rows: Tensor
+    up_rows: Tensor
+    down_cols: Tensor
+    gains: dict[str, float]
+    info: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class GatedBasis:
+    """Everything of a layer's gated neuron that does not depend on the gains (fit once, reused by the search:
+    only the up row changes with the gains)."""
+
+    layer: int
+    index: Tensor  # [1]
+    gate_row: Tensor  # [d]
+    down_col: Tensor  # [d], per unit gain
+    lang_gap: dict[str, float]  # English-minus-language gap along r̂, per target language
+    mean_gap: float
+    up_x: Tensor  # rows of the up-row regression
+    up_w: Tensor  # their weights
+    up_lang: list[str]  # language of each positive row ("" for the harmless rows)
+    lam: float
+    info: dict[str, object]
+
+    def relative_gaps(self) -> dict[str, float]:
+        """Each language's own gap relative to the mean, never negative (a language already refused at least
+        as strongly as English needs no push)."""
+        m = self.mean_gap if self.mean_gap > 0 else 1.0
+        return {lg: max(0.0, g) / m for lg, g in self.lang_gap.items()}
+
+    def fit(self, gains: dict[str, float]) -> GatedFit:
+        """The up row for `gains` (language -> amplitude in units of the mean gap; missing languages 0)."""
+        y = torch.tensor([gains.get(lg, 0.0) if lg else 0.0 for lg in self.up_lang], dtype=torch.float64)
+        up = _ridge(self.up_x, y, self.up_w, self.lam).float()
+        return GatedFit(self.index, self.gate_row[None].clone(), up[None], self.down_col[None].clone(),
+                        dict(gains), dict(self.info))
+
+
+def _lang_gaps(na: NeuronActivation, keys: LayerKeys, langs: list[str], rhat: Tensor) -> dict[str, float]:
+    assert keys.src_resid is not None and keys.tgt_resid is not None
+    post_src = keys.src_resid + na.mlp_out(keys.src)
+    out = {}
+    for lg in langs:
+        post = keys.tgt_resid[lg] + na.mlp_out(keys.tgt[lg])
+        out[lg] = float(((post_src - post) * rhat).sum(-1).mean())
+    return out
+
+
+def gated_basis(
+    na: NeuronActivation, keys: LayerKeys, layer: int, langs: list[str], source_lang: str,
+    gamma: float = 1.0, lam: float = 0.1, sharpness: float = SHARPNESS,
+) -> GatedBasis:
+    """Fit the gate read-out, pick the neuron and size its down column (see the module docstring)."""
+    by_lang = {source_lang: flat_rows(keys.src), **{lg: flat_rows(keys.tgt[lg]) for lg in langs}}
+    pos = torch.cat(list(by_lang.values()))
+    neg_all = keys.safe_all
+    neg_tmpl = torch.cat([flat_rows(t) for t in keys.safe_tmpl.values()])
+    # Each language weighs the same in the positives; harmless tokens and harmless template tokens share the
+    # negative weight (template tokens matter most: harmful keys are taken there).
+    pos_w = torch.cat([torch.full((len(r),), 1.0 / (len(r) * len(by_lang))) for r in by_lang.values()])
+    neg_w = torch.cat([torch.full((len(neg_all),), gamma / 2 / len(neg_all)),
+                       torch.full((len(neg_tmpl),), gamma / 2 / len(neg_tmpl))])
+    x = torch.cat([pos, neg_all, neg_tmpl])
+    w = torch.cat([pos_w, neg_w])
+    y = torch.cat([torch.ones(len(pos)), -torch.ones(len(neg_all) + len(neg_tmpl))])
+    readout = _ridge(x, y, w, lam)
+
+    rhat_t = refusal_directions(na, keys, source_lang)
+    rhat = rhat_t.mean(0)
+    rhat = rhat / rhat.norm().clamp(min=1e-8)
+    gaps = _lang_gaps(na, keys, langs, rhat_t)
+    mean_gap = sum(gaps.values()) / len(gaps)
+    on = float(torch.nn.functional.silu(torch.tensor(sharpness)))
+    idx = least_used_neurons(na, neg_all, 1)
+    down = (max(mean_gap, 0.0) / on) * rhat
+
+    score_pos = (pos.double() @ readout).float()
+    score_neg = (neg_all.double() @ readout).float()
+    score_tmpl = (neg_tmpl.double() @ readout).float()
+    info: dict[str, object] = {
+        "readout_harmful_on": float((score_pos > 0).float().mean()),
+        "readout_harmless_tokens_on": float((score_neg > 0).float().mean()),
+        "readout_harmless_template_on": float((score_tmpl > 0).float().mean()),
+        "refusal_gap_mean": mean_gap,
+        "refusal_gap_per_lang": gaps,
+        "fit_residual": float(((x.double() @ readout - y) * w.sqrt()).norm() / (y * w.sqrt()).norm()),
+    }
+    up_lang = [lg for lg, r in by_lang.items() for _ in range(len(r))] + [""] * (len(neg_all) + len(neg_tmpl))
+    return GatedBasis(layer, idx, (sharpness * readout).float(), down.float(), gaps, mean_gap,
+                      x, w, up_lang, lam, info)

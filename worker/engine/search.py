@@ -1,0 +1,249 @@
+"""The default method: rank a small family of sparse closed-form candidates on validation prompts only, confirm
+the best few by generation on validation prompts, and ship the winner.
+
+Candidates (each one a SparseDelta; `Candidate.kind` says which family):
+- gated refusal neuron at each search layer with one gain multiplier for every language ("uniform ×s"),
+- the same with a multiplier per language, picked from the uniform rows by that language's own selectivity
+  ("per-language"): a language no multiplier helps gets gain 0, so the edit does not push it on purpose,
+- the per-language neurons of the two best layers together, each at half gain,
+- the paper's closed form (gate_proj, soft and hard anchor) at the middle search layer.
+
+Selectivity on the screen, per target language: the rise of the refusal probability on harmful prompts minus
+any rise on plain and on borderline harmless prompts. A candidate's objective is the mean selectivity minus a
+penalty on the worst language's fall and on any fall in the source language; candidates with a language that
+falls, or a harmless rise above `HARMLESS_TOLERANCE`, are not eligible. Generation on validation prompts then
+confirms the best `confirm` candidates against the base model with the configured judge; a confirmed
+candidate must not lower any language's refusal of harmful prompts (for a gated candidate such a language's
+gain is set to 0 instead) nor raise harmless refusal by more than the tolerance.
+
+Nothing here sees an evaluation prompt: the pipeline passes validation prompts only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .delta import LayerEdit, SparseDelta, applied, make_layer_edit, neuron_rows
+from .keys import LayerKeys, NeuronActivation
+from .methods.gated import GatedBasis, GatedFit, gated_basis
+from .progress import Reporter
+from .screen import Screen
+
+HARMLESS_TOLERANCE = 0.03  # largest rise of harmless refusal (probability on the screen, rate in confirmation)
+FALL_TOLERANCE = 0.02  # a harmful refusal probability falling more than this counts as "worse"
+WORST_PENALTY = 2.0
+
+
+@dataclass
+class Candidate:
+    name: str
+    kind: str  # gated | paper
+    delta: SparseDelta
+    neurons: dict[str, Any]
+    gains: dict[str, float] | None = None  # per language (gated candidates; several layers: the largest)
+    parts: list[tuple[GatedBasis, dict[str, float]]] = field(default_factory=list)  # per layer: basis, gains
+    screen: dict[str, dict[str, float]] | None = None
+    objective: float | None = None
+    eligible: bool = False
+    why_not: str | None = None
+    confirm: dict[str, Any] | None = None
+
+    def row(self) -> dict[str, Any]:
+        """One row of the report's search table."""
+        s = self.screen or {}
+        return {"name": self.name, "kind": self.kind, "objective": self.objective, "eligible": self.eligible,
+                "why_not": self.why_not, "gains": self.gains, "screen": s, "confirm": self.confirm,
+                "parameters": sum(int(e.delta.numel()) for e in self.delta.edits)}
+
+
+def gated_edits(model: nn.Module, fit: GatedFit, layer: int) -> list[LayerEdit]:
+    """The neuron's gate row, up row and down_proj column as three row edits."""
+    out = []
+    for module, rows in (("gate", fit.gate_rows), ("up", fit.up_rows), ("down", fit.down_cols)):
+        old = neuron_rows(model, layer, module, fit.indices).float()
+        out.append(make_layer_edit(model, layer, module, fit.indices, (rows - old).T))
+    return out
+
+
+def gated_candidate(model: nn.Module, name: str, parts: list[tuple[GatedBasis, dict[str, float]]]) -> Candidate:
+    edits: list[LayerEdit] = []
+    neurons: dict[str, Any] = {}
+    for basis, gains in parts:
+        fit = basis.fit(gains)
+        edits += gated_edits(model, fit, basis.layer)
+        neurons[f"{basis.layer}.gated"] = {
+            "layer": basis.layer, "module": "gated", "count": 1, "fraction": 1 / basis_width(model, basis.layer),
+            "neuron": int(basis.index[0]), "gains": {k: round(v, 4) for k, v in gains.items()}, **fit.info}
+    merged: dict[str, float] = {}
+    for _, g in parts:
+        for k, v in g.items():
+            merged[k] = max(merged.get(k, 0.0), v)
+    return Candidate(name, "gated", SparseDelta(edits), neurons, gains=merged, parts=list(parts))
+
+
+def basis_width(model: nn.Module, layer: int) -> int:
+    return int(neuron_rows(model, layer, "gate", torch.tensor([0])).shape[0] and
+               NeuronActivation(model, layer).gate.shape[0])
+
+
+def selectivity(gain: dict[str, dict[str, float]], lang: str) -> float:
+    harm = gain["harmful"].get(lang, 0.0)
+    return harm - max(0.0, gain.get("plain", {}).get(lang, 0.0)) - max(0.0, gain.get("borderline", {}).get(lang, 0.0))
+
+
+def score(c: Candidate, targets: list[str], source: str) -> None:
+    """Objective and eligibility from the screen gains (see the module docstring)."""
+    g = c.screen
+    assert g is not None
+    sel = [selectivity(g, lg) for lg in targets]
+    harm = [g["harmful"][lg] for lg in targets]
+    worst = min(harm)
+    src_fall = -g["harmful"].get(source, 0.0)
+    c.objective = sum(sel) / len(sel) - WORST_PENALTY * max(0.0, -worst) - max(0.0, src_fall)
+    harmless_rise = max([v for grp in ("plain", "borderline") for v in g.get(grp, {}).values()] or [0.0])
+    if worst < -FALL_TOLERANCE:
+        c.eligible, c.why_not = False, f"{targets[harm.index(worst)]} falls on the screen ({worst:+.3f})"
+    elif src_fall > FALL_TOLERANCE:
+        c.eligible, c.why_not = False, f"{source} falls on the screen ({-src_fall:+.3f})"
+    elif harmless_rise > HARMLESS_TOLERANCE:
+        c.eligible, c.why_not = False, f"harmless refusal rises on the screen ({harmless_rise:+.3f})"
+    elif sum(harm) <= 0 or c.objective <= 0:
+        c.eligible, c.why_not = False, "no selective gain"
+    else:
+        c.eligible, c.why_not = True, None
+
+
+def per_language_gains(uniform: list[tuple[float, dict[str, dict[str, float]]]], rel: dict[str, float],
+                       targets: list[str], min_gain: float = 0.01) -> dict[str, float]:
+    """For each language the multiplier (of its relative gap) whose uniform row was most selective for it;
+    0 when none raised its harmful refusal by `min_gain` without a harmless rise above the tolerance."""
+    out = {}
+    for lg in targets:
+        best, best_sel = 0.0, min_gain
+        for mult, g in uniform:
+            rise = max(g.get("plain", {}).get(lg, 0.0), g.get("borderline", {}).get(lg, 0.0))
+            if rise > HARMLESS_TOLERANCE:
+                continue
+            s = selectivity(g, lg)
+            if s > best_sel:
+                best, best_sel = mult, s
+        out[lg] = best * rel[lg]
+    return out
+
+
+@dataclass
+class SearchResult:
+    winner: Candidate | None
+    candidates: list[Candidate]
+    notes: list[str]
+
+    def table(self) -> list[dict[str, Any]]:
+        return [c.row() for c in self.candidates]
+
+
+ConfirmFn = Callable[[SparseDelta | None], dict[str, dict[str, float]]]
+"""Generation on validation prompts: group ("harmful", "plain", "borderline") -> lang -> refusal rate."""
+
+
+def search(
+    model: nn.Module, keys: dict[int, LayerKeys], layers: list[int], screen: Screen, targets: list[str],
+    source: str, multipliers: list[float], confirm: ConfirmFn | None, n_confirm: int,
+    paper: Callable[[int, str], Candidate] | None, reporter: Reporter, gamma: float = 1.0, lam: float = 0.1,
+) -> SearchResult:
+    cands: list[Candidate] = []
+    notes: list[str] = []
+    per_lang: dict[int, Candidate] = {}
+    steps = len(layers) * (len(multipliers) + 1) + 4
+    done = 0
+
+    def screened(c: Candidate) -> Candidate:
+        nonlocal done
+        c.screen = screen.gain(c.delta)
+        score(c, targets, source)
+        cands.append(c)
+        done += 1
+        reporter.step("search", done, steps, c.name)
+        return c
+
+    for layer in layers:
+        basis = gated_basis(NeuronActivation(model, layer), keys[layer], layer, targets, source, gamma, lam)
+        rel = basis.relative_gaps()
+        uniform = []
+        for mult in multipliers:
+            c = screened(gated_candidate(model, f"gated L{layer} uniform x{mult:g}",
+                                         [(basis, {lg: mult * rel[lg] for lg in targets})]))
+            uniform.append((mult, c.screen))
+        gains = per_language_gains(uniform, rel, targets)
+        if any(v > 0 for v in gains.values()):
+            per_lang[layer] = screened(gated_candidate(model, f"gated L{layer} per-language", [(basis, gains)]))
+    ranked_layers = sorted(per_lang, key=lambda ly: per_lang[ly].objective or 0.0, reverse=True)
+    if len(ranked_layers) >= 2:
+        a, b = sorted(ranked_layers[:2])
+        for share, label in ((0.5, "half gain each"), (1.0, "full gain each")):
+            parts = [(per_lang[ly].parts[0][0], {k: v * share for k, v in (per_lang[ly].gains or {}).items()})
+                     for ly in (a, b)]
+            screened(gated_candidate(model, f"gated L{a}+L{b} per-language, {label}", parts))
+    if paper is not None:
+        mid = layers[len(layers) // 2]
+        for null_space in ("soft", "hard"):
+            try:
+                screened(paper(mid, null_space))
+            except Exception as exc:  # a paper candidate that cannot be built is reported, not fatal
+                notes.append(f"paper candidate at layer {mid} ({null_space}) skipped: {exc}")
+    eligible = sorted((c for c in cands if c.eligible), key=lambda c: c.objective or 0.0, reverse=True)
+    if not eligible:
+        notes.append("no candidate raised refusal of harmful prompts without harming a language or harmless "
+                     "prompts on the validation screen: no edit is shipped")
+        return SearchResult(None, cands, notes)
+    if confirm is None or n_confirm <= 0:
+        return SearchResult(eligible[0], cands, notes)
+    base = confirm(None)
+    winner = None
+    for c in eligible[:n_confirm]:
+        checked = _confirm(model, c, confirm, base, targets, source)
+        if checked is not None and (winner is None or checked.confirm["objective"] > winner.confirm["objective"]):
+            winner = checked
+    if winner is None:
+        notes.append("no candidate held up in generation on validation prompts: no edit is shipped")
+    return SearchResult(winner, cands, notes)
+
+
+def _confirm(model: nn.Module, c: Candidate, confirm: ConfirmFn, base: dict[str, dict[str, float]],
+             targets: list[str], source: str) -> Candidate | None:
+    """Generation check of one candidate; a gated candidate loses the gain of a language that got worse."""
+    now = confirm(c.delta)
+    delta_rate = {g: {lg: now[g][lg] - base[g][lg] for lg in now[g]} for g in now}
+    worse = [lg for lg in targets if delta_rate["harmful"][lg] < 0]
+    c.confirm = {"refusal_change": delta_rate, "worse": worse}
+    if worse and c.kind == "gated" and c.parts:
+        parts = [(b, {lg: (0.0 if lg in worse else v) for lg, v in g.items()}) for b, g in c.parts]
+        fixed = gated_candidate(model, c.name + f" (gain 0 for {','.join(worse)})", parts)
+        fixed.screen, fixed.objective, fixed.eligible = c.screen, c.objective, True
+        fixed.confirm = dict(c.confirm)
+        now = confirm(fixed.delta)
+        delta_rate = {g: {lg: now[g][lg] - base[g][lg] for lg in now[g]} for g in now}
+        fixed.confirm.update(refusal_change_after_fix=delta_rate)
+        c = fixed
+    harm = [delta_rate["harmful"][lg] for lg in targets]
+    harmless_rise = max([v for g in ("plain", "borderline") for v in delta_rate.get(g, {}).values()] or [0.0])
+    src = delta_rate["harmful"].get(source, 0.0)
+    c.confirm["objective"] = sum(harm) / len(harm) - harmless_rise
+    if min(harm) < 0 or src < 0 or harmless_rise > HARMLESS_TOLERANCE or sum(harm) <= 0:
+        c.confirm["rejected"] = True
+        return None
+    return c
+
+
+def confirm_with(generate_and_judge: Callable[[], dict[str, dict[str, float]]], model: nn.Module
+                 ) -> ConfirmFn:
+    def run(delta: SparseDelta | None) -> dict[str, dict[str, float]]:
+        if delta is None:
+            return generate_and_judge()
+        with applied(model, delta):
+            return generate_and_judge()
+    return run
