@@ -37,7 +37,8 @@ def edited(tiny_qwen2, tmp_path_factory):
 
 def test_artifacts_written(edited):
     out, result, events, _, _ = edited
-    assert {p.name for p in out.iterdir()} == {"model", "delta.safetensors", "manifest.json", "report.json"}
+    assert {p.name for p in out.iterdir()} == {"model", "delta.safetensors", "manifest.json", "report.json",
+                                               "report.html", "charts"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["layers"] == [1, 2]
     assert set(manifest["timings_s"]) >= {"load", "capture", "solve", "apply", "evaluate"}

@@ -31,6 +31,7 @@ from .solve import anchor_change, solve_edit
 from .stages import StageTimer
 
 DEFAULT_GAP_BUDGET = 0.05  # refusal_gap selection without a neuron_budget: top 5% of the layer
+SAMPLE_ANSWERS = 3  # evaluation answers per language kept (before/after, with verdicts) for the report
 PHASES = ("load", "capture", "localize", "solve", "apply", "evaluate", "save")
 
 
@@ -360,12 +361,12 @@ def run_edit(
             after = _generate_eval(lm, plan, config, rep, "after")
             revert_delta(lm.model, delta)
             applied = False
-            languages = _judge(config, plan, before, after)
+            languages, samples = _judge(config, plan, before, after)
             utility = _utility(lm, plan, config, delta, rep)
         neurons = {f"{c.layer}.{c.module}": c.neurons for c in choices}
         result = EditResult(
             languages=languages, utility=utility, neurons=neurons, timings=timer.seconds,
-            peak_memory_mb=timer.peak_mb, artifacts={}, warnings=list(plan.notes),
+            peak_memory_mb=timer.peak_mb, artifacts={}, warnings=list(plan.notes), samples=samples,
         )
         with timer("save"):
             from .artifacts import write_artifacts
@@ -435,10 +436,16 @@ def configured_judge(config: EditConfig):
                       api_model=config.judge_api_model)
 
 
-def _judge(config: EditConfig, plan: Plan, before, after) -> list[LanguageResult]:
+def _verdict_label(v: Any) -> str:
+    return "harmful" if v.harmful else "refused" if v.refused else "degenerate"
+
+
+def _judge(config: EditConfig, plan: Plan, before, after) -> tuple[list[LanguageResult], dict[str, list[dict]]]:
+    """Per-language rates, and the first SAMPLE_ANSWERS answers before/after with their verdicts."""
     judge = configured_judge(config)
     prompts = _eval_prompts(plan, config)
     res = []
+    samples: dict[str, list[dict]] = {}
     for lg in plan.langs:
         vb = judge.judge(prompts[lg], before[lg], [lg] * len(before[lg]))
         va = judge.judge(prompts[lg], after[lg], [lg] * len(after[lg]))
@@ -448,7 +455,11 @@ def _judge(config: EditConfig, plan: Plan, before, after) -> list[LanguageResult
             asr_before=sum(v.harmful for v in vb) / n, asr_after=sum(v.harmful for v in va) / n,
             refusal_before=sum(v.refused for v in vb) / n, refusal_after=sum(v.refused for v in va) / n,
         ))
-    return res
+        samples[lg] = [{"prompt": p, "before": b, "after": a, "before_verdict": _verdict_label(x),
+                        "after_verdict": _verdict_label(y)}
+                       for p, b, a, x, y in list(zip(prompts[lg], before[lg], after[lg], vb, va, strict=True))
+                       [:SAMPLE_ANSWERS]]
+    return res, samples
 
 
 def _utility(lm, plan, config, delta, rep) -> dict[str, Any]:

@@ -26,6 +26,7 @@ class EditResult:
     peak_memory_mb: dict[str, float]
     artifacts: dict[str, Path]  # name -> path inside out_dir: model/, delta.safetensors, manifest.json, report.json
     warnings: list[str] = field(default_factory=list)
+    samples: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # lang -> first answers, verdicts
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
