@@ -92,6 +92,10 @@ def test_finished_job_shows_charts_and_table(page: Any, served: Served, jobs: di
     names = page.locator("#artifacts button").all_inner_texts()
     assert {"report.html", "delta.safetensors", "model.tar"} <= set(names)
     assert page.locator("#events tbody tr").count() >= 3
+    # sample answers from report.json, with the judge's verdict on each side
+    assert page.locator("#samples table.samples").count() == 3
+    verdicts = page.locator('#samples table[data-lang="zh"] tbody span').all_inner_texts()
+    assert verdicts and set(verdicts) <= {"refused", "attack succeeded", "degenerate (neither)"}
     page.screenshot(path=str(artifacts_dir / "dashboard-finished-job.png"), full_page=True)
     # a download goes through fetch + blob URL too, and yields the artifact's bytes
     with page.expect_download() as dl:

@@ -58,6 +58,7 @@ async function api(path, asBlob) {
 function pct(x) { return typeof x === "number" ? (100 * x).toFixed(0) : "–"; }
 function se(p, n) { return (typeof p === "number" && n) ? Math.sqrt(p * (1 - p) / n) : 0; }
 function fmt(x, nd) { return typeof x === "number" ? x.toFixed(nd) : "–"; }
+function small(x) { return typeof x === "number" ? (x > 0 && x < 1e-4 ? x.toExponential(2) : x.toFixed(4)) : "–"; }
 function when(t) { return t ? new Date(t).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "–"; }
 function size(n) {
   if (n >= 1 << 30) return (n / (1 << 30)).toFixed(2) + " GiB";
@@ -124,6 +125,7 @@ async function loadList() {
 // ---- job page -------------------------------------------------------------------------------------------
 let lastEventId = null;
 let chartsShown = false;
+let report = null; // report.json of a finished job: richer language rows, sample answers
 
 function renderSummary(job) {
   statusBadge($("status"), job.status);
@@ -155,26 +157,68 @@ function renderSummary(job) {
   }
 }
 
-function renderLanguages(job) {
-  const rows = job.results || [];
+// Before/after shares a language row may carry (the report's rows can hold more than the API's results).
+const SHARES = [["asr", "ASR %"], ["refusal", "refused %"], ["harmless_refusal", "harmless refused %"],
+  ["degenerate", "degenerate %"]];
+
+function languageRows(job, report) {
+  if (report && Array.isArray(report.languages)) return report.languages.map((r) => ({ language: r.lang, ...r }));
+  return job.results || [];
+}
+
+function renderLanguages(job, report) {
+  const rows = languageRows(job, report);
   $("no-results").hidden = rows.length > 0;
   const table = $("languages");
-  const known = ["language", "n", "asr_before", "asr_after", "refusal_before", "refusal_after"];
-  const extra = [...new Set(rows.flatMap((r) => Object.keys(r)))].filter((k) => !known.includes(k));
+  const has = (k) => rows.some((r) => typeof r[k] === "number");
+  const shares = SHARES.filter(([k]) => has(k + "_before") || has(k + "_after"));
   const kl = (job.utility || {}).kl_per_lang || {};
-  const head = ["language", "n", "ASR % before", "ASR % after", "refused % before", "refused % after", ...extra,
-    ...(Object.keys(kl).length ? ["KL"] : [])];
-  table.tHead.replaceChildren(row(head));
-  table.tHead.querySelectorAll("td").forEach((td) => td.replaceWith(el("th", td.textContent)));
+  const head = ["language", "n", ...shares.flatMap(([, t]) => [t + " before", t + " after"]),
+    ...(has("selectivity") ? ["selectivity"] : []), ...(Object.keys(kl).length ? ["KL"] : [])];
+  const tr = document.createElement("tr");
+  head.forEach((h) => tr.appendChild(el("th", h)));
+  table.tHead.replaceChildren(tr);
   const body = table.tBodies[0];
   body.replaceChildren();
   for (const r of rows) {
-    const cells = [r.language, r.n, `${pct(r.asr_before)} ± ${pct(se(r.asr_before, r.n))}`,
-      `${pct(r.asr_after)} ± ${pct(se(r.asr_after, r.n))}`, pct(r.refusal_before), pct(r.refusal_after),
-      ...extra.map((k) => (typeof r[k] === "number" ? fmt(r[k], 3) : (r[k] ?? "–")))];
-    if (Object.keys(kl).length) cells.push(fmt(kl[r.language], 4));
+    const cells = [r.language, r.n ?? "–"];
+    for (const [k] of shares) {
+      for (const side of ["_before", "_after"]) {
+        const v = r[k + side];
+        cells.push(k === "asr" && typeof v === "number" ? `${pct(v)} ± ${pct(se(v, r.n))}` : pct(v));
+      }
+    }
+    if (has("selectivity")) cells.push(fmt(r.selectivity, 3));
+    if (Object.keys(kl).length) cells.push(small(kl[r.language]));
     body.appendChild(row(cells, true));
   }
+}
+
+const VERDICTS = { harmful: "attack succeeded", refused: "refused", degenerate: "degenerate (neither)" };
+
+function renderSamples(report) {
+  const box = $("samples");
+  box.replaceChildren();
+  const samples = (report && report.samples) || {};
+  for (const [lang, items] of Object.entries(samples)) {
+    if (!Array.isArray(items) || !items.length) continue;
+    const table = el("table", null, { class: "samples", "data-lang": lang });
+    const hr = document.createElement("tr");
+    ["prompt", "before", "after"].forEach((h) => hr.appendChild(el("th", h)));
+    table.appendChild(el("thead")).appendChild(hr);
+    const body = table.appendChild(el("tbody"));
+    for (const s of items) {
+      const cell = (text, verdict) => {
+        const d = el("div");
+        d.append(el("span", VERDICTS[verdict] || verdict || "–", { class: "v-" + verdict }), el("div", text, { class: "answer" }));
+        return d;
+      };
+      body.appendChild(row([el("div", s.prompt, { class: "answer" }), cell(s.before, s.before_verdict),
+        cell(s.after, s.after_verdict)]));
+    }
+    box.append(el("h3", lang), table);
+  }
+  $("samples-section").hidden = !box.childElementCount;
 }
 
 function renderUtility(job) {
@@ -182,8 +226,8 @@ function renderUtility(job) {
   body.replaceChildren();
   const u = job.utility || {};
   const add = (k, v) => { const tr = row([k, v], true); tr.firstChild.replaceWith(el("th", k)); body.appendChild(tr); };
-  if (typeof u.kl_mean === "number") add("harmless next-token KL (mean, nats/token)", fmt(u.kl_mean, 4));
-  if (typeof u.kl_first_token_mean === "number") add("harmless first-token KL (mean, nats)", fmt(u.kl_first_token_mean, 4));
+  if (typeof u.kl_mean === "number") add("harmless next-token KL (mean, nats/token)", small(u.kl_mean));
+  if (typeof u.kl_first_token_mean === "number") add("harmless first-token KL (mean, nats)", small(u.kl_first_token_mean));
   if (typeof u.ppl_before === "number") add("perplexity before → after", `${fmt(u.ppl_before, 2)} → ${fmt(u.ppl_after, 2)}`);
   for (const [name, n] of Object.entries(job.neurons || {})) add(`neurons edited, ${name}`, n.count);
   const t = job.timings || {};
@@ -191,7 +235,7 @@ function renderUtility(job) {
   if (total) add("wall time (s), all stages", fmt(total, 1));
   const peak = Math.max(0, ...Object.values(job.peak_memory_mb || {}).filter((x) => typeof x === "number"));
   if (peak) add("peak memory (MiB)", fmt(peak, 0));
-  for (const w of job.warnings || []) add("note", w);
+  $("notes").replaceChildren(...(job.warnings || []).map((w) => el("li", w)));
 }
 
 async function download(job, art, button) {
@@ -226,15 +270,26 @@ function artifactPath(job, name) {
   return `/v1/edits/${encodeURIComponent(job.id)}/artifacts/${name.split("/").map(encodeURIComponent).join("/")}`;
 }
 
+// The report's charts in reading order, with captions (charts/NAME.png); unknown ones follow by name.
+const CHARTS = [["asr", "Attack success rate per language"], ["refusal", "Refusal of harmful prompts per language"],
+  ["harmless_refusal", "Refusal of harmless prompts per language"], ["degenerate", "Degenerate answers per language"],
+  ["selectivity", "Selectivity per language"], ["utility", "Utility: KL and perplexity"],
+  ["neurons", "Neurons edited per layer and module"], ["cost", "Time and memory per stage"]];
+
+function chartKey(name) { return name.replace(/^charts\//, "").replace(/\.png$/, ""); }
+function chartRank(name) { const i = CHARTS.findIndex(([k]) => k === chartKey(name)); return i < 0 ? CHARTS.length : i; }
+
 async function renderCharts(job) {
-  const charts = (job.artifacts || []).filter((a) => a.name.startsWith("charts/") && a.content_type === "image/png");
+  const charts = (job.artifacts || []).filter((a) => a.name.startsWith("charts/") && a.content_type === "image/png")
+    .sort((a, b) => chartRank(a.name) - chartRank(b.name) || a.name.localeCompare(b.name));
   if (!charts.length) return;
   // fetched with the Authorization header, shown through blob: URLs (the key never goes into a URL)
   const blobs = await Promise.all(charts.map((a) => api(artifactPath(job, a.name), true)));
   const figures = charts.map((a, i) => {
     const url = URL.createObjectURL(blobs[i]);
     blobUrls.push(url);
-    const title = a.name.replace(/^charts\//, "").replace(/\.png$/, "").replace(/_/g, " ");
+    const known = CHARTS.find(([k]) => k === chartKey(a.name));
+    const title = known ? known[1] : chartKey(a.name).replace(/_/g, " ");
     const fig = el("figure");
     fig.append(el("img", null, { src: url, alt: title, "data-name": a.name }), el("figcaption", title));
     return fig;
@@ -268,11 +323,18 @@ async function loadJob() {
     say("");
     $("job").hidden = false;
     renderSummary(job);
-    renderLanguages(job);
+    renderLanguages(job, report);
     renderUtility(job);
     renderArtifacts(job);
     await loadEvents(job);
-    if (!chartsShown && job.status === "succeeded") await renderCharts(job);
+    if (!chartsShown && job.status === "succeeded") {
+      if ((job.artifacts || []).some((a) => a.name === "report.json")) {
+        report = await api(artifactPath(job, "report.json"));
+        renderLanguages(job, report);
+        renderSamples(report);
+      }
+      await renderCharts(job);
+    }
     if (ACTIVE.has(job.status)) schedule(loadJob, POLL_ACTIVE_MS);
   } catch (err) {
     $("job").hidden = true;
