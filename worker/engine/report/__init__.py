@@ -22,6 +22,7 @@ REPORT_HTML = "report.html"
 def write_report(out_dir: Path, report: dict[str, Any], manifest: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write charts/*.png and report.html into out_dir; returns {artifact name: path}."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     charts = write_charts(report, out_dir)
     html = out_dir / REPORT_HTML
     html.write_text(render_html(report, manifest, charts), encoding="utf-8")
