@@ -11,12 +11,16 @@ from __future__ import annotations
 from pathlib import Path as FsPath
 from typing import Annotated
 
+import jinja2
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 HERE = FsPath(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
+# autoescape everywhere (Starlette's default only escapes names ending in .html; ours end in .html.j2)
+templates = Jinja2Templates(
+    env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+)
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 # No third-party origin, no inline script, no framing; images only from the API or blob:/data: URLs.

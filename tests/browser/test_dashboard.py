@@ -155,3 +155,16 @@ def test_bad_key_is_refused_and_forgotten(page: Any, served: Served, jobs: dict[
     assert "not accepted" in page.locator("#message").inner_text()
     assert page.evaluate("sessionStorage.getItem('lingua-edit-api-key')") is None
     assert page.locator("#jobs tbody tr").count() == 0
+
+
+def test_pages_are_shells_with_strict_headers(served: Served, jobs: dict[str, str]) -> None:
+    import httpx
+
+    r = httpx.get(f"{served.base}/dashboard/jobs/{jobs['done']}")  # no key: the shell, without job data
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert r.headers["referrer-policy"] == "no-referrer" and "set-cookie" not in r.headers
+    assert "tiny" not in r.text  # the model name is job data: the page fetches it with the key
+    assert httpx.get(f"{served.base}/dashboard/jobs/%3Cscript%3E").status_code == 422
+    assert not any(p.startswith("/dashboard") for p in httpx.get(f"{served.base}/openapi.json").json()["paths"])
