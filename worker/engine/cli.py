@@ -165,6 +165,8 @@ def cmd_edit(a: argparse.Namespace) -> int:
         print(f"edited layer.module {key}: {n['count']} neurons ({n['fraction']:.2%}), "
               f"fit residual {n['fit_residual']:.2f}, harmless-key change {n['anchor_change']:.3f}")
     print(f"artifacts in {Path(a.out).resolve()}: " + ", ".join(res.artifacts))
+    if "report.html" in res.artifacts:
+        print(f"report: {res.artifacts['report.html'].resolve()}")
     return 0
 
 
