@@ -15,6 +15,7 @@ import pytest
 
 from tests.browser.conftest import Served
 from tests.service.conftest import fast_job, slow_job
+from worker.engine.config import SUPPORTED_LANGS
 
 pytestmark = pytest.mark.browser
 
@@ -31,6 +32,13 @@ def _wait(c: Any, job_id: str, until: Any, timeout: float = 120) -> dict[str, An
         time.sleep(0.2)
 
 
+def _long_job() -> dict[str, Any]:
+    """Busy for minutes on the tiny model (cancelled when the tests are done), so it is surely still running."""
+    body = slow_job(target_languages=[lg for lg in SUPPORTED_LANGS if lg != "en"])
+    body["hyperparameters"]["max_new_tokens"] = 128
+    return body
+
+
 @pytest.fixture(scope="module")
 def jobs(served: Served) -> Iterator[dict[str, str]]:
     """acme's jobs: one failed, one finished, one running (the worker takes them in this order)."""
@@ -40,7 +48,7 @@ def jobs(served: Served) -> Iterator[dict[str, str]]:
         assert _wait(c, failed, lambda j: j["status"] in TERMINAL)["status"] == "failed"
         job = _wait(c, done, lambda j: j["status"] in TERMINAL)
         assert job["status"] == "succeeded", (job["error"], served.log.read_text()[-3000:])
-        running = c.post("/v1/edits", json=slow_job()).json()["id"]
+        running = c.post("/v1/edits", json=_long_job()).json()["id"]
         _wait(c, running, lambda j: j["status"] == "running" and j["progress"]["phase"] not in (None, "load"))
         yield {"failed": failed, "done": done, "running": running}
         c.post(f"/v1/edits/{running}/cancel")
@@ -65,6 +73,23 @@ def _pixels(png: bytes) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64)
+
+
+def test_running_job_progress_advances(page: Any, served: Served, jobs: dict[str, str],
+                                       artifacts_dir: Path) -> None:
+    _sign_in(page, served, "acme", f"/dashboard/jobs/{jobs['running']}")
+    page.wait_for_selector("#status.status-running")
+    prog = page.locator("#progress")
+    prog.wait_for()
+    first = (prog.get_attribute("data-phase"), int(prog.get_attribute("data-done")))
+    page.screenshot(path=str(artifacts_dir / "dashboard-running-job.png"), full_page=True)
+    # the page polls: the phase or the done count it shows moves on without a reload
+    page.wait_for_function(
+        "([phase, done]) => { const p = document.getElementById('progress');"
+        " return p.dataset.phase !== phase || Number(p.dataset.done) > done; }",
+        arg=[first[0], first[1]], timeout=30_000,
+    )
+    assert page.locator("#progress-text").inner_text().startswith("running")
 
 
 def test_finished_job_shows_charts_and_table(page: Any, served: Served, jobs: dict[str, str],
@@ -102,23 +127,6 @@ def test_finished_job_shows_charts_and_table(page: Any, served: Served, jobs: di
         page.click('#artifacts button[data-artifact="report.html"]')
     body = Path(dl.value.path()).read_text()
     assert body.startswith("<!doctype html>") and "data:image/png;base64," in body
-
-
-def test_running_job_progress_advances(page: Any, served: Served, jobs: dict[str, str],
-                                       artifacts_dir: Path) -> None:
-    _sign_in(page, served, "acme", f"/dashboard/jobs/{jobs['running']}")
-    page.wait_for_selector("#status.status-running")
-    prog = page.locator("#progress")
-    prog.wait_for()
-    first = (prog.get_attribute("data-phase"), int(prog.get_attribute("data-done")))
-    page.screenshot(path=str(artifacts_dir / "dashboard-running-job.png"), full_page=True)
-    # the page polls: the phase or the done count it shows moves on without a reload
-    page.wait_for_function(
-        "([phase, done]) => { const p = document.getElementById('progress');"
-        " return p.dataset.phase !== phase || Number(p.dataset.done) > done; }",
-        arg=[first[0], first[1]], timeout=30_000,
-    )
-    assert page.locator("#progress-text").inner_text().startswith("running")
 
 
 def test_job_list_and_failed_job(page: Any, served: Served, jobs: dict[str, str], artifacts_dir: Path) -> None:

@@ -329,9 +329,13 @@ async function loadJob() {
     await loadEvents(job);
     if (!chartsShown && job.status === "succeeded") {
       if ((job.artifacts || []).some((a) => a.name === "report.json")) {
-        report = await api(artifactPath(job, "report.json"));
-        renderLanguages(job, report);
-        renderSamples(report);
+        try {
+          report = await api(artifactPath(job, "report.json"));
+          renderLanguages(job, report);
+          renderSamples(report);
+        } catch (err) {
+          say("report.json could not be read: " + err.message, "error"); // the API's results stay shown
+        }
       }
       await renderCharts(job);
     }
