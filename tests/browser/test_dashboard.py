@@ -94,6 +94,8 @@ def test_running_job_progress_advances(page: Any, served: Served, jobs: dict[str
 
 def test_finished_job_shows_charts_and_table(page: Any, served: Served, jobs: dict[str, str],
                                              artifacts_dir: Path) -> None:
+    requests: list[Any] = []
+    page.on("request", requests.append)
     _sign_in(page, served, "acme", f"/dashboard/jobs/{jobs['done']}")
     page.wait_for_selector("#status.status-succeeded")
     rows = page.locator("#languages tbody tr")
@@ -111,7 +113,12 @@ def test_finished_job_shows_charts_and_table(page: Any, served: Served, jobs: di
     shown = _pixels(img.screenshot())
     assert shown.std() > 20, "chart looks blank"
     assert len(np.unique(shown.reshape(-1, 3), axis=0)) > 50
-    assert served.keys["acme"] not in page.url
+    # the key travels only in the Authorization header of same-origin API calls, never in a URL
+    key = served.keys["acme"]
+    assert all(key not in r.url for r in requests)
+    api_calls = [r for r in requests if "/v1/" in r.url]
+    assert api_calls and all(r.headers.get("authorization") == f"Bearer {key}" for r in api_calls)
+    assert all(r.url.startswith((served.base, "blob:", "data:")) for r in requests)
     assert page.evaluate("document.cookie") == ""
     assert page.evaluate("sessionStorage.getItem('lingua-edit-api-key')") == served.keys["acme"]
     names = page.locator("#artifacts button").all_inner_texts()
