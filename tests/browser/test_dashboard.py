@@ -95,7 +95,7 @@ def test_running_job_progress_advances(page: Any, served: Served, jobs: dict[str
 def test_finished_job_shows_charts_and_table(page: Any, served: Served, jobs: dict[str, str],
                                              artifacts_dir: Path) -> None:
     requests: list[Any] = []
-    page.on("request", requests.append)
+    page.on("request", lambda r: requests.append(r))
     _sign_in(page, served, "acme", f"/dashboard/jobs/{jobs['done']}")
     page.wait_for_selector("#status.status-succeeded")
     rows = page.locator("#languages tbody tr")
