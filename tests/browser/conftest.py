@@ -47,7 +47,8 @@ def artifacts_dir() -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
+# module scope: the server, its worker and the browser go away when the browser tests end
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
@@ -76,7 +77,7 @@ class Served:
                             timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2: Path) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("serve")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINGUA_EDIT_")}
