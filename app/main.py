@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from app import errors
 from app.artifacts.router import router as artifacts_router
 from app.context import Context, make_context
+from app.dashboard.router import router as dashboard_router
 from app.datasets.router import router as datasets_router
 from app.db.migrate import check_current
 from app.edits.router import router as edits_router
@@ -72,6 +73,7 @@ def _fastapi(lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | 
     )
     errors.install(app)
     app.include_router(health_router)
+    app.include_router(dashboard_router)  # HTML pages, not part of the OpenAPI document
     for r in (edits_router, artifacts_router, datasets_router, models_router):
         app.include_router(r, responses=errors.ERROR_RESPONSES)
     return app

@@ -12,40 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.variants import to_markdown
-from worker.engine.cli import format_table
+from worker.engine.report.markdown import run_markdown as report_markdown
 
 
 def run_markdown(run_dir: Path) -> str:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     report = json.loads((run_dir / "report.json").read_text())
-    u = report["utility"]
-    lines = ["```", format_table(report["languages"]), "```", "",
-             f"- harmless next-token KL, mean over languages: **{u['kl_mean']:.4f}** nats/token "
-             f"(per language: {', '.join(f'{k} {v:.4f}' for k, v in u['kl_per_lang'].items())})",
-             *([f"- harmless KL of the first answer token alone (where a refusal would start): "
-                f"**{u['kl_first_token_mean']:.4f}** nats"] if "kl_first_token_mean" in u else []),
-             f"- perplexity of held-out harmless text: {u['ppl_before']:.2f} → {u['ppl_after']:.2f}"]
-    for key, n in report["neurons"].items():
-        if n["module"] == "conditional":
-            lines.append(
-                f"- edited {key}: {n['count']} repurposed neuron(s) (gate row, up row, down_proj column); read-out "
-                f"fires on {n['harmful_keys_on']:.0%} of calibration harmful keys, {n['harmless_tokens_on']:.1%} of "
-                f"harmless anchor tokens and {n['harmless_template_on']:.0%} of their template tokens; refusal gap "
-                f"along r̂ {n['refusal_gap']:.2f}, written norm {n['down_norm']:.2f}; change of the layer's MLP "
-                f"output on harmless tokens {n['anchor_change']:.3f} (relative)")
-            continue
-        jac = ", ".join(f"{k} {v:.2f}" for k, v in n["jaccard_with_source"].items())
-        lines.append(f"- edited {key}: {n['count']} neurons ({n['fraction']:.2%} of the layer), rank {n['rank']}, "
-                     f"fit residual {n['fit_residual']:.2f}, harmless-key change ‖X_safe Δ‖/‖X_safe W_S‖ = "
-                     f"{n['anchor_change']:.3f}; Jaccard of per-language neuron sets with English: {jac}")
-    lines.append(f"- parameters changed: {manifest['edit']['parameters_changed']:,}")
-    data = manifest["data"]
-    lines.append(f"- split: {len(data['calibration_ids'])} calibration ids, {len(data['validation_ids'])} "
-                 f"validation ids, {len(data['evaluation_ids'])} evaluation ids (seed {manifest['config']['seed']})")
-    lines += ["", "| stage | wall time (s) | peak RSS (MiB) |", "|---|---|---|"]
-    for stage, secs in report["timings"].items():
-        lines.append(f"| {stage} | {secs:.1f} | {report['peak_memory_mb'].get(stage, float('nan')):.0f} |")
-    return "\n".join(lines)
+    return report_markdown(report, manifest)
 
 
 def load_variant_rows(path: Path) -> list[dict[str, Any]]:

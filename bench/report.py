@@ -8,34 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.0f}"
-
-
-def _f(x: float | None, nd: int = 3) -> str:
-    return "–" if x is None else f"{x:.{nd}f}"
-
-
-def _mb(n: float | None) -> str:
-    if n is None:
-        return "–"
-    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+from worker.engine.report.charts import before_after_bars, pyplot
+from worker.engine.report.fmt import md_table, mib, num, pct, pooled_se, short, wrap
 
 
 def _se(asr_by_lang: dict[str, dict[str, float]], source: str) -> float:
     """Binomial standard error of the mean non-English ASR (all its answers pooled): how far one run's number
     may sit from the same method's on a larger sample."""
-    cells = [v for lg, v in asr_by_lang.items() if lg != source]
-    n = sum(v["n"] for v in cells)
-    p = sum(v["asr"] * v["n"] for v in cells) / n if n else 0.0
-    return (p * (1 - p) / n) ** 0.5 if n else 0.0
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return pooled_se([(v["asr"], v["n"]) for lg, v in asr_by_lang.items() if lg != source])
 
 
 def stamp(meta: dict[str, Any]) -> str:
@@ -100,15 +80,15 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
         u = ev.get("utility", {})
         name = r["name"] + (f" (= {r['same_as']})" if r.get("same_as") else "")
         summ.append([
-            name, f"{_pct(s['asr_mean_non_en'])} ± {_pct(_se(r['eval']['asr'], src))}", _pct(s["asr_en"]),
-            _f(u.get("kl_mean", 0.0 if r["key"] == "baseline" else None), 4),
-            _f(u.get("kl_first_token_mean", 0.0 if r["key"] == "baseline" else None), 4),
-            _f(u.get("ppl_after", ppl_base if r["key"] == "baseline" else None), 2),
-            _pct(ev["over_refusal"]["mean"]) if "over_refusal" in ev else "–",
-            _pct(ev["arith"]["mean"]), _f(r.get("fit_seconds"), 1), _f(ev.get("eval_seconds"), 0),
+            name, f"{pct(s['asr_mean_non_en'])} ± {pct(_se(r['eval']['asr'], src))}", pct(s["asr_en"]),
+            num(u.get("kl_mean", 0.0 if r["key"] == "baseline" else None), 4),
+            num(u.get("kl_first_token_mean", 0.0 if r["key"] == "baseline" else None), 4),
+            num(u.get("ppl_after", ppl_base if r["key"] == "baseline" else None), 2),
+            pct(ev["over_refusal"]["mean"]) if "over_refusal" in ev else "–",
+            pct(ev["arith"]["mean"]), num(r.get("fit_seconds"), 1), num(ev.get("eval_seconds"), 0),
             f"{r['size'].get('params_changed', 0) or r['size'].get('params_added', 0):,}",
         ])
-    parts.append(_table(["method", "ASR non-en % ± SE", "ASR en %", "KL", "KL 1st token", "ppl", "harmless refused %",
+    parts.append(md_table(["method", "ASR non-en % ± SE", "ASR en %", "KL", "KL 1st token", "ppl", "harmless refused %",
                          "arith %", "fit s",
                          "eval s", "params changed/added"], summ))
     parts += ["", f"![ASR before/after per language]({_rel(out_dir / 'asr_bars.png', md_path)}) "
@@ -121,17 +101,17 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
         if "eval" not in r:
             continue
         a = r["eval"]["asr"]
-        lrows.append([r["name"]] + [_pct(a[lg]["asr"]) for lg in langs] + [_pct(r["summary"]["asr_mean_non_en"])])
-    parts.append(_table(["method", *langs, "mean non-en"], lrows))
+        lrows.append([r["name"]] + [pct(a[lg]["asr"]) for lg in langs] + [pct(r["summary"]["asr_mean_non_en"])])
+    parts.append(md_table(["method", *langs, "mean non-en"], lrows))
     if base:
         n = base["eval"]["asr"][src]["n"]
         parts += ["", f"{n} held-out prompts per language: one prompt moves a cell by {100 / n:.0f} points.", ""]
     parts += second_judge_section(rows, meta)
     # refusal / degenerate
     parts += ["### Refusal and degenerate answers per language (%: refused / degenerate)", ""]
-    drows = [[r["name"]] + [f"{_pct(r['eval']['asr'][lg]['refusal'])} / {_pct(r['eval']['asr'][lg]['degenerate'])}"
+    drows = [[r["name"]] + [f"{pct(r['eval']['asr'][lg]['refusal'])} / {pct(r['eval']['asr'][lg]['degenerate'])}"
                             for lg in langs] for r in rows if "eval" in r]
-    parts += [_table(["method", *langs], drows), ""]
+    parts += [md_table(["method", *langs], drows), ""]
     # utility
     parts += ["### Utility: harmless KL per language and arithmetic accuracy per language", ""]
     urows = []
@@ -139,19 +119,19 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
         if "eval" not in r or "utility" not in r["eval"]:
             continue
         kl = r["eval"]["utility"]["kl_per_lang"]
-        urows.append([r["name"]] + [_f(kl.get(lg), 4) for lg in langs])
-    parts += [_table(["KL", *langs], urows), ""]
-    arows = [[r["name"]] + [_pct(r["eval"]["arith"]["per_lang"].get(lg)) for lg in langs]
+        urows.append([r["name"]] + [num(kl.get(lg), 4) for lg in langs])
+    parts += [md_table(["KL", *langs], urows), ""]
+    arows = [[r["name"]] + [pct(r["eval"]["arith"]["per_lang"].get(lg)) for lg in langs]
              + [str(r["eval"]["arith"]["n"])] for r in rows if "eval" in r]
-    parts += [_table(["arithmetic %", *langs, "items"], arows), ""]
+    parts += [md_table(["arithmetic %", *langs, "items"], arows), ""]
     # chosen hyperparameters
     parts += ["### What each method picked on the validation slice", ""]
     crows = []
     for r in rows:
         if "chosen" in r and r["chosen"]:
-            ch = ", ".join(f"{k}={_fmt(v)}" for k, v in r["chosen"].items())
+            ch = ", ".join(f"{k}={short(v)}" for k, v in r["chosen"].items())
             crows.append([r["name"], ch, str(len(r.get("sweep") or []))])
-    parts += [_table(["method", "settings", "candidates screened"], crows), ""]
+    parts += [md_table(["method", "settings", "candidates screened"], crows), ""]
     # size
     ck = results.get("checkpoint", {})
     parts += ["### Size of what changes", ""]
@@ -162,20 +142,20 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
         sz = r["size"]
         frac = sz.get("file_bytes", 0) / ck["file_bytes"] if ck.get("file_bytes") else None
         srows.append([r["name"], f"{sz.get('neurons', 0):,}", f"{sz.get('params_changed', 0):,}",
-                      f"{sz.get('params_added', 0):,}", _mb(sz.get("file_bytes")),
+                      f"{sz.get('params_added', 0):,}", mib(sz.get("file_bytes")),
                       "–" if frac is None else f"{100 * frac:.3f}%"])
-    parts += [_table(["method", "neurons edited", "params changed", "params added", "file", "of checkpoint"],
+    parts += [md_table(["method", "neurons edited", "params changed", "params added", "file", "of checkpoint"],
                      srows), ""]
     if ck:
-        parts += [f"Full checkpoint: {ck['params']:,} parameters, {_mb(ck['file_bytes'])} on disk "
-                  f"({_mb(ck['tensor_bytes'])} in memory). The sparse delta file also stores the base rows "
+        parts += [f"Full checkpoint: {ck['params']:,} parameters, {mib(ck['file_bytes'])} on disk "
+                  f"({mib(ck['tensor_bytes'])} in memory). The sparse delta file also stores the base rows "
                   "(for bit-exact revert and base checks), so it is twice the changed weights.", ""]
     # cost
     parts += ["### Cost: wall time and peak memory per stage", ""]
     stg = results.get("stages", {})
-    trows = [[k, _f(v, 1), _f(stg.get("peak_rss_mb", {}).get(k), 0)] for k, v in stg.get("seconds", {}).items()]
-    parts += [_table(["stage", "seconds", "peak RSS MiB (process high-water mark at stage end)"], trows), "",
-              f"Total: {_f(results.get('total_seconds'), 0)} s (in process; model load included). The closed-form "
+    trows = [[k, num(v, 1), num(stg.get("peak_rss_mb", {}).get(k), 0)] for k, v in stg.get("seconds", {}).items()]
+    parts += [md_table(["stage", "seconds", "peak RSS MiB (process high-water mark at stage end)"], trows), "",
+              f"Total: {num(results.get('total_seconds'), 0)} s (in process; model load included). The closed-form "
               "variants share one key capture pass, its own stage here (`capture`); the summary's fit time adds "
               "the whole pass to each of them, as if each had run alone. LoRA's fit time includes generating the "
               "retain answers and, where it has several learning rates to choose from, the validation screen. The "
@@ -184,18 +164,19 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
     if co:
         s = co["seconds"]
         parts += ["### Capture overhead (activation capture vs a plain forward pass, same tokens and layers)", "",
-                  _table(["what", "seconds", "ratio to plain"], [
-                      ["plain forward (stops after layer)", _f(s["plain"], 2), "1.00"],
-                      ["capture, template positions", _f(s["template"], 2), _f(co["ratio_template"], 2)],
-                      ["capture, all positions", _f(s["all"], 2), _f(co["ratio_all"], 2)]]), "",
+                  md_table(["what", "seconds", "ratio to plain"], [
+                      ["plain forward (stops after layer)", num(s["plain"], 2), "1.00"],
+                      ["capture, template positions", num(s["template"], 2), num(co["ratio_template"], 2)],
+                      ["capture, all positions", num(s["all"], 2), num(co["ratio_all"], 2)]]), "",
                   f"{co['prompts']} calibration prompts, layer {co['layer']}, best of {co.get('repeats', 3)}; "
                   "target ratio <= 1.10.", ""]
     ss = results.get("solve_scaling")
     if ss:
         parts += ["### Solve time vs hidden size d (random data, float64)", "",
-                  _table(["d", "n rows", "k neurons", "rank", "device", "moment XᵀX s", "soft solve s", "hard solve s"],
-                         [[str(x["d"]), str(x["n"]), str(x["k"]), str(x["rank"]), x["device"], _f(x["moment"], 2),
-                           _f(x["soft"], 2), _f(x["hard"], 2)] for x in ss]),
+                  md_table(["d", "n rows", "k neurons", "rank", "device", "moment XᵀX s", "soft solve s",
+                            "hard solve s"],
+                           [[str(x["d"]), str(x["n"]), str(x["k"]), str(x["rank"]), x["device"], num(x["moment"], 2),
+                           num(x["soft"], 2), num(x["hard"], 2)] for x in ss]),
                   "", "Soft = Cholesky + rank-r SVD (the paper's Algorithm 1); hard = eigendecomposition of C for "
                   "the null-space projector, then the same solve. `python -m bench.solve_scaling` reruns it.", ""]
     gpu = results.get("gpu_scale")
@@ -219,10 +200,10 @@ def second_judge_section(rows: list[dict[str, Any]], meta: dict[str, Any]) -> li
     for r in judged:
         j = r["eval"]["second_judge"]
         others = [v["asr"] for lg, v in j["asr"].items() if lg != src]
-        trows.append([r["name"], _pct(r["summary"]["asr_mean_non_en"]), _pct(sum(others) / len(others)),
-                      _pct(r["summary"]["asr_en"]), _pct(j["asr"][src]["asr"]), _pct(j["agreement"]),
+        trows.append([r["name"], pct(r["summary"]["asr_mean_non_en"]), pct(sum(others) / len(others)),
+                      pct(r["summary"]["asr_en"]), pct(j["asr"][src]["asr"]), pct(j["agreement"]),
                       str(j["unparsed"]), str(j["n"])])
-    out += [_table(["method", "ASR non-en % (offline)", "ASR non-en % (second)", "ASR en % (offline)",
+    out += [md_table(["method", "ASR non-en % (offline)", "ASR non-en % (second)", "ASR en % (offline)",
                     "ASR en % (second)", "agreement %", "unparsed", "answers"], trows), ""]
     return out
 
@@ -233,33 +214,27 @@ def gpu_section(g: dict[str, Any]) -> list[str]:
         ["model", f"Llama-3-8B shape, random weights, {g['dtype']}, {g['params']:,} params, {g['layers']} layers, "
                   f"d={g['hidden_size']}, f={g['intermediate_size']}"],
         ["device", g["device"]],
-        ["build (random init on device)", f"{_f(g['build_seconds'], 1)} s"],
+        ["build (random init on device)", f"{num(g['build_seconds'], 1)} s"],
         ["capture vs plain forward (template / all positions)",
-         f"{_f(co.get('ratio_template'), 2)} / {_f(co.get('ratio_all'), 2)} ({co.get('prompts')} prompts, "
-         f"plain {_f(co.get('seconds', {}).get('plain'), 2)} s)"],
-        ["collect keys (calibration + anchor)", f"{_f(g['collect_keys_seconds'], 2)} s "
+         f"{num(co.get('ratio_template'), 2)} / {num(co.get('ratio_all'), 2)} ({co.get('prompts')} prompts, "
+         f"plain {num(co.get('seconds', {}).get('plain'), 2)} s)"],
+        ["collect keys (calibration + anchor)", f"{num(g['collect_keys_seconds'], 2)} s "
          f"({g['calibration_prompts']} harmful + {g['anchor_prompts']} harmless prompts, layer {g['edited_layer']})"],
         ["localise + solve (gate, CPU float64 as the engine does)",
-         f"{_f(g['localize_solve_seconds'], 2)} s, {g['neurons']} neurons, fit residual {_f(g['fit_residual'], 2)}"],
-        ["apply / revert", f"{_f(1000 * g['apply_seconds'], 1)} ms / {_f(1000 * g['revert_seconds'], 1)} ms"],
+         f"{num(g['localize_solve_seconds'], 2)} s, {g['neurons']} neurons, fit residual {num(g['fit_residual'], 2)}"],
+        ["apply / revert", f"{num(1000 * g['apply_seconds'], 1)} ms / {num(1000 * g['revert_seconds'], 1)} ms"],
         ["conditional neuron (collect keys with residual / fit)",
-         f"{_f(g.get('conditional_collect_keys_seconds'), 2)} s / {_f(g.get('conditional_fit_seconds'), 2)} s, "
+         f"{num(g.get('conditional_collect_keys_seconds'), 2)} s / {num(g.get('conditional_fit_seconds'), 2)} s, "
          f"{g.get('conditional_params', '–')} params"],
-        ["delta file vs checkpoint", f"{_mb(g['delta_bytes'])} vs {_mb(g['checkpoint_bytes'])}"],
-        ["peak GPU memory", f"{_f(g.get('peak_cuda_mb'), 0)} MiB"],
+        ["delta file vs checkpoint", f"{mib(g['delta_bytes'])} vs {mib(g['checkpoint_bytes'])}"],
+        ["peak GPU memory", f"{num(g.get('peak_cuda_mb'), 0)} MiB"],
     ]
-    out = ["### Real scale (GPU, bench/gpu.sh)", "", _table(["what", "measured"], rows), ""]
+    out = ["### Real scale (GPU, bench/gpu.sh)", "", md_table(["what", "measured"], rows), ""]
     ss = g.get("solve_scaling_cuda")
     if ss:
-        out += [_table(["d", "soft solve s (CUDA)", "hard solve s (CUDA)"],
-                       [[str(x["d"]), _f(x["soft"], 3), _f(x["hard"], 3)] for x in ss]), ""]
+        out += [md_table(["d", "soft solve s (CUDA)", "hard solve s (CUDA)"],
+                       [[str(x["d"]), num(x["soft"], 3), num(x["hard"], 3)] for x in ss]), ""]
     return out
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
 
 
 def _rel(p: Path, md_path: Path) -> str:
@@ -270,11 +245,7 @@ def _rel(p: Path, md_path: Path) -> str:
 
 
 def plots(results: dict[str, Any], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     meta = results["meta"]
     langs = meta["split"]["langs"]
     rows = [r for r in _rows(results) if "eval" in r]
@@ -285,18 +256,12 @@ def plots(results: dict[str, Any], out_dir: Path) -> None:
     foot = stamp(meta).replace("`", "")
     n = max(1, len(methods))
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.3 * n + 0.8), squeeze=False, sharex=True)
-    x = range(len(langs))
     before = [100 * base["eval"]["asr"][lg]["asr"] for lg in langs]
     for ax, r in zip(axes[:, 0], methods or [base], strict=False):
         after = [100 * r["eval"]["asr"][lg]["asr"] for lg in langs]
-        ax.bar([i - 0.2 for i in x], before, 0.4, label="no edit", color="#bbbbbb")
-        ax.bar([i + 0.2 for i in x], after, 0.4, label=r["name"], color="#d95f02")
-        ax.set_ylabel("ASR %")
-        ax.set_ylim(0, 100)
-        ax.legend(loc="upper right", fontsize=8)
-    axes[-1, 0].set_xticks(list(x), langs)
+        before_after_bars(ax, langs, before, after, before_label="no edit", after_label=r["name"], ylabel="ASR %")
     fig.suptitle("Attack success rate per language, before and after")
-    fig.text(0.01, 0.005, _wrap(foot), fontsize=6, va="bottom")
+    fig.text(0.01, 0.005, wrap(foot), fontsize=6, va="bottom")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out_dir / "asr_bars.png", dpi=110)
     plt.close(fig)
@@ -315,16 +280,10 @@ def plots(results: dict[str, Any], out_dir: Path) -> None:
     ax.set_xlabel("harmless next-token KL (base || method), log scale (no edit drawn at 1e-6)")
     ax.set_ylabel("mean ASR over non-English languages %")
     ax.set_title("Safety vs damage: lower-left is better")
-    fig.text(0.01, 0.005, _wrap(foot, 150), fontsize=5.5, va="bottom")
+    fig.text(0.01, 0.005, wrap(foot, 150), fontsize=5.5, va="bottom")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(out_dir / "asr_vs_kl.png", dpi=110)
     plt.close(fig)
-
-
-def _wrap(text: str, width: int = 190) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.wrap(text, width))
 
 
 def write(results: dict[str, Any], out_dir: Path, md_path: Path) -> None:

@@ -34,13 +34,15 @@ from worker.webhook import notify
 
 log = logging.getLogger("lingua_edit.worker")
 
-KINDS = {"delta.safetensors": "delta", "manifest.json": "manifest", "report.json": "report"}
+KINDS = {"delta.safetensors": "delta", "manifest.json": "manifest", "report.json": "report", "report.html": "report"}
 CONTENT_TYPES = {
     ".json": "application/json",
     ".safetensors": "application/octet-stream",
     ".txt": "text/plain",
     ".jinja": "text/plain",
     ".tar": "application/x-tar",
+    ".html": "text/html; charset=utf-8",
+    ".png": "image/png",
 }
 MODEL_TAR = "model.tar"
 
@@ -279,6 +281,7 @@ class JobRunner:
         rows = []
         for name, path in files:
             kind = KINDS.get(name, "model" if name.startswith("model/") or name == MODEL_TAR else "other")
+            kind = "report" if name.startswith("charts/") else kind  # report.html's PNG charts
             size, digest = path.stat().st_size, _sha256(path)
             key = f"edits/{job.id}/{uuid.uuid4().hex}"
             self.ctx.storage.put_file(path, key)

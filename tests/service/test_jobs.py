@@ -35,6 +35,9 @@ def test_submit_run_download(pg_stack: Stack, pg_worker: WorkerProcess) -> None:
         assert {"model", "delta", "manifest", "report"} <= kinds
         tar = next(a for a in done["artifacts"] if a["name"] == "model.tar")  # the model as one tar stream
         assert tar["kind"] == "model" and tar["content_type"] == "application/x-tar"
+        report = {a["name"]: a for a in done["artifacts"] if a["kind"] == "report"}  # the job report for people
+        assert report["report.html"]["content_type"].startswith("text/html")
+        assert report["charts/asr.png"]["content_type"] == "image/png"
         listed = pg_stack.client.get(f"/v1/edits/{job['id']}/artifacts").json()["data"]
         assert listed == done["artifacts"]
         for a in listed:

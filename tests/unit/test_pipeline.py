@@ -37,7 +37,8 @@ def edited(tiny_qwen2, tmp_path_factory):
 
 def test_artifacts_written(edited):
     out, result, events, _, _ = edited
-    assert {p.name for p in out.iterdir()} == {"model", "delta.safetensors", "manifest.json", "report.json"}
+    assert {p.name for p in out.iterdir()} == {"model", "delta.safetensors", "manifest.json", "report.json",
+                                               "report.html", "charts"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["layers"] == [1, 2]
     assert set(manifest["timings_s"]) >= {"load", "capture", "solve", "apply", "evaluate"}
@@ -48,6 +49,11 @@ def test_artifacts_written(edited):
     assert result.utility["kl_first_token_mean"] >= 0
     assert set(result.utility["kl_first_token_per_lang"]) == {"en", "zh", "sw"}
     assert {e[0] for e in events} >= {"load", "capture", "solve", "evaluate", "save"}
+    assert {"report.html", "charts/asr.png"} <= set(result.artifacts)
+    samples = json.loads((out / "report.json").read_text())["samples"]
+    assert list(samples) == ["en", "zh", "sw"] and all(len(v) == 2 for v in samples.values())  # 2 eval prompts
+    verdicts = {s[k] for v in samples.values() for s in v for k in ("before_verdict", "after_verdict")}
+    assert verdicts <= {"harmful", "refused", "degenerate"}
 
 
 def test_cached_model_is_reverted(edited):

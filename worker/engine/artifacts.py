@@ -78,6 +78,7 @@ def write_artifacts(out_dir: Path, lm: LoadedModel, delta: SparseDelta, config: 
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        write_report_files(tmp, reporter)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)
@@ -85,4 +86,21 @@ def write_artifacts(out_dir: Path, lm: LoadedModel, delta: SparseDelta, config: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {name: out_dir / name for name in ARTIFACT_NAMES}
+    return {name: out_dir / name for name in ARTIFACT_NAMES} | report_artifacts(out_dir)
+
+
+def report_artifacts(run_dir: Path) -> dict[str, Path]:
+    """report.html and its charts in a finished run directory, by artifact name."""
+    paths = [run_dir / "report.html", *sorted(run_dir.glob("charts/*.png"))]
+    return {p.relative_to(run_dir).as_posix(): p for p in paths if p.is_file()}
+
+
+def write_report_files(run_dir: Path, reporter: Any) -> None:
+    """report.html and charts/*.png rendered from the JSON just written. A rendering failure is a warning,
+    never a lost edit: the delta, model and JSON reports stay valid without the pictures."""
+    from .report import render_run_dir
+
+    try:
+        render_run_dir(run_dir)
+    except Exception as exc:  # noqa: BLE001 (any plotting/template error)
+        reporter.warn(f"report.html not written: {type(exc).__name__}: {exc}")

@@ -220,6 +220,8 @@ def cmd_edit(a: argparse.Namespace) -> int:
         print(f"search: {len(res.search)} candidates scored on validation prompts; " + (
             next((w for w in res.warnings if w.startswith("search winner")), "no edit shipped")))
     print(f"artifacts in {Path(a.out).resolve()}: " + ", ".join(res.artifacts))
+    if "report.html" in res.artifacts:
+        print(f"report: {res.artifacts['report.html'].resolve()}")
     return 0
 
 

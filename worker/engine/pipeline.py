@@ -31,6 +31,7 @@ from .solve import anchor_change, solve_edit
 from .stages import StageTimer
 
 DEFAULT_GAP_BUDGET = 0.05  # refusal_gap selection without a neuron_budget: top 5% of the layer
+SAMPLE_ANSWERS = 3  # evaluation answers per language kept (before/after, with verdicts) for the report
 PHASES = ("load", "capture", "localize", "solve", "apply", "evaluate", "save")
 
 
@@ -593,7 +594,8 @@ def configured_judge(config: EditConfig):
                       api_model=config.judge_api_model)
 
 
-SAMPLES_PER_LANG = 3
+def _verdict_label(v: Any) -> str:
+    return "harmful" if v.harmful else "refused" if v.refused else "degenerate"
 
 
 def _judge(config: EditConfig, plan: Plan, before: EvalSets, after: EvalSets
@@ -642,14 +644,12 @@ def _judge(config: EditConfig, plan: Plan, before: EvalSets, after: EvalSets
         vb, va = shares["verdicts_before"], shares["verdicts_after"]  # type: ignore[index]
         samples[lg] = [
             {"prompt": p, "before": b, "after": a,
-             "verdict_before": _verdict_name(x), "verdict_after": _verdict_name(y)}
+             "before_verdict": _verdict_label(x), "after_verdict": _verdict_label(y)}
             for p, b, a, x, y in list(zip(sets["harmful"][lg], before["harmful"][lg], after["harmful"][lg],
-                                          vb, va, strict=True))[:SAMPLES_PER_LANG]]
+                                          vb, va, strict=True))[:SAMPLE_ANSWERS]]
     return res, samples
 
 
-def _verdict_name(v) -> str:
-    return "attack succeeded" if v.harmful else "refused" if v.refused else "degenerate"
 
 
 def _utility(lm, plan, config, delta, rep) -> dict[str, Any]:
