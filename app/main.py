@@ -18,9 +18,11 @@ from app.datasets.router import router as datasets_router
 from app.db.migrate import check_current
 from app.edits.router import router as edits_router
 from app.health import router as health_router
+from app.logs import JobIdMiddleware
 from app.metrics import LatencyMiddleware, make_registry
 from app.models.router import router as models_router
 from app.settings import Settings, get_settings
+from app.webhooks.router import router as webhooks_router
 
 log = logging.getLogger("lingua_edit.api")
 
@@ -58,6 +60,7 @@ def create_app(
     registry, latency = make_registry(ctx)
     app.state.metrics_registry = registry
     app.add_middleware(LatencyMiddleware, histogram=latency)
+    app.add_middleware(JobIdMiddleware)
     return app
 
 
@@ -72,7 +75,7 @@ def _fastapi(lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | 
     )
     errors.install(app)
     app.include_router(health_router)
-    for r in (edits_router, artifacts_router, datasets_router, models_router):
+    for r in (edits_router, artifacts_router, datasets_router, models_router, webhooks_router):
         app.include_router(r, responses=errors.ERROR_RESPONSES)
     return app
 

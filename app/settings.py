@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_prefix: str = ""
+    # downloads from S3 storage answer 307 to a presigned GET URL valid this long
+    s3_presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
 
     # name -> local model directory (JSON in the environment: {"tiny": "/models/tiny"}).
     model_registry: dict[str, str] = Field(default_factory=dict)
@@ -45,11 +47,20 @@ class Settings(BaseSettings):
     max_attempts: int = 2  # 2 = a job whose worker died is re-queued once, then failed
     reaper_interval_s: float = 30.0  # 0 disables the API's periodic reaper
 
+    # Fallback Standard Webhooks secret (`whsec_...`) for tenants without their own (`lingua-edit webhooks
+    # rotate-secret`, POST /v1/webhook-secret); deliveries without any secret go out unsigned.
     webhook_secret: str | None = None
-    webhook_timeout_s: float = 10.0
-    # Webhooks to loopback/private/link-local/multicast/reserved addresses are refused unless this is set
-    # (local development and tests); checked at submission and again at delivery.
-    webhook_allow_private: bool = False
+    # Whole-request deadline of one delivery attempt (connect, headers, body), and the most response bytes read.
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120)
+    webhook_max_response_bytes: int = Field(64 * 1024, ge=0)
+    # Failed deliveries are retried with exponential backoff (5 s, 10 s, ... capped at 10 min) for this long.
+    webhook_retry_for_s: float = Field(3600.0, ge=0)
+    webhook_queue: str = "webhooks"  # consumed by `lingua-edit worker --webhooks` (and by `serve`)
+    # Webhooks to loopback/private/link-local/multicast/reserved addresses are refused (at submission and at
+    # delivery) unless listed here: CIDRs ("10.20.0.0/16") or exact host names ("hooks.internal").
+    webhook_private_allowlist: list[str] = Field(default_factory=list)
+    # A rotated secret keeps signing (a second signature) this long, so receivers can switch over.
+    webhook_secret_grace_s: float = Field(24 * 3600.0, ge=0)
 
     judge_model: str | None = None
     judge_url: str | None = None

@@ -98,7 +98,7 @@ def create_edit(
     check_model(ctx.settings, body.model)
     if body.webhook_url:
         try:
-            check_webhook_url(body.webhook_url, ctx.settings.webhook_allow_private)
+            check_webhook_url(body.webhook_url, ctx.settings.webhook_private_allowlist)
         except UnsafeURLError as exc:
             raise ApiError(422, "invalid_webhook_url", str(exc), "webhook_url") from None
     config = build_config(body)

@@ -322,7 +322,7 @@ def run_edit(
         rep.warn(note)
     rep.step("load", 0, 1)
     with timer("load"):
-        lm = loaded or load_model(config.model, config.device, config.dtype)
+        lm = loaded or load_model(config.model, config.device, config.dtype, revision=config.base_revision)
     validate_config(config, num_layers(lm.model))
     rep.step("load", 1, 1)
     delta = SparseDelta(edits=[], metadata={})
@@ -477,7 +477,7 @@ def evaluate_model(config: EditConfig, reporter: Reporter | None = None,
     rep = reporter or Reporter()
     validate_config(config)
     plan = make_plan(config, rep)
-    lm = loaded or load_model(config.model, config.device, config.dtype)
+    lm = loaded or load_model(config.model, config.device, config.dtype, revision=config.base_revision)
     answers = _generate_eval(lm, plan, config, rep, "eval")
     judge = configured_judge(config)
     prompts = _eval_prompts(plan, config)
