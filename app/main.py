@@ -28,6 +28,7 @@ log = logging.getLogger("lingua_edit.api")
 
 
 async def _reaper_loop(ctx: Context) -> None:
+    from app.retention import purge_expired
     from worker.reaper import reap
 
     while True:
@@ -36,6 +37,10 @@ async def _reaper_loop(ctx: Context) -> None:
             await asyncio.to_thread(reap, ctx)
         except Exception:
             log.exception("reaper run failed")
+        try:
+            await asyncio.to_thread(purge_expired, ctx)
+        except Exception:
+            log.exception("retention run failed")
 
 
 def create_app(

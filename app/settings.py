@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     device: str | None = None
     dtype: str | None = None
 
+    # Roots a job's `destination` may point under: server directories (an NFS mount, say) and/or
+    # s3://bucket/prefix entries. Empty = the destination field is refused.
+    destination_roots: list[str] = Field(default_factory=list)
+    # Artifacts and rows of jobs finished more than this many days ago are deleted by the reaper (0 = keep).
+    retention_days: float = Field(0, ge=0)
+
     max_upload_bytes: int = 20 * 1024 * 1024
     max_inline_rows: int = 2000
     max_page_size: int = 100

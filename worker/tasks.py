@@ -280,6 +280,8 @@ class JobRunner:
         The edited model is stored once, file by file, in Hugging Face layout (`model/README.md`,
         `model/config.json`, `model/model*.safetensors` shards with their index, tokenizer files).
         """
+        if job.destination:
+            self.write_destination(job, out)
         files = [(p.relative_to(out).as_posix(), p) for p in sorted(out.rglob("*")) if p.is_file()]
         rows = []
         for name, path in files:
@@ -336,6 +338,25 @@ class JobRunner:
                 "edit finished",
                 {"artifacts": len(rows), "languages": len(result.languages)},
             )
+            s.commit()
+
+    def write_destination(self, job: EditJob, out: Path) -> None:
+        """Copy the result to the job's destination; a failure there is an error event, not a failed job
+        (the artifacts are still stored and downloadable)."""
+        from worker.destination import write_destination
+
+        try:
+            dest = write_destination(self.settings, job.destination or "", out)
+        except Exception as exc:  # DestinationError, OSError, boto errors
+            log.warning("job %s: destination not written: %s", job.id, exc)
+            with self.ctx.sessions() as s:
+                repo.add_event(
+                    s, job.id, "destination", f"destination not written: {str(exc)[:300]}", level="error"
+                )
+                s.commit()
+            return
+        with self.ctx.sessions() as s:
+            repo.add_event(s, job.id, "destination", f"written to {dest.location}", {"location": dest.location})
             s.commit()
 
     def _scratch_root(self) -> Path:

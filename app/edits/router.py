@@ -63,6 +63,13 @@ def cancel_edit(request: Request, session: SessionDep, tenant: TenantDep, job_id
     return service.render(session, job)
 
 
+@router.delete("/{job_id}", status_code=204, responses={409: {"description": "the job is queued or running"}})
+def delete_edit(request: Request, session: SessionDep, tenant: TenantDep, job_id: str) -> Response:
+    """Delete a finished job with its artifacts, events and results (409 while queued or running)."""
+    service.delete_edit(request.app.state.ctx, session, tenant, job_id)
+    return Response(status_code=204)
+
+
 @router.get("/{job_id}/events", response_model=EventList)
 def list_events(session: SessionDep, tenant: TenantDep, job_id: str, page: PageDep) -> EventList:
     job = service.get_edit(session, tenant, job_id)

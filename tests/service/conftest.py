@@ -65,11 +65,17 @@ def redis_url() -> str:
     return url
 
 
+TINY_SOURCE = "lingua-edit-tests/tiny-qwen2"
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from worker.engine.tiny import make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", family="qwen2")
+    path = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", family="qwen2")
+    # where a registered model came from: the model card's base_model (TINY_SOURCE is not a real repo)
+    (path / "lingua_edit_source.json").write_text(json.dumps({"source": TINY_SOURCE}))
+    return path
 
 
 class WorkerProcess:
