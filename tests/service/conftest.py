@@ -163,7 +163,11 @@ class Stack:
 
 
 TEST_WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLWxpbmd1YS1lZGl0LXdlYmhvb2tz"  # fallback secret
-JSON_SETTINGS = ("LINGUA_EDIT_MODEL_REGISTRY", "LINGUA_EDIT_WEBHOOK_PRIVATE_ALLOWLIST")
+JSON_SETTINGS = (
+    "LINGUA_EDIT_MODEL_REGISTRY",
+    "LINGUA_EDIT_WEBHOOK_PRIVATE_ALLOWLIST",
+    "LINGUA_EDIT_DESTINATION_ROOTS",
+)
 
 
 def make_stack(
@@ -195,6 +199,7 @@ def make_stack(
         # the tests' webhook receiver listens on 127.0.0.1; test_webhook_guard empties this where it checks
         "LINGUA_EDIT_WEBHOOK_PRIVATE_ALLOWLIST": json.dumps(["127.0.0.0/8"]),
         "LINGUA_EDIT_WEBHOOK_TIMEOUT_S": "3",
+        "LINGUA_EDIT_DESTINATION_ROOTS": json.dumps([str(tmp / "destinations")]),
         "LINGUA_EDIT_MAX_UPLOAD_BYTES": "200000",
         "LINGUA_EDIT_DEVICE": "cpu",
         "HF_HUB_OFFLINE": "1",  # an unknown hub id fails at once instead of retrying the network

@@ -93,7 +93,7 @@ CARD_TAGS = ["lingua-edit", "safety", "multilingual", "sparse-weight-edit", "tra
 DEMO_LICENSE = "apache-2.0"  # Qwen2.5-Coder-0.5B-Instruct
 
 
-def save_registry_model(lm: LoadedModel, out: Path) -> None:
+def save_registry_model(lm: LoadedModel, out: Path, max_shard_size: str | int = MAX_SHARD_SIZE) -> None:
     """The edited model in Hugging Face layout: safetensors shards of at most 5 GB with
     `model.safetensors.index.json` when there is more than one (huggingface_hub's writer), config,
     generation config and tokenizer; `from_pretrained(out)` loads it."""
@@ -103,7 +103,7 @@ def save_registry_model(lm: LoadedModel, out: Path) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in lm.model.state_dict().items()}
     if getattr(lm.model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
-    save_torch_state_dict(state, out, max_shard_size=MAX_SHARD_SIZE, metadata={"format": "pt"})
+    save_torch_state_dict(state, out, max_shard_size=max_shard_size, metadata={"format": "pt"})
     lm.model.config.save_pretrained(out)
     if getattr(lm.model, "generation_config", None) is not None:
         lm.model.generation_config.save_pretrained(out)
