@@ -79,7 +79,7 @@ def _worker(args: argparse.Namespace) -> int:
         "-l",
         args.log_level,
         "-n",
-        f"{name}-{os.getpid()}@%h",
+        args.name or f"{name}-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
     ]
@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--webhooks", action="store_true", help="deliver webhooks (the webhooks queue) instead of running jobs"
     )
     w.add_argument("--concurrency", type=int, help="with --webhooks: deliveries in parallel (default 8)")
+    w.add_argument("--name", help="Celery node name (default NAME-PID@HOST); healthchecks ping it by name")
     w.set_defaults(func=_worker)
 
     k = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)

@@ -188,6 +188,7 @@ class JobRunner:
         job = self.claim()
         if job is None:
             return
+        log.info("running on model %s (attempt %d)", job.model, job.attempts)
         notify(self.ctx, job.id, "edit.running")
         scratch = Path(tempfile.mkdtemp(prefix=f"job-{job.id}-", dir=self._scratch_root()))
         beat = Heartbeat(self.ctx, job.id)
@@ -229,6 +230,7 @@ class JobRunner:
         finally:
             beat.stop()
             shutil.rmtree(scratch, ignore_errors=True)
+        log.info("job finished")
         notify(self.ctx, job.id)
 
     def _drop(self, loaded: Any) -> None:
