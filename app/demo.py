@@ -1,4 +1,4 @@
-"""`lingua-edit demo`: the whole product in one command, through the HTTP API with app.client like any user."""
+"""`lingua-edit demo`: the whole product in one command, through the HTTP API with the light client like any user."""
 
 from __future__ import annotations
 
