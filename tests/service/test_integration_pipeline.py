@@ -278,6 +278,17 @@ def test_readme_pipeline(installed: Installed, served: Served) -> None:
                          "--name", "manifest.json"], env=env_cli, capture_output=True, text=True, timeout=60)
     assert dl.returncode == 0, dl.stderr
     assert json.loads(dl.stdout)["files"][0]["name"] == "manifest.json"
+    waited = subprocess.run([cli, "wait", jobs[0]["id"], "--json"], env=env_cli, capture_output=True, text=True,
+                            timeout=60)
+    assert waited.returncode == 0 and json.loads(waited.stdout)["status"] == "succeeded"
+    sub = subprocess.run([cli, "submit", "tiny", "--target-languages", "zh", "--set", "layers=[1]", "--metadata",
+                          "via=cli", "--json"], env=env_cli, capture_output=True, text=True, timeout=60)
+    assert sub.returncode == 0, sub.stderr
+    submitted = json.loads(sub.stdout)
+    assert submitted["hyperparameters"]["layers"] == [1] and submitted["metadata"] == {"via": "cli"}
+    cancel = subprocess.run([cli, "cancel", submitted["id"], "--json"], env=env_cli, capture_output=True,
+                            text=True, timeout=60)
+    assert cancel.returncode == 0 and json.loads(cancel.stdout)["status"] in ("cancelled", "cancelling")
     bad = subprocess.run([cli, "status", "edit_nope", "--json"], env=env_cli, capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["status"] == 404

@@ -117,6 +117,7 @@ def s3_stack(
         LINGUA_EDIT_S3_ENDPOINT_URL=s3_endpoint,
         LINGUA_EDIT_S3_REGION="us-east-1",
         LINGUA_EDIT_S3_PREFIX="jobs",
+        LINGUA_EDIT_DESTINATION_ROOTS=f'["s3://{BUCKET}/registry"]',
     )
     stack.env.update(AWS_ENV)  # the worker subprocess's credentials
     yield stack
@@ -133,7 +134,9 @@ def test_job_end_to_end_on_s3(s3_stack: Stack) -> None:
     worker = s3_stack.start_worker("s3-worker")
     try:
         # inline rows become a dataset in S3, which the worker fetches with local_path
-        job = s3_stack.submit(fast_job(target_languages=["zh"], calibration_rows=rows))
+        job = s3_stack.submit(
+            fast_job(target_languages=["zh"], calibration_rows=rows, destination=f"s3://{BUCKET}/registry/run-1")
+        )
         done = s3_stack.wait_terminal(job["id"])
         assert done["status"] == "succeeded", (done["error"], worker.log.read_text()[-4000:])
     finally:
@@ -142,6 +145,9 @@ def test_job_end_to_end_on_s3(s3_stack: Stack) -> None:
     assert isinstance(st, S3Storage)
     keys = [o["Key"] for o in st.client.list_objects_v2(Bucket=BUCKET, Prefix="jobs/").get("Contents", [])]
     assert any(k.startswith(f"jobs/edits/{job['id']}/") for k in keys)
+    # the destination: the model folder in Hugging Face layout under the allowed prefix
+    dest = {o["Key"] for o in st.client.list_objects_v2(Bucket=BUCKET, Prefix="registry/run-1/").get("Contents", [])}
+    assert {f"registry/run-1/{n}" for n in ("README.md", "config.json", "model.safetensors", "manifest.json")} <= dest
     for a in done["artifacts"]:
         url = f"/v1/edits/{job['id']}/artifacts/{a['name']}"
         # downloads are handed to S3: a 307 to a presigned URL, which works without the API key

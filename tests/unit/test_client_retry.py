@@ -121,3 +121,20 @@ def test_models_tolerate_unknown_fields_and_statuses() -> None:
         {"name": "model/x", "kind": "adapter", "size": 1, "sha256": "0" * 64, "shiny": True}]})
     assert job.status == "paused" and not job.is_terminal and job.model_extra == {"new_field": {"x": 1}}
     assert job.artifacts[0].kind == "adapter"
+
+
+def test_wait_progress_bar_lines() -> None:
+    import io
+
+    from lingua_edit_client.cli import ProgressBar
+
+    out = io.StringIO()  # not a terminal: one line per state or phase change
+    bar = ProgressBar(out, width=10)
+    for status, phase, done, total in [("queued", None, 0, 0), ("running", "load", 0, 1), ("running", "load", 1, 1),
+                                       ("running", "evaluate", 2, 8), ("running", "evaluate", 4, 8),
+                                       ("succeeded", "save", 3, 3)]:
+        bar.job(Edit.model_validate({**JOB, "status": status,
+                                     "progress": {"phase": phase, "done": done, "total": total}}))
+    lines = out.getvalue().splitlines()
+    assert [ln.split()[2] for ln in lines] == ["queued", "running", "running", "succeeded"]
+    assert "load" in lines[1] and "[##........]" in lines[2] and "2/8" in lines[2] and "[##########]" in lines[-1]
