@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -73,6 +73,22 @@ class Settings(BaseSettings):
     judge_api_model: str | None = None
 
     log_level: str = "INFO"
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, v: str | None) -> str | None:
+        """A Standard Webhooks secret: `whsec_` + base64 (as `lingua-edit webhooks rotate-secret` prints)."""
+        if v:
+            import base64
+            import binascii
+
+            try:
+                ok = v.startswith("whsec_") and len(base64.b64decode(v[6:] + "==")) >= 16
+            except (binascii.Error, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError("LINGUA_EDIT_WEBHOOK_SECRET must be whsec_ followed by base64 of >= 16 bytes")
+        return v or None
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -208,7 +208,11 @@ def delete_edit(ctx: Context, session: Session, tenant: str, job_id: str) -> Non
         raise ApiError(
             409, "conflict", f"edit job is {job.status}: cancel it and delete it once it has stopped", "id"
         )
-    purge_job(ctx, session, job)
+    try:
+        purge_job(ctx, session, job)
+    except OSError as exc:  # local storage; S3 client errors are wrapped below
+        session.rollback()
+        raise ApiError(503, "unavailable", "artifact storage is unavailable; try again later") from exc
     session.commit()
 
 
@@ -216,7 +220,10 @@ def purge_job(ctx: Context, session: Session, job: EditJob) -> None:
     """Storage first (a failure leaves the row, so a later try can finish), then the rows."""
     from app.db.models import Dataset, JobEvent
 
-    ctx.storage.delete_prefix(f"edits/{job.id}")
+    try:
+        ctx.storage.delete_prefix(f"edits/{job.id}")
+    except Exception as exc:  # e.g. botocore errors: the rows stay, so the delete can be retried
+        raise OSError(f"could not delete the artifacts of {job.id}: {type(exc).__name__}") from exc
     inline = session.get(Dataset, job.dataset_id) if job.dataset_id else None
     session.execute(JobEvent.__table__.delete().where(JobEvent.job_id == job.id))
     session.delete(job)

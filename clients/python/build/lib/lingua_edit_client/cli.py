@@ -47,6 +47,7 @@ class ProgressBar:
         self.width = width
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.last = ""
+        self.last_key: object = None
 
     def job(self, job: Edit) -> None:
         p = job.progress
@@ -60,28 +61,31 @@ class ProgressBar:
             f"{job.id} [{'#' * filled}{'.' * (self.width - filled)}] {job.status:<10} "
             f"{p.phase or '':<10} {p.done}/{p.total}{eta}"
         )
-        self._draw(line)
+        self._draw(line, (job.status, p.phase))
 
     def bytes(self, name: str, done: int, total: int) -> None:
         frac = done / total if total else 1.0
         filled = int(self.width * frac)
-        self._draw(f"{name} [{'#' * filled}{'.' * (self.width - filled)}] {done:,}/{total:,} bytes")
+        line = f"{name} [{'#' * filled}{'.' * (self.width - filled)}] {done:,}/{total:,} bytes"
+        self._draw(line, (name, done >= total))
 
-    def _draw(self, line: str) -> None:
+    def _draw(self, line: str, key: object) -> None:
+        """A terminal gets every change redrawn in place; a log file one line per `key` change (a job's
+        status or phase, a download's start and end)."""
         if line == self.last:
             return
         if self.tty:
             self.stream.write("\r\033[K" + line)
-        elif line.split()[:3] != self.last.split()[:3]:  # not a terminal: one line per state/phase change
+        elif key != self.last_key:
             self.stream.write(line + "\n")
         self.stream.flush()
-        self.last = line
+        self.last, self.last_key = line, key
 
     def end(self) -> None:
         if self.tty and self.last:
             self.stream.write("\n")
             self.stream.flush()
-        self.last = ""
+        self.last, self.last_key = "", None
 
 
 def _print_job(job: Edit, as_json: bool) -> None:
