@@ -83,6 +83,8 @@ def _worker(args: argparse.Namespace) -> int:
         "--without-gossip",
         "--without-mingle",
     ]
+    if getattr(args, "log_format", "text") == "json":
+        argv.insert(0, "--quiet")  # no ASCII-art banner: every line on stdout/stderr is a JSON object
     app.worker_main(argv)
     return 0
 

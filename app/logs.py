@@ -51,6 +51,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(getattr(logging, str(level).upper(), logging.INFO))
+    logging.captureWarnings(fmt == "json")  # Python warnings become log records (JSON lines) too
 
 
 class JobIdMiddleware:

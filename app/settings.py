@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     s3_prefix: str = ""
     # downloads from S3 storage answer 307 to a presigned GET URL valid this long
     s3_presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    # the endpoint clients reach S3 at, when it differs from the one the service uses (compose: minio:9000
+    # inside, localhost:9000 outside); presigned URLs are signed for this host
+    s3_public_endpoint_url: str | None = None
 
     # name -> local model directory (JSON in the environment: {"tiny": "/models/tiny"}).
     model_registry: dict[str, str] = Field(default_factory=dict)

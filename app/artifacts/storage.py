@@ -98,6 +98,11 @@ class S3Storage:
         self.client = boto3.client(
             "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region
         )
+        public = settings.s3_public_endpoint_url
+        # a signature covers the host: URLs for clients are signed by a client for the public endpoint
+        self.presign_client = (
+            boto3.client("s3", endpoint_url=public, region_name=settings.s3_region) if public else self.client
+        )
 
     def _key(self, key: str) -> str:
         _check_key(key)
@@ -134,7 +139,8 @@ class S3Storage:
             "ResponseContentDisposition": f'attachment; filename="{filename}"',
             "ResponseContentType": content_type,
         }
-        return str(self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=self.presign_expiry_s))
+        url = self.presign_client.generate_presigned_url("get_object", Params=params, ExpiresIn=self.presign_expiry_s)
+        return str(url)
 
 
 def make_storage(settings: Settings) -> Storage:

@@ -118,6 +118,8 @@ def s3_stack(
         LINGUA_EDIT_S3_REGION="us-east-1",
         LINGUA_EDIT_S3_PREFIX="jobs",
         LINGUA_EDIT_DESTINATION_ROOTS=f'["s3://{BUCKET}/registry"]',
+        # what clients reach: another name for the same server, so the presigned URLs must be signed for it
+        LINGUA_EDIT_S3_PUBLIC_ENDPOINT_URL=s3_endpoint.replace("127.0.0.1", "localhost"),
     )
     stack.env.update(AWS_ENV)  # the worker subprocess's credentials
     yield stack
@@ -154,7 +156,7 @@ def test_job_end_to_end_on_s3(s3_stack: Stack) -> None:
         r = s3_stack.client.get(url, follow_redirects=False)
         assert r.status_code == 307 and r.headers["etag"] == f'"{a["sha256"]}"', r.text
         presigned = r.headers["location"]
-        assert presigned.startswith(s3_stack.settings.s3_endpoint_url) and "Signature" in presigned
+        assert presigned.startswith(s3_stack.settings.s3_public_endpoint_url) and "Signature" in presigned
         body = httpx.get(presigned).content
         assert hashlib.sha256(body).hexdigest() == a["sha256"] and len(body) == a["size"], a["name"]
         part = httpx.get(presigned, headers={"Range": "bytes=10-49"})
