@@ -72,3 +72,20 @@ def test_db_downgrade_needs_a_revision(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "app.cli", "db", "downgrade"], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "revision" in r.stderr
+
+
+def test_webhooks_rotate_secret_cli(ops_stack: Stack) -> None:
+    from app.db.models import WebhookSecret
+
+    tenant = f"cli-{secrets.token_hex(3)}"
+    env = {**os.environ, **ops_stack.env}
+    cmd = [sys.executable, "-m", "app.cli", "webhooks", "rotate-secret", "--tenant", tenant]
+    first = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    second = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr
+    a, b = first.stdout.strip(), second.stdout.strip()
+    assert a.startswith("whsec_") and b.startswith("whsec_") and a != b
+    assert a not in first.stderr and b not in second.stderr  # printed once, never logged
+    with ops_stack.ctx.sessions() as s:
+        row = s.get(WebhookSecret, tenant)
+        assert row is not None and (row.secret, row.previous_secret) == (b, a) and row.rotated_at
