@@ -19,18 +19,22 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cu124
 RUN pip install --upgrade pip && pip install --index-url ${TORCH_INDEX} "torch>=2.3"
 
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md ./
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
-# INSTALL_DEMO=1 adds the bundled demo model (about 0.5 GB of GGUF parts).
+COPY clients ./clients
+# Installed as a wheel (the migrations ship inside it). INSTALL_DEMO=1 adds the bundled demo model (about
+# 0.5 GB of GGUF parts) and the light client `lingua-edit demo` uses.
 ARG INSTALL_DEMO=0
-RUN if [ "$INSTALL_DEMO" = "1" ]; then pip install ".[demo]"; else pip install .; fi
+RUN if [ "$INSTALL_DEMO" = "1" ]; then pip install ./clients/python ".[demo]"; else pip install .; fi \
+ && rm -rf /app/app /app/worker /app/migrations /app/clients
 
 RUN useradd --create-home --uid 10001 lingua && mkdir -p /data && chown lingua:lingua /data
 USER lingua
 ENV LINGUA_EDIT_DATA_DIR=/data \
     LINGUA_EDIT_CACHE=/data/cache \
+    LINGUA_EDIT_LOG_FORMAT=json \
     HF_HOME=/data/hf
 
 EXPOSE 8000

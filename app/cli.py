@@ -6,7 +6,6 @@ Heavy imports (torch, FastAPI, Celery) happen inside each subcommand.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -29,15 +28,26 @@ def _serve(args: argparse.Namespace) -> int:
         if server is not None:
             stop_redis(server)
         return 2
-    worker = None if args.no_worker else start_worker(log_level=args.log_level)
+    log_args = ["--log-level", args.log_level, "--log-format", args.log_format]
+    worker = None if args.no_worker else start_worker(extra_args=log_args)
+    # webhook deliveries run in their own worker on their own queue: a slow receiver never holds the GPU one
+    hooks = None if args.no_worker else start_worker(extra_args=[*log_args, "--webhooks"])
     # uvicorn re-raises SIGTERM after its graceful shutdown; with a Python handler installed that becomes
     # SystemExit, so the finally below still stops the worker and the embedded Redis.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(api, host=args.host, port=args.port, log_level=args.log_level.lower())
+        uvicorn.run(
+            api,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level.lower(),
+            # json: uvicorn's loggers propagate to the root handler set up by --log-format
+            **({"log_config": None} if args.log_format == "json" else {}),
+        )
     finally:
-        if worker:
-            stop_worker(worker)
+        for proc in (hooks, worker):
+            if proc:
+                stop_worker(proc)
         if server is not None:
             stop_redis(server)
     return 0
@@ -54,21 +64,27 @@ def _worker(args: argparse.Namespace) -> int:
     except BrokerNotConfiguredError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.webhooks:  # I/O-bound deliveries, each bounded by webhook_timeout_s: threads, several at once
+        queue, pool, concurrency, name = settings.webhook_queue, "threads", str(args.concurrency or 8), "webhooks"
+    else:
+        queue, pool, concurrency, name = settings.queue, args.pool, "1", "lingua-edit"
     argv = [
         "worker",
         "-Q",
-        settings.queue,
+        queue,
         "-c",
-        "1",
+        concurrency,
         "--pool",
-        args.pool,
+        pool,
         "-l",
         args.log_level,
         "-n",
-        f"lingua-edit-{os.getpid()}@%h",
+        args.name or f"{name}-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
     ]
+    if getattr(args, "log_format", "text") == "json":
+        argv.insert(0, "--quiet")  # no ASCII-art banner: every line on stdout/stderr is a JSON object
     app.worker_main(argv)
     return 0
 
@@ -89,6 +105,25 @@ def _keys_create(args: argparse.Namespace) -> int:
         key = create_key(s, args.tenant)
         s.commit()
     print(key)
+    return 0
+
+
+def _webhooks_rotate(args: argparse.Namespace) -> int:
+    from app.context import make_context
+    from app.db.migrate import SchemaOutOfDateError, check_current
+    from app.settings import get_settings
+    from app.webhooks.secrets import rotate
+
+    ctx = make_context(get_settings())
+    try:
+        check_current(ctx.engine)
+    except SchemaOutOfDateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with ctx.sessions() as s:
+        row = rotate(s, args.tenant)
+        s.commit()
+        print(row.secret)  # shown once; the previous secret keeps signing for webhook_secret_grace_s
     return 0
 
 
@@ -134,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lingua-edit", description="Sparse closed-form safety edits for multilingual chat LLMs."
     )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("LINGUA_EDIT_LOG_FORMAT", "text"),
+        help="json: one object per line with the job id (env LINGUA_EDIT_LOG_FORMAT)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser(
@@ -144,11 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", help="where the embedded database, Redis, uploads and artifacts live")
     s.add_argument("--no-worker", action="store_true", help="start the API only")
     s.add_argument("--log-level", default="INFO")
+    s.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS)
     s.set_defaults(func=_serve)
 
     w = sub.add_parser("worker", help="a worker alone (needs LINGUA_EDIT_BROKER_URL)")
     w.add_argument("--log-level", default="INFO")
     w.add_argument("--pool", default="prefork", choices=["prefork", "solo"])
+    w.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS)
+    w.add_argument(
+        "--webhooks", action="store_true", help="deliver webhooks (the webhooks queue) instead of running jobs"
+    )
+    w.add_argument("--concurrency", type=int, help="with --webhooks: deliveries in parallel (default 8)")
+    w.add_argument("--name", help="Celery node name (default NAME-PID@HOST); healthchecks ping it by name")
     w.set_defaults(func=_worker)
 
     k = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
@@ -156,12 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--tenant", required=True)
     kc.set_defaults(func=_keys_create)
 
+    wh = sub.add_parser("webhooks", help="webhook signing secrets").add_subparsers(
+        dest="webhooks_command", required=True
+    )
+    wr = wh.add_parser("rotate-secret", help="create or rotate a tenant's whsec_ secret and print it (shown once)")
+    wr.add_argument("--tenant", required=True)
+    wr.set_defaults(func=_webhooks_rotate)
+
     d = sub.add_parser("db", help="database migrations").add_subparsers(dest="db_command", required=True)
     du = d.add_parser("upgrade", help="migrate the database to the latest revision")
     du.add_argument("--revision", default="head")
     du.set_defaults(func=_db_upgrade)
-    dd = d.add_parser("downgrade", help="migrate the database down (default: to an empty schema)")
-    dd.add_argument("--revision", default="base")
+    dd = d.add_parser(
+        "downgrade", help="migrate the database down to REVISION (explicit; `base` drops the whole schema)"
+    )
+    dd.add_argument("revision", help="target revision id, a relative step such as -1, or base")
     dd.set_defaults(func=_db_downgrade)
 
     o = sub.add_parser("openapi", help="write the API's OpenAPI JSON (no servers, no database)")
@@ -183,11 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(getattr(args, "log_level", "INFO")).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from app.logs import configure
+
+    configure(str(getattr(args, "log_level", "INFO")), args.log_format)
     from worker.engine.errors import EngineError
 
     try:

@@ -1,4 +1,4 @@
-"""`lingua-edit demo`: the whole product in one command, through the HTTP API with app.client like any user."""
+"""`lingua-edit demo`: the whole product in one command, through the HTTP API with the light client like any user."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", default=None, help="where to save the downloads (default: DATA_DIR/download/JOB_ID)"
     )
     p.add_argument(
-        "--skip-model-download", action="store_true", help="skip model.tar (delta, manifest, report only)"
+        "--skip-model-download", action="store_true", help="skip the model folder (delta, manifest, report only)"
     )
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     p.add_argument("--log-level", default="WARNING")
@@ -47,9 +47,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-MODEL_TAR = "model.tar"  # worker.tasks.MODEL_TAR (not imported: the worker module pulls in Celery)
 
 
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,19 +100,10 @@ class ProgressBar:
         self.bar.close()
 
 
-def extract_model_tar(tar_path: Path, dest: Path) -> Path:
-    """Unpack model.tar (entries under model/) into dest; returns dest/model."""
-    import tarfile
-
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(dest, filter="data")  # refuses absolute paths, .. and links out of dest
-    return dest / "model"
-
-
 def run_demo(args: argparse.Namespace) -> int:
     import uvicorn
+    from lingua_edit_client import APIError, Client
 
-    from app.client import LinguaEditAPIError, LinguaEditClient
     from app.embedded import prepare_embedded, start_worker, stop_redis, stop_worker
     from app.keys.service import create_key
     from app.main import create_app
@@ -137,14 +125,14 @@ def run_demo(args: argparse.Namespace) -> int:
         with app.state.ctx.sessions() as s:
             key = create_key(s, "demo")
             s.commit()
-        with LinguaEditClient(f"http://127.0.0.1:{port}", key, timeout=60) as client:
+        with Client(f"http://127.0.0.1:{port}", key, timeout=60) as client:
             for _ in range(100):
                 if client.ready():
                     break
                 time.sleep(0.2)
             try:
                 job = client.create_edit(**build_request(args))
-            except LinguaEditAPIError as exc:
+            except APIError as exc:
                 print(f"submit failed: {exc}", file=sys.stderr)
                 return 1
             print(
@@ -169,18 +157,13 @@ def run_demo(args: argparse.Namespace) -> int:
                 return 1
             print_table(job.model_dump(mode="json"))
             out = Path(args.out) if args.out else data_dir / "download" / job.id
-            # delta, manifest, report, and the edited model as one tar (its per-file copies are skipped)
-            for a in job.artifacts:
-                wanted = a.kind in ("delta", "manifest", "report") or (
-                    a.name == MODEL_TAR and not args.skip_model_download
-                )
-                if wanted:
-                    path = client.download_artifact(job.id, a.name, out / a.name, artifact=a)
+            for a in job.artifacts:  # delta, manifest, report
+                if a.kind in ("delta", "manifest", "report"):
+                    client.download_artifact(job.id, a.name, out / a.name, artifact=a)
                     print(f"downloaded {a.name:<28} {a.size:>12,} bytes  sha256 ok")
-                    if a.name == MODEL_TAR:
-                        model_dir = extract_model_tar(path, out)
-                        path.unlink()
-                        print(f"edited model unpacked to {model_dir} (loads with from_pretrained)")
+            if not args.skip_model_download:  # the model folder in Hugging Face layout, file by file
+                model_dir = client.download_model(job.id, out / "model")
+                print(f"edited model in {model_dir} (model card, sharded safetensors; loads with from_pretrained)")
             print(f"\nartifacts in {out}")
         return 0
     finally:

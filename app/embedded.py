@@ -46,9 +46,20 @@ def stop_redis(server: Any, timeout: float = 10.0) -> None:
 
 
 def start_worker(
-    env: dict[str, str] | None = None, log_level: str = "INFO", log_file: Path | None = None
+    env: dict[str, str] | None = None,
+    log_level: str = "INFO",
+    log_file: Path | None = None,
+    extra_args: list[str] | None = None,
 ) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "app.cli", "worker", "--log-level", log_level]
+    """`lingua-edit worker` as a child process; extra_args may hold --log-format/--log-level and --webhooks
+    (the global --log-format option goes before the subcommand)."""
+    args = list(extra_args or ["--log-level", log_level])
+    head: list[str] = []
+    if "--log-format" in args:
+        i = args.index("--log-format")
+        head = args[i : i + 2]
+        del args[i : i + 2]
+    cmd = [sys.executable, "-m", "app.cli", *head, "worker", *args]
     out = open(log_file, "ab") if log_file else None  # noqa: SIM115 (the child owns it)
     return subprocess.Popen(
         cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT if out else None

@@ -19,14 +19,17 @@ from app.datasets.router import router as datasets_router
 from app.db.migrate import check_current
 from app.edits.router import router as edits_router
 from app.health import router as health_router
+from app.logs import JobIdMiddleware
 from app.metrics import LatencyMiddleware, make_registry
 from app.models.router import router as models_router
 from app.settings import Settings, get_settings
+from app.webhooks.router import router as webhooks_router
 
 log = logging.getLogger("lingua_edit.api")
 
 
 async def _reaper_loop(ctx: Context) -> None:
+    from app.retention import purge_expired
     from worker.reaper import reap
 
     while True:
@@ -35,6 +38,10 @@ async def _reaper_loop(ctx: Context) -> None:
             await asyncio.to_thread(reap, ctx)
         except Exception:
             log.exception("reaper run failed")
+        try:
+            await asyncio.to_thread(purge_expired, ctx)
+        except Exception:
+            log.exception("retention run failed")
 
 
 def create_app(
@@ -59,6 +66,7 @@ def create_app(
     registry, latency = make_registry(ctx)
     app.state.metrics_registry = registry
     app.add_middleware(LatencyMiddleware, histogram=latency)
+    app.add_middleware(JobIdMiddleware)
     return app
 
 
@@ -74,7 +82,7 @@ def _fastapi(lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | 
     errors.install(app)
     app.include_router(health_router)
     app.include_router(dashboard_router)  # HTML pages, not part of the OpenAPI document
-    for r in (edits_router, artifacts_router, datasets_router, models_router):
+    for r in (edits_router, artifacts_router, datasets_router, models_router, webhooks_router):
         app.include_router(r, responses=errors.ERROR_RESPONSES)
     return app
 

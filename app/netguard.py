@@ -2,13 +2,15 @@
 
 Checked when a job is submitted (422 naming `webhook_url`) and again at delivery, where the worker connects
 to the very address it checked (DNS rebinding cannot swap in an internal one between check and connect).
-`LINGUA_EDIT_WEBHOOK_ALLOW_PRIVATE=true` lifts the address rule (local development, tests).
+Receivers on private networks are allowed only where the operator lists them explicitly
+(`LINGUA_EDIT_WEBHOOK_PRIVATE_ALLOWLIST`: CIDRs such as `10.20.0.0/16` or exact host names).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -74,12 +76,33 @@ def parse_webhook_url(url: str) -> tuple[str, str, int]:
     return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
 
 
-def check_webhook_url(url: str, allow_private: bool = False) -> Target:
+def _allowed(host: str, ip: IPAddress, allowlist: Iterable[str]) -> bool:
+    """True when the operator's allow-list names this host exactly or a network that holds this address."""
+    for entry in allowlist:
+        entry = entry.strip()
+        if not entry:
+            continue
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if entry.lower().rstrip(".") == host.lower().rstrip("."):
+                return True
+            continue
+        candidates = [ip]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            candidates.append(ip.ipv4_mapped)
+        if any(c.version == network.version and c in network for c in candidates):
+            return True
+    return False
+
+
+def check_webhook_url(url: str, allowlist: Iterable[str] = ()) -> Target:
     """Resolve the URL's host and return the address to connect to; UnsafeURLError if it is not allowed.
 
     Every address the host resolves to must be public (an attacker's name could list a public and a private
-    one); with `allow_private` any address is accepted.
+    one), unless the operator's `allowlist` names the host or a network holding the address.
     """
+    allowlist = list(allowlist)
     scheme, host, port = parse_webhook_url(url)
     try:
         literal: IPAddress | None = ipaddress.ip_address(host)
@@ -94,12 +117,11 @@ def check_webhook_url(url: str, allow_private: bool = False) -> Target:
             raise UnsafeURLError(f"webhook_url host {host!r} does not resolve") from None
         if not addresses:
             raise UnsafeURLError(f"webhook_url host {host!r} does not resolve")
-    if not allow_private:
-        for ip in addresses:
-            reason = blocked_reason(ip)
-            if reason:
-                raise UnsafeURLError(
-                    f"webhook_url host {host!r} resolves to a {reason} address ({ip}); "
-                    "webhooks go to public addresses only"
-                )
+    for ip in addresses:
+        reason = blocked_reason(ip)
+        if reason and not _allowed(host, ip, allowlist):
+            raise UnsafeURLError(
+                f"webhook_url host {host!r} resolves to a {reason} address ({ip}); "
+                "webhooks go to public addresses only (operators: LINGUA_EDIT_WEBHOOK_PRIVATE_ALLOWLIST)"
+            )
     return Target(scheme=scheme, host=host, port=port, address=addresses[0])

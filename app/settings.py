@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_prefix: str = ""
+    # downloads from S3 storage answer 307 to a presigned GET URL valid this long
+    s3_presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    # the endpoint clients reach S3 at, when it differs from the one the service uses (compose: minio:9000
+    # inside, localhost:9000 outside); presigned URLs are signed for this host
+    s3_public_endpoint_url: str | None = None
 
     # name -> local model directory (JSON in the environment: {"tiny": "/models/tiny"}).
     model_registry: dict[str, str] = Field(default_factory=dict)
@@ -35,6 +40,12 @@ class Settings(BaseSettings):
     model_cache_size: int = 1  # models kept loaded per worker process (LRU)
     device: str | None = None
     dtype: str | None = None
+
+    # Roots a job's `destination` may point under: server directories (an NFS mount, say) and/or
+    # s3://bucket/prefix entries. Empty = the destination field is refused.
+    destination_roots: list[str] = Field(default_factory=list)
+    # Artifacts and rows of jobs finished more than this many days ago are deleted by the reaper (0 = keep).
+    retention_days: float = Field(0, ge=0)
 
     max_upload_bytes: int = 20 * 1024 * 1024
     max_inline_rows: int = 2000
@@ -45,17 +56,42 @@ class Settings(BaseSettings):
     max_attempts: int = 2  # 2 = a job whose worker died is re-queued once, then failed
     reaper_interval_s: float = 30.0  # 0 disables the API's periodic reaper
 
+    # Fallback Standard Webhooks secret (`whsec_...`) for tenants without their own (`lingua-edit webhooks
+    # rotate-secret`, POST /v1/webhook-secret); deliveries without any secret go out unsigned.
     webhook_secret: str | None = None
-    webhook_timeout_s: float = 10.0
-    # Webhooks to loopback/private/link-local/multicast/reserved addresses are refused unless this is set
-    # (local development and tests); checked at submission and again at delivery.
-    webhook_allow_private: bool = False
+    # Whole-request deadline of one delivery attempt (connect, headers, body), and the most response bytes read.
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120)
+    webhook_max_response_bytes: int = Field(64 * 1024, ge=0)
+    # Failed deliveries are retried with exponential backoff (5 s, 10 s, ... capped at 10 min) for this long.
+    webhook_retry_for_s: float = Field(3600.0, ge=0)
+    webhook_queue: str = "webhooks"  # consumed by `lingua-edit worker --webhooks` (and by `serve`)
+    # Webhooks to loopback/private/link-local/multicast/reserved addresses are refused (at submission and at
+    # delivery) unless listed here: CIDRs ("10.20.0.0/16") or exact host names ("hooks.internal").
+    webhook_private_allowlist: list[str] = Field(default_factory=list)
+    # A rotated secret keeps signing (a second signature) this long, so receivers can switch over.
+    webhook_secret_grace_s: float = Field(24 * 3600.0, ge=0)
 
     judge_model: str | None = None
     judge_url: str | None = None
     judge_api_model: str | None = None
 
     log_level: str = "INFO"
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, v: str | None) -> str | None:
+        """A Standard Webhooks secret: `whsec_` + base64 (as `lingua-edit webhooks rotate-secret` prints)."""
+        if v:
+            import base64
+            import binascii
+
+            try:
+                ok = v.startswith("whsec_") and len(base64.b64decode(v[6:] + "==")) >= 16
+            except (binascii.Error, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError("LINGUA_EDIT_WEBHOOK_SECRET must be whsec_ followed by base64 of >= 16 bytes")
+        return v or None
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -13,15 +13,19 @@ from app.broker import broker_url
 from app.settings import Settings, get_settings
 
 TASK_NAME = "lingua_edit.run_edit"
+WEBHOOK_TASK_NAME = "lingua_edit.deliver_webhook"  # on settings.webhook_queue, never the GPU queue
 
 
 def make_celery(settings: Settings, include_tasks: bool = False) -> Celery:
     app = Celery(
-        "lingua_edit", broker=broker_url(settings), include=["worker.tasks"] if include_tasks else []
+        "lingua_edit", broker=broker_url(settings), include=["worker.tasks", "worker.webhook"] if include_tasks else []
     )
     app.conf.update(
         task_default_queue=settings.queue,
-        task_routes={TASK_NAME: {"queue": settings.queue}},
+        task_routes={
+            TASK_NAME: {"queue": settings.queue},
+            WEBHOOK_TASK_NAME: {"queue": settings.webhook_queue},
+        },
         task_acks_late=True,  # a job is acknowledged only once it has finished...
         task_reject_on_worker_lost=True,  # ...and goes back to the queue if its process dies
         worker_prefetch_multiplier=1,

@@ -15,17 +15,24 @@ class ModelCache:
         self.size = max(0, size)
         self._items: OrderedDict[tuple, Any] = OrderedDict()
 
-    def get(self, spec: str, device: str | None, dtype: str | None, registry: dict[str, str]) -> Any:
+    def get(
+        self,
+        spec: str,
+        device: str | None,
+        dtype: str | None,
+        registry: dict[str, str],
+        revision: str | None = None,
+    ) -> Any:
         from worker.engine.models import load_model
 
-        key = (spec, registry.get(spec), device, dtype)
+        key = (spec, registry.get(spec), device, dtype, revision)
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
         if self.size:
             while len(self._items) >= self.size:  # free memory before loading the next one
                 self._evict_oldest()
-        loaded = load_model(spec, device=device, dtype=dtype, registry=registry)
+        loaded = load_model(spec, device=device, dtype=dtype, registry=registry, revision=revision)
         if self.size:
             self._items[key] = loaded
         return loaded

@@ -27,6 +27,7 @@ from app.context import Context, make_context
 from app.db.base import utcnow
 from app.db.models import Artifact, Dataset, EditJob, LanguageResultRow
 from app.edits import repository as repo
+from app.logs import job_id_var
 from app.settings import get_settings
 from worker.celery_app import TASK_NAME
 from worker.model_cache import ModelCache
@@ -40,11 +41,10 @@ CONTENT_TYPES = {
     ".safetensors": "application/octet-stream",
     ".txt": "text/plain",
     ".jinja": "text/plain",
-    ".tar": "application/x-tar",
     ".html": "text/html; charset=utf-8",
     ".png": "image/png",
+    ".md": "text/markdown",
 }
-MODEL_TAR = "model.tar"
 
 
 @lru_cache
@@ -64,7 +64,11 @@ def worker_id() -> str:
 
 @shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_edit(self: Any, job_id: str) -> None:
-    JobRunner(_ctx(), _cache(), job_id).run()
+    token = job_id_var.set(job_id)  # every log line of this job carries its id
+    try:
+        JobRunner(_ctx(), _cache(), job_id).run()
+    finally:
+        job_id_var.reset(token)
 
 
 class Heartbeat(threading.Thread):
@@ -75,6 +79,7 @@ class Heartbeat(threading.Thread):
         self.ctx, self.job_id, self.stop_event = ctx, job_id, threading.Event()
 
     def run(self) -> None:
+        job_id_var.set(self.job_id)  # a thread starts with an empty context
         while not self.stop_event.wait(self.ctx.settings.heartbeat_interval_s):
             try:
                 with self.ctx.sessions() as s:
@@ -186,6 +191,8 @@ class JobRunner:
         job = self.claim()
         if job is None:
             return
+        log.info("running on model %s (attempt %d)", job.model, job.attempts)
+        notify(self.ctx, job.id, "edit.running")
         scratch = Path(tempfile.mkdtemp(prefix=f"job-{job.id}-", dir=self._scratch_root()))
         beat = Heartbeat(self.ctx, job.id)
         beat.start()
@@ -197,7 +204,11 @@ class JobRunner:
                 config = self.build_config(job, scratch)
                 self.progress("load", 0, 1, f"loading model {job.model}")
                 loaded = self.cache.get(
-                    config.model, config.device, config.dtype, self.settings.model_registry
+                    config.model,
+                    config.device,
+                    config.dtype,
+                    self.settings.model_registry,
+                    revision=config.base_revision,
                 )
                 self.progress("load", 1, 1, "model loaded")
                 from worker.engine.pipeline import run_edit as engine_run_edit
@@ -222,6 +233,7 @@ class JobRunner:
         finally:
             beat.stop()
             shutil.rmtree(scratch, ignore_errors=True)
+        log.info("job finished")
         notify(self.ctx, job.id)
 
     def _drop(self, loaded: Any) -> None:
@@ -270,17 +282,15 @@ class JobRunner:
     def publish(self, job: EditJob, out: Path, result: Any) -> None:
         """Move each output file into storage under a generated key, then record everything in one commit.
 
-        The edited model is published twice: per file (`model/...`) and as one uncompressed tar
-        (`model.tar`, entries under `model/`), built here before the files are moved.
+        The edited model is stored once, file by file, in Hugging Face layout (`model/README.md`,
+        `model/config.json`, `model/model*.safetensors` shards with their index, tokenizer files).
         """
+        if job.destination:
+            self.write_destination(job, out)
         files = [(p.relative_to(out).as_posix(), p) for p in sorted(out.rglob("*")) if p.is_file()]
-        if (out / "model").is_dir():
-            tar_path = out.parent / MODEL_TAR
-            write_model_tar(out / "model", tar_path)
-            files.append((MODEL_TAR, tar_path))
         rows = []
         for name, path in files:
-            kind = KINDS.get(name, "model" if name.startswith("model/") or name == MODEL_TAR else "other")
+            kind = KINDS.get(name, "model" if name.startswith("model/") else "other")
             kind = "report" if name.startswith("charts/") else kind  # report.html's PNG charts
             size, digest = path.stat().st_size, _sha256(path)
             key = f"edits/{job.id}/{uuid.uuid4().hex}"
@@ -325,30 +335,29 @@ class JobRunner:
             )
             s.commit()
 
+    def write_destination(self, job: EditJob, out: Path) -> None:
+        """Copy the result to the job's destination; a failure there is an error event, not a failed job
+        (the artifacts are still stored and downloadable)."""
+        from worker.destination import write_destination
+
+        try:
+            dest = write_destination(self.settings, job.destination or "", out)
+        except Exception as exc:  # DestinationError, OSError, boto errors
+            log.warning("job %s: destination not written: %s", job.id, exc)
+            with self.ctx.sessions() as s:
+                repo.add_event(
+                    s, job.id, "destination", f"destination not written: {str(exc)[:300]}", level="error"
+                )
+                s.commit()
+            return
+        with self.ctx.sessions() as s:
+            repo.add_event(s, job.id, "destination", f"written to {dest.location}", {"location": dest.location})
+            s.commit()
+
     def _scratch_root(self) -> Path:
         root = self.settings.data_dir / "tmp"
         root.mkdir(parents=True, exist_ok=True)
         return root
-
-
-def write_model_tar(model_dir: Path, dest: Path) -> None:
-    """An uncompressed, reproducible tar of `model_dir` with entries under `model/` (sorted, mtime 0,
-    owner 0:0, modes 0644/0755), so the same weights always give the same sha256."""
-    import tarfile
-
-    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.mtime = 0
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mode = 0o755 if info.isdir() else 0o644
-        return info
-
-    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
-        tar.add(model_dir, arcname="model", recursive=False, filter=clean)
-        for path in sorted(model_dir.rglob("*")):
-            if path.is_dir() or path.is_file():
-                arc = "model/" + path.relative_to(model_dir).as_posix()
-                tar.add(path, arcname=arc, recursive=False, filter=clean)
 
 
 def _sha256(path: Path) -> str:

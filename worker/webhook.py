@@ -1,34 +1,55 @@
-"""Webhook POST on a job's terminal state, signed with HMAC-SHA256 when a secret is configured.
+"""Standard Webhooks delivery (https://www.standardwebhooks.com), on its own Celery queue.
 
-The URL is checked again here (app.netguard): its host is resolved, every address must be public unless
-`webhook_allow_private` is set, and the POST goes to the checked address (Host header and TLS SNI keep the
-name), so a DNS answer that changed since submission cannot point the worker at an internal service.
+`notify(ctx, job_id, event)` (app.webhooks.dispatch) builds the payload once and queues `deliver_webhook` on
+the webhooks queue (never the GPU queue: a slow receiver cannot hold a GPU worker).
+Each attempt is signed with the tenant's `whsec_`
+secret by the `standardwebhooks` package (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`
+over `id.timestamp.body`; the same `webhook-id` on every retry), bounded by a whole-request deadline
+(connect, headers and body together: a receiver that trickles bytes is cut off) and a response-size cap,
+recorded as a job event, and retried with exponential backoff for `webhook_retry_for_s`.
+
+The URL is checked again at each attempt (app.netguard): its host is resolved, every address must be public
+unless the operator allow-lists it, and the POST goes to the checked address (Host header and TLS SNI keep
+the name), so a DNS answer that changed since submission cannot point the worker at an internal service.
 Redirects are not followed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
+import asyncio
 import logging
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import httpx
+from celery import shared_task
+from standardwebhooks import Webhook
 
 from app.netguard import Target, UnsafeURLError, check_webhook_url
+from app.webhooks.dispatch import notify
+from worker.celery_app import WEBHOOK_TASK_NAME
+
+__all__ = ["Delivery", "deliver", "deliver_webhook", "notify", "send", "signature_headers"]
 
 log = logging.getLogger("lingua_edit.webhook")
 
-SIGNATURE_HEADER = "X-Lingua-Edit-Signature"
-TIMESTAMP_HEADER = "X-Lingua-Edit-Timestamp"
+FIRST_BACKOFF_S = 5.0
+MAX_BACKOFF_S = 600.0
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """hex HMAC-SHA256 over "<timestamp>.<body>" (the timestamp lets receivers reject replays)."""
-    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+@dataclass
+class Delivery:
+    ok: bool
+    status: int | None  # the receiver's HTTP status, if it answered
+    error: str | None  # why the attempt failed (never the URL: its query may carry a token)
+    seconds: float
+
+
+class ResponseTooLargeError(Exception):
+    pass
 
 
 def _pinned(url: str, target: Target) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -47,57 +68,132 @@ def _pinned(url: str, target: Target) -> tuple[str, dict[str, str], dict[str, An
     return pinned, {"Host": host_header}, extensions
 
 
+def signature_headers(msg_id: str, body: str, secrets: list[str], when: datetime) -> dict[str, str]:
+    """webhook-id, webhook-timestamp and (with a secret) webhook-signature: one `v1,` signature per secret,
+    space-separated (during a rotation both the new and the previous secret sign)."""
+    headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(when.timestamp()))}
+    if secrets:
+        headers["webhook-signature"] = " ".join(Webhook(s).sign(msg_id, when, body) for s in secrets)
+    return headers
+
+
+async def _post(
+    url: str, body: bytes, headers: dict[str, str], extensions: dict[str, Any], max_bytes: int, timeout: float
+) -> int:
+    async with (
+        httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+        client.stream("POST", url, content=body, headers=headers, extensions=extensions) as r,
+    ):
+        read = 0
+        async for chunk in r.aiter_raw():
+            read += len(chunk)
+            if read > max_bytes:
+                raise ResponseTooLargeError(f"response larger than {max_bytes} bytes")
+        return r.status_code
+
+
 def send(
     url: str,
-    event: str,
-    data: dict[str, Any],
-    secret: str | None,
+    msg_id: str,
+    body: str,
+    secrets: list[str],
     timeout: float,
-    allow_private: bool = False,
-) -> bool:
+    max_response_bytes: int = 64 * 1024,
+    allowlist: list[str] | tuple[str, ...] = (),
+) -> Delivery:
+    """One signed POST, all of it (DNS, connect, headers, body) within `timeout` seconds; never raises."""
+    started = time.monotonic()
     host = urlparse(url).netloc.rsplit("@", 1)[-1]  # never log the full URL: its query may carry a token
+
+    def done(ok: bool, status: int | None, error: str | None) -> Delivery:
+        if error:
+            log.warning("webhook %s to %s failed: %s", msg_id, host, error)
+        return Delivery(ok, status, error, round(time.monotonic() - started, 3))
+
     try:
-        target = check_webhook_url(url, allow_private)
+        target = check_webhook_url(url, allowlist)
     except UnsafeURLError as exc:
-        log.warning("webhook to %s not sent: %s", host, exc)
-        return False
-    body = json.dumps({"type": event, "data": data}, default=str).encode()
-    ts = str(int(time.time()))
-    headers = {"Content-Type": "application/json", "X-Lingua-Edit-Event": event, TIMESTAMP_HEADER: ts}
-    if secret:
-        headers[SIGNATURE_HEADER] = "sha256=" + sign(secret, ts, body)
+        return done(False, None, f"refused: {exc}")
+    headers = {"Content-Type": "application/json", "User-Agent": "lingua-edit-webhooks/1"}
+    headers.update(signature_headers(msg_id, body, secrets, datetime.now(timezone.utc)))  # noqa: UP017
     pinned, extra, extensions = _pinned(url, target)
     headers.update(extra)
+    remaining = max(0.1, timeout - (time.monotonic() - started))
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-            r = client.post(pinned, content=body, headers=headers, extensions=extensions)
-        if r.status_code >= 300:
-            log.warning("webhook to %s answered %s", host, r.status_code)
-            return False
-        return True
-    except httpx.HTTPError as exc:
-        log.warning("webhook to %s failed: %s", host, type(exc).__name__)
-        return False
-
-
-def notify(ctx: Any, job_id: str) -> None:
-    """POST the job object to its webhook_url, if any; never raises."""
-    from app.db.models import EditJob
-    from app.edits.service import to_out
-
-    try:
-        with ctx.sessions() as s:
-            job = s.get(EditJob, job_id)
-            if job is None or not job.webhook_url:
-                return
-            url, data = job.webhook_url, to_out(job).model_dump(mode="json")
-        send(
-            url,
-            f"edit.{data['status']}",
-            data,
-            ctx.settings.webhook_secret,
-            ctx.settings.webhook_timeout_s,
-            allow_private=ctx.settings.webhook_allow_private,
+        status = asyncio.run(
+            asyncio.wait_for(
+                _post(pinned, body.encode(), headers, extensions, max_response_bytes, remaining), remaining
+            )
         )
-    except Exception:
-        log.exception("webhook for %s failed", job_id)
+    except (asyncio.TimeoutError, TimeoutError, httpx.TimeoutException):
+        return done(False, None, f"no complete answer within {timeout:g} s")
+    except ResponseTooLargeError as exc:
+        return done(False, None, str(exc))
+    except httpx.HTTPError as exc:
+        return done(False, None, type(exc).__name__)
+    if not 200 <= status < 300:
+        return done(False, status, f"answered {status}")
+    return done(True, status, None)
+
+
+def backoff_s(attempt: int) -> float:
+    return min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (attempt - 1))
+
+
+def deliver(
+    ctx: Any, job_id: str, msg_id: str, event: str, body: str, first_at: float, attempt: int
+) -> Delivery | None:
+    """One attempt: sign with the tenant's secrets, POST, record a `webhook` job event, schedule a retry."""
+    from app.db.models import EditJob
+    from app.edits import repository as repo
+    from app.webhooks.secrets import signing_secrets
+
+    settings = ctx.settings
+    with ctx.sessions() as s:
+        job = s.get(EditJob, job_id)
+        if job is None or not job.webhook_url:
+            return None  # deleted meanwhile
+        url = job.webhook_url
+        secrets = signing_secrets(s, job.tenant, settings.webhook_secret_grace_s, settings.webhook_secret)
+    result = send(
+        url, msg_id, body, secrets, settings.webhook_timeout_s, settings.webhook_max_response_bytes,
+        settings.webhook_private_allowlist,
+    )
+    delay = backoff_s(attempt)
+    retry = not result.ok and not (result.error or "").startswith("refused") and (
+        time.time() + delay - first_at <= settings.webhook_retry_for_s
+    )
+    data = {
+        "event": event, "webhook_id": msg_id, "attempt": attempt, "ok": result.ok, "status": result.status,
+        "error": result.error, "seconds": result.seconds, "retry_in_s": delay if retry else None,
+    }
+    if result.ok:
+        message = f"webhook {event} delivered (attempt {attempt}, HTTP {result.status})"
+    else:
+        message = f"webhook {event} attempt {attempt} failed: {result.error}" + (
+            f"; retrying in {delay:g} s" if retry else "; giving up"
+        )
+    with ctx.sessions() as s:
+        if s.get(EditJob, job_id) is not None:
+            repo.add_event(s, job_id, "webhook", message, data, level="info" if result.ok else "warning")
+            s.commit()
+    if retry:
+        ctx.celery.send_task(
+            WEBHOOK_TASK_NAME,
+            args=[job_id, msg_id, event, body, first_at, attempt + 1],
+            queue=settings.webhook_queue,
+            countdown=delay,
+        )
+    return result
+
+
+@shared_task(name=WEBHOOK_TASK_NAME, ignore_result=True, acks_late=True)
+def deliver_webhook(job_id: str, msg_id: str, event: str, body: str, first_at: float, attempt: int) -> None:
+    from app.logs import job_id_var
+    from worker.tasks import _ctx
+
+    token = job_id_var.set(job_id)
+    try:
+        deliver(_ctx(), job_id, msg_id, event, body, first_at, attempt)
+    finally:
+        job_id_var.reset(token)

@@ -22,6 +22,8 @@ class Storage(Protocol):
     def open_range(self, key: str, start: int, end: int) -> Iterator[bytes]: ...  # end inclusive
     def local_path(self, key: str, scratch: Path) -> Path: ...  # a readable local file with the content
     def delete_prefix(self, prefix: str) -> None: ...
+    # a time-limited URL a client may GET directly, or None where downloads go through the API
+    def presigned_url(self, key: str, filename: str, content_type: str) -> str | None: ...
 
 
 def _check_key(key: str) -> None:
@@ -82,6 +84,9 @@ class LocalStorage:
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
 
+    def presigned_url(self, key: str, filename: str, content_type: str) -> str | None:
+        return None
+
 
 class S3Storage:
     def __init__(self, settings: Settings) -> None:
@@ -89,8 +94,14 @@ class S3Storage:
 
         self.bucket = settings.s3_bucket
         self.prefix = settings.s3_prefix.strip("/")
+        self.presign_expiry_s = settings.s3_presign_expiry_s
         self.client = boto3.client(
             "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region
+        )
+        public = settings.s3_public_endpoint_url
+        # a signature covers the host: URLs for clients are signed by a client for the public endpoint
+        self.presign_client = (
+            boto3.client("s3", endpoint_url=public, region_name=settings.s3_region) if public else self.client
         )
 
     def _key(self, key: str) -> str:
@@ -119,6 +130,17 @@ class S3Storage:
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+
+    def presigned_url(self, key: str, filename: str, content_type: str) -> str | None:
+        params = {
+            "Bucket": self.bucket,
+            "Key": self._key(key),
+            "ResponseContentDisposition": f'attachment; filename="{filename}"',
+            "ResponseContentType": content_type,
+        }
+        url = self.presign_client.generate_presigned_url("get_object", Params=params, ExpiresIn=self.presign_expiry_s)
+        return str(url)
 
 
 def make_storage(settings: Settings) -> Storage:

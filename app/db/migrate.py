@@ -10,16 +10,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-ROOT = Path(__file__).resolve().parents[2]
 
+def _script_location() -> Path:
+    """The `migrations` package's directory: the source checkout's, or the installed wheel's copy (its
+    revision files ship as package data), wherever the command runs from."""
+    import migrations
 
-def _project_dir() -> Path:
-    """The directory holding migrations/: the source checkout, or the working directory of an install
-    (the Docker image runs from /app, which carries migrations/ and alembic.ini)."""
-    for base in (ROOT, Path.cwd()):
-        if (base / "migrations" / "env.py").is_file():
-            return base
-    raise FileNotFoundError("migrations/ not found: run lingua-edit from the project directory")
+    return Path(migrations.__file__).resolve().parent
 
 
 class SchemaOutOfDateError(RuntimeError):
@@ -27,10 +24,10 @@ class SchemaOutOfDateError(RuntimeError):
 
 
 def alembic_config(url: str) -> Config:
-    root = _project_dir()
-    ini = root / "alembic.ini"
+    script_dir = _script_location()
+    ini = script_dir.parent / "alembic.ini"  # present in a checkout only; the code sets what it needs
     cfg = Config(str(ini)) if ini.is_file() else Config()
-    cfg.set_main_option("script_location", str(root / "migrations"))
+    cfg.set_main_option("script_location", str(script_dir))
     # '%' must be escaped for ConfigParser interpolation (passwords in URLs).
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
@@ -41,7 +38,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def downgrade(url: str, revision: str = "base") -> None:
+def downgrade(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
 
 

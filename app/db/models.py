@@ -66,6 +66,7 @@ class EditJob(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    destination: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # s3://... or a local dir
 
     progress_phase: Mapped[str | None] = mapped_column(String(32), nullable=True)
     progress_done: Mapped[int] = mapped_column(Integer, default=0)
@@ -166,3 +167,15 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     content_type: Mapped[str] = mapped_column(String(100), default="application/octet-stream")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebhookSecret(Base):
+    """A tenant's Standard Webhooks signing secret (`whsec_...`). Shown once when created or rotated; the
+    previous one keeps signing (a second signature) for a grace period so receivers can switch over."""
+
+    __tablename__ = "webhook_secrets"
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    previous_secret: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -10,6 +10,7 @@ from app.edits import repository as repo
 from app.edits import service
 from app.edits.schemas import EditCreate, EditList, EditOut, EventList, EventOut, Status
 from app.errors import ApiError
+from app.webhooks.dispatch import notify
 
 router = APIRouter(prefix="/v1/edits", tags=["edits"])
 _META = re.compile(r"^metadata\[(.{1,64})\]$")
@@ -55,8 +56,18 @@ def get_edit(session: SessionDep, tenant: TenantDep, job_id: str) -> EditOut:
 
 
 @router.post("/{job_id}/cancel", response_model=EditOut)
-def cancel_edit(session: SessionDep, tenant: TenantDep, job_id: str) -> EditOut:
-    return service.render(session, service.cancel_edit(session, tenant, job_id))
+def cancel_edit(request: Request, session: SessionDep, tenant: TenantDep, job_id: str) -> EditOut:
+    job = service.cancel_edit(session, tenant, job_id)
+    if job.status == "cancelled":  # cancelled while queued: no worker will report it
+        notify(request.app.state.ctx, job.id, "edit.cancelled")
+    return service.render(session, job)
+
+
+@router.delete("/{job_id}", status_code=204, responses={409: {"description": "the job is queued or running"}})
+def delete_edit(request: Request, session: SessionDep, tenant: TenantDep, job_id: str) -> Response:
+    """Delete a finished job with its artifacts, events and results (409 while queued or running)."""
+    service.delete_edit(request.app.state.ctx, session, tenant, job_id)
+    return Response(status_code=204)
 
 
 @router.get("/{job_id}/events", response_model=EventList)

@@ -77,6 +77,25 @@ class EditCreate(BaseModel):
     judge: Literal["refusal", "guard", "openai"] = "refusal"
     metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
     webhook_url: str | None = Field(None, max_length=2048)
+    base_revision: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$",
+        description="hub models only: the branch, tag or commit to load; recorded in the manifest and model card",
+    )
+    destination: str | None = Field(
+        None,
+        max_length=1024,
+        description="where the worker also writes the result in Hugging Face layout when the job succeeds: "
+        "s3://bucket/prefix or a server directory, under a root the operator allow-lists "
+        "(LINGUA_EDIT_DESTINATION_ROOTS); it must not exist yet",
+    )
+
+    @field_validator("base_revision")
+    @classmethod
+    def _revision(cls, v: str | None) -> str | None:
+        if v is not None and (".." in v or v.endswith("/")):
+            raise ValueError("base_revision must be a branch, tag or commit id")
+        return v
 
     @field_validator("metadata")
     @classmethod
@@ -183,6 +202,8 @@ class EditOut(BaseModel):
     judge: str
     metadata: dict[str, str]
     webhook_url: str | None
+    base_revision: str | None = None
+    destination: str | None = None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

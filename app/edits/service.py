@@ -9,6 +9,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,6 +18,7 @@ from app.datasets import service as datasets
 from app.db.base import utcnow
 from app.db.models import EditJob, JobMetadata, LanguageResultRow
 from app.edits import repository as repo
+from app.edits.destinations import parse_destination
 from app.edits.schemas import (
     TERMINAL,
     ArtifactOut,
@@ -64,6 +66,8 @@ def build_config(body: EditCreate) -> dict[str, Any]:
     from worker.engine.config import EditConfig
 
     fields: dict[str, Any] = {"model": body.model, "source_lang": body.source_language, "judge": body.judge}
+    if body.base_revision:
+        fields["base_revision"] = body.base_revision
     if body.target_languages:
         fields["target_langs"] = list(body.target_languages)
     if body.eval_split is not None:
@@ -99,9 +103,17 @@ def create_edit(
     check_model(ctx.settings, body.model)
     if body.webhook_url:
         try:
-            check_webhook_url(body.webhook_url, ctx.settings.webhook_allow_private)
+            check_webhook_url(body.webhook_url, ctx.settings.webhook_private_allowlist)
         except UnsafeURLError as exc:
             raise ApiError(422, "invalid_webhook_url", str(exc), "webhook_url") from None
+    if body.base_revision and (body.model == DEMO_NAME or body.model in ctx.settings.model_registry):
+        raise ApiError(
+            422, "invalid_request", "base_revision applies to hub models only (not demo or registered names)",
+            "base_revision",
+        )
+    destination = None
+    if body.destination:
+        destination = parse_destination(body.destination, ctx.settings.destination_roots).location
     config = build_config(body)
     dataset_id = None
     if body.dataset_id:
@@ -124,6 +136,7 @@ def create_edit(
         request_hash=digest,
         idempotency_key=idempotency_key,
         webhook_url=body.webhook_url,
+        destination=destination,
         created_at=utcnow(),
     )
     job.metadata_items = [JobMetadata(key=k, value=v) for k, v in body.metadata.items()]
@@ -186,6 +199,42 @@ def cancel_edit(session: Session, tenant: str, job_id: str) -> EditJob:
     session.commit()
     session.refresh(job)
     return job
+
+
+def delete_edit(ctx: Context, session: Session, tenant: str, job_id: str) -> None:
+    """Delete a finished job: its artifacts in storage, its rows (events, results, metadata, artifacts), and
+    the dataset made from its inline rows. A queued or running job is refused with 409 (cancel it first)."""
+    job = get_edit(session, tenant, job_id)
+    if job.status not in TERMINAL:
+        raise ApiError(
+            409, "conflict", f"edit job is {job.status}: cancel it and delete it once it has stopped", "id"
+        )
+    try:
+        purge_job(ctx, session, job)
+    except OSError as exc:  # local storage; S3 client errors are wrapped below
+        session.rollback()
+        raise ApiError(503, "unavailable", "artifact storage is unavailable; try again later") from exc
+    session.commit()
+
+
+def purge_job(ctx: Context, session: Session, job: EditJob) -> None:
+    """Storage first (a failure leaves the row, so a later try can finish), then the rows."""
+    from app.db.models import Dataset, JobEvent
+
+    try:
+        ctx.storage.delete_prefix(f"edits/{job.id}")
+    except Exception as exc:  # e.g. botocore errors: the rows stay, so the delete can be retried
+        raise OSError(f"could not delete the artifacts of {job.id}: {type(exc).__name__}") from exc
+    inline = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+    session.execute(JobEvent.__table__.delete().where(JobEvent.job_id == job.id))
+    session.delete(job)
+    session.flush()
+    if inline is not None and inline.inline:
+        still_used = session.scalar(select(EditJob.id).where(EditJob.dataset_id == inline.id).limit(1))
+        if still_used is None:
+            ctx.storage.delete_prefix(f"datasets/{inline.id}")
+            session.delete(inline)
+    log.info("deleted edit job %s and its artifacts", job.id)
 
 
 # The engine's stages in the order it runs them (evaluate twice: before and after the edit), with rough
@@ -251,6 +300,8 @@ def to_out(job: EditJob, phases_seen: list[str] | None = None) -> EditOut:
         judge=cfg.get("judge", "refusal"),
         metadata={m.key: m.value for m in job.metadata_items},
         webhook_url=job.webhook_url,
+        base_revision=cfg.get("base_revision"),
+        destination=job.destination,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

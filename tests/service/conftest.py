@@ -65,21 +65,27 @@ def redis_url() -> str:
     return url
 
 
+TINY_SOURCE = "lingua-edit-tests/tiny-qwen2"
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from worker.engine.tiny import make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", family="qwen2")
+    path = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", family="qwen2")
+    # where a registered model came from: the model card's base_model (TINY_SOURCE is not a real repo)
+    (path / "lingua_edit_source.json").write_text(json.dumps({"source": TINY_SOURCE}))
+    return path
 
 
 class WorkerProcess:
     """`lingua-edit worker` as a real subprocess in its own process group (so a test can kill -9 it)."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, extra: tuple[str, ...] = ()) -> None:
         self.log = log
         self._fh = open(log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--log-level", "INFO"],
+            [sys.executable, "-m", "app.cli", "worker", "--log-level", "INFO", *extra],
             cwd=ROOT,
             env={**os.environ, **env},
             stdout=self._fh,
@@ -128,8 +134,10 @@ class Stack:
     def ctx(self) -> Any:
         return self.app.state.ctx
 
-    def start_worker(self, name: str = "worker") -> WorkerProcess:
-        w = WorkerProcess(self.env, self.tmp / f"{name}-{secrets.token_hex(3)}.log")
+    def start_worker(self, name: str = "worker", webhooks: bool = False) -> WorkerProcess:
+        """A GPU-queue worker, or (webhooks=True) a webhook-delivery worker on the webhooks queue."""
+        extra = ("--webhooks",) if webhooks else ()
+        w = WorkerProcess(self.env, self.tmp / f"{name}-{secrets.token_hex(3)}.log", extra)
         w.wait_ready()
         return w
 
@@ -154,7 +162,22 @@ class Stack:
         return self.wait(job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), timeout)
 
 
-def make_stack(tmp: Path, database_url: str, broker_url: str, tiny_model: Path, **extra: str) -> Stack:
+TEST_WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLWxpbmd1YS1lZGl0LXdlYmhvb2tz"  # fallback secret
+JSON_SETTINGS = (
+    "LINGUA_EDIT_MODEL_REGISTRY",
+    "LINGUA_EDIT_WEBHOOK_PRIVATE_ALLOWLIST",
+    "LINGUA_EDIT_DESTINATION_ROOTS",
+)
+
+
+def make_stack(
+    tmp: Path,
+    database_url: str,
+    broker_url: str,
+    tiny_model: Path,
+    tenants: tuple[str, str] = ("acme", "globex"),
+    **extra: str,
+) -> Stack:
     from fastapi.testclient import TestClient
 
     from app.db.migrate import upgrade
@@ -171,9 +194,12 @@ def make_stack(tmp: Path, database_url: str, broker_url: str, tiny_model: Path, 
         "LINGUA_EDIT_HEARTBEAT_INTERVAL_S": "0.5",
         "LINGUA_EDIT_STALE_AFTER_S": "30",
         "LINGUA_EDIT_REAPER_INTERVAL_S": "0",  # tests call the reaper themselves
-        "LINGUA_EDIT_WEBHOOK_SECRET": "whsec-test",
-        # the tests' webhook receiver listens on 127.0.0.1; test_webhook_guard turns this off where it checks
-        "LINGUA_EDIT_WEBHOOK_ALLOW_PRIVATE": "true",
+        "LINGUA_EDIT_WEBHOOK_QUEUE": f"webhooks-test-{secrets.token_hex(4)}",
+        "LINGUA_EDIT_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
+        # the tests' webhook receiver listens on 127.0.0.1; test_webhook_guard empties this where it checks
+        "LINGUA_EDIT_WEBHOOK_PRIVATE_ALLOWLIST": json.dumps(["127.0.0.0/8"]),
+        "LINGUA_EDIT_WEBHOOK_TIMEOUT_S": "3",
+        "LINGUA_EDIT_DESTINATION_ROOTS": json.dumps([str(tmp / "destinations")]),
         "LINGUA_EDIT_MAX_UPLOAD_BYTES": "200000",
         "LINGUA_EDIT_DEVICE": "cpu",
         "HF_HUB_OFFLINE": "1",  # an unknown hub id fails at once instead of retrying the network
@@ -184,14 +210,14 @@ def make_stack(tmp: Path, database_url: str, broker_url: str, tiny_model: Path, 
         **{
             k.removeprefix("LINGUA_EDIT_").lower(): v
             for k, v in env.items()
-            if k.startswith("LINGUA_EDIT_") and k != "LINGUA_EDIT_MODEL_REGISTRY"
+            if k.startswith("LINGUA_EDIT_") and k not in JSON_SETTINGS
         },
-        model_registry={"tiny": str(tiny_model)},
+        **{k.removeprefix("LINGUA_EDIT_").lower(): json.loads(env[k]) for k in JSON_SETTINGS if k in env},
     )
     upgrade(database_url)
     app = create_app(settings)
     with app.state.ctx.sessions() as s:
-        key_a, key_b = create_key(s, "acme"), create_key(s, "globex")
+        key_a, key_b = create_key(s, tenants[0]), create_key(s, tenants[1])
         s.commit()
     client = TestClient(app, headers={"Authorization": f"Bearer {key_a}"}, raise_server_exceptions=False)
     other = TestClient(app, headers={"Authorization": f"Bearer {key_b}"}, raise_server_exceptions=False)
@@ -210,6 +236,13 @@ def pg_stack(
 @pytest.fixture(scope="session")
 def pg_worker(pg_stack: Stack) -> Iterator[WorkerProcess]:
     w = pg_stack.start_worker()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_webhook_worker(pg_stack: Stack) -> Iterator[WorkerProcess]:
+    w = pg_stack.start_worker("webhooks", webhooks=True)
     yield w
     w.stop()
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
-import json
 import time
 
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
-from tests.service.conftest import Stack, WorkerProcess, fast_job, slow_job
+from tests.service.conftest import TEST_WEBHOOK_SECRET, Stack, WorkerProcess, fast_job, slow_job
 from tests.service.webhook_server import WebhookSink
 
 pytestmark = pytest.mark.service
@@ -19,7 +18,7 @@ def _sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-def test_submit_run_download(pg_stack: Stack, pg_worker: WorkerProcess) -> None:
+def test_submit_run_download(pg_stack: Stack, pg_worker: WorkerProcess, pg_webhook_worker: WorkerProcess) -> None:
     sink = WebhookSink()
     try:
         job = pg_stack.submit(fast_job(webhook_url=sink.url))
@@ -33,8 +32,10 @@ def test_submit_run_download(pg_stack: Stack, pg_worker: WorkerProcess) -> None:
 
         kinds = {a["kind"] for a in done["artifacts"]}
         assert {"model", "delta", "manifest", "report"} <= kinds
-        tar = next(a for a in done["artifacts"] if a["name"] == "model.tar")  # the model as one tar stream
-        assert tar["kind"] == "model" and tar["content_type"] == "application/x-tar"
+        names = {a["name"] for a in done["artifacts"]}
+        # the model is stored once, in Hugging Face layout, with a model card
+        assert {"model/README.md", "model/config.json", "model/model.safetensors"} <= names
+        assert "model.tar" not in names
         report = {a["name"]: a for a in done["artifacts"] if a["kind"] == "report"}  # the job report for people
         assert report["report.html"]["content_type"].startswith("text/html")
         assert report["charts/asr.png"]["content_type"] == "image/png"
@@ -60,6 +61,29 @@ def test_submit_run_download(pg_stack: Stack, pg_worker: WorkerProcess) -> None:
         assert bad.status_code == 416 and bad.headers["content-range"] == f"bytes */{delta['size']}"
         assert bad.json()["error"]["code"] == "range_not_satisfiable"
         assert pg_stack.client.get(url, headers={"If-None-Match": f'"{delta["sha256"]}"'}).status_code == 304
+        # a Range this server cannot parse is ignored (RFC 9110 §14.2): the whole file with 200, not 416/400
+        for ignored in ("items=0-1", "bytes=abc", "bytes=5-2"):
+            r = pg_stack.client.get(url, headers={"Range": ignored})
+            assert r.status_code == 200 and r.content == full, (ignored, r.status_code)
+        # If-None-Match: "*" and weak tags compare weakly -> 304; another tag -> the file
+        for tag in ("*", f'W/"{delta["sha256"]}"', f'"nope", W/"{delta["sha256"]}"'):
+            r = pg_stack.client.get(url, headers={"If-None-Match": tag})
+            assert r.status_code == 304 and r.content == b"", tag
+        assert pg_stack.client.get(url, headers={"If-None-Match": '"nope"'}).status_code == 200
+        # If-Range with a stale (or weak) tag: the whole file
+        stale = pg_stack.client.get(url, headers={"Range": "bytes=0-9", "If-Range": '"stale"'})
+        assert stale.status_code == 200 and stale.content == full
+        # several ranges: multipart/byteranges
+        multi = pg_stack.client.get(url, headers={"Range": "bytes=0-4,10-14"})
+        assert multi.status_code == 206 and multi.headers["content-type"].startswith("multipart/byteranges")
+        assert full[0:5] in multi.content and full[10:15] in multi.content
+        # HEAD: the headers of a GET, no body
+        head = pg_stack.client.head(url)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(delta["size"]) and head.headers["etag"] == f'"{delta["sha256"]}"'
+        head_range = pg_stack.client.head(url, headers={"Range": "bytes=0-9"})
+        assert head_range.status_code == 206 and head_range.headers["content-length"] == "10"
+        assert pg_stack.other.head(url).status_code == 404
         # names never reach the filesystem
         for evil in ("../../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "model/../../x", "%2e%2e/report.json"):
             r = pg_stack.client.get(f"/v1/edits/{job['id']}/artifacts/{evil}")
@@ -68,7 +92,7 @@ def test_submit_run_download(pg_stack: Stack, pg_worker: WorkerProcess) -> None:
         assert pg_stack.other.get(url, headers={"Range": "bytes=0-9"}).status_code == 404
 
         events = pg_stack.client.get(f"/v1/edits/{job['id']}/events", params={"limit": 100}).json()["data"]
-        types = [e["type"] for e in events]
+        types = [e["type"] for e in events if e["type"] != "webhook"]  # deliveries interleave
         assert types[0] == "queued" and "started" in types and types[-1] == "finished"
         assert {e["data"]["phase"] for e in events if e["type"] == "phase"} >= {"load", "evaluate", "save"}
         page = pg_stack.client.get(f"/v1/edits/{job['id']}/events", params={"limit": 2}).json()
@@ -78,14 +102,24 @@ def test_submit_run_download(pg_stack: Stack, pg_worker: WorkerProcess) -> None:
         ).json()
         assert nxt["data"][0]["id"] > page["data"][-1]["id"]
 
-        deadline = time.monotonic() + 10
-        while not sink.received and time.monotonic() < deadline:
+        deadline = time.monotonic() + 20
+        while len(sink.received) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        headers, body = sink.received[0]
-        assert json.loads(body)["type"] == "edit.succeeded" and json.loads(body)["data"]["id"] == job["id"]
-        ts = headers["X-Lingua-Edit-Timestamp"]
-        expect = hmac.new(b"whsec-test", ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-        assert headers["X-Lingua-Edit-Signature"] == f"sha256={expect}"
+        wh = Webhook(TEST_WEBHOOK_SECRET)  # the operator's fallback secret (acme has none of its own)
+        got = {}
+        for headers, body in sink.received:
+            payload = wh.verify(body, {k.lower(): v for k, v in headers.items()})
+            got[payload["type"]] = payload
+        assert set(got) == {"edit.running", "edit.succeeded"}, got.keys()
+        assert got["edit.succeeded"]["data"]["id"] == job["id"]
+        assert got["edit.succeeded"]["data"]["status"] == "succeeded"
+        with pytest.raises(WebhookVerificationError):  # a tampered body does not verify
+            wh.verify(sink.received[0][1] + b" ", {k.lower(): v for k, v in sink.received[0][0].items()})
+        hooks = [
+            e for e in pg_stack.client.get(f"/v1/edits/{job['id']}/events", params={"limit": 100}).json()["data"]
+            if e["type"] == "webhook"
+        ]
+        assert {e["data"]["event"] for e in hooks if e["data"]["ok"]} == {"edit.running", "edit.succeeded"}
     finally:
         sink.close()
 

@@ -26,6 +26,7 @@ def test_openapi_export(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
         "/v1/datasets",
         "/v1/datasets/{dataset_id}",
         "/v1/models",
+        "/v1/webhook-secret",
         "/healthz",
         "/readyz",
     ):
@@ -37,6 +38,11 @@ def test_openapi_export(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     assert create["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorEnvelope")
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert "webhook_url" in spec["components"]["schemas"]["EditCreate"]["properties"]
+    assert {"base_revision", "destination"} <= set(spec["components"]["schemas"]["EditCreate"]["properties"])
+    assert "delete" in paths["/v1/edits/{job_id}"]
+    assert {"get", "head"} <= set(paths["/v1/edits/{job_id}/artifacts/{name}"])
+    assert {"200", "206", "304", "307", "416"} <= set(paths["/v1/edits/{job_id}/artifacts/{name}"]["get"]["responses"])
+    assert {"get", "post"} <= set(paths["/v1/webhook-secret"])
     assert [p.name for p in tmp_path.iterdir()] == ["spec"]  # no data dir, database or storage created
 
 

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.artifacts.storage import S3Storage
@@ -116,6 +117,9 @@ def s3_stack(
         LINGUA_EDIT_S3_ENDPOINT_URL=s3_endpoint,
         LINGUA_EDIT_S3_REGION="us-east-1",
         LINGUA_EDIT_S3_PREFIX="jobs",
+        LINGUA_EDIT_DESTINATION_ROOTS=f'["s3://{BUCKET}/registry"]',
+        # what clients reach: another name for the same server, so the presigned URLs must be signed for it
+        LINGUA_EDIT_S3_PUBLIC_ENDPOINT_URL=s3_endpoint.replace("127.0.0.1", "localhost"),
     )
     stack.env.update(AWS_ENV)  # the worker subprocess's credentials
     yield stack
@@ -132,7 +136,9 @@ def test_job_end_to_end_on_s3(s3_stack: Stack) -> None:
     worker = s3_stack.start_worker("s3-worker")
     try:
         # inline rows become a dataset in S3, which the worker fetches with local_path
-        job = s3_stack.submit(fast_job(target_languages=["zh"], calibration_rows=rows))
+        job = s3_stack.submit(
+            fast_job(target_languages=["zh"], calibration_rows=rows, destination=f"s3://{BUCKET}/registry/run-1")
+        )
         done = s3_stack.wait_terminal(job["id"])
         assert done["status"] == "succeeded", (done["error"], worker.log.read_text()[-4000:])
     finally:
@@ -141,12 +147,19 @@ def test_job_end_to_end_on_s3(s3_stack: Stack) -> None:
     assert isinstance(st, S3Storage)
     keys = [o["Key"] for o in st.client.list_objects_v2(Bucket=BUCKET, Prefix="jobs/").get("Contents", [])]
     assert any(k.startswith(f"jobs/edits/{job['id']}/") for k in keys)
+    # the destination: the model folder in Hugging Face layout under the allowed prefix
+    dest = {o["Key"] for o in st.client.list_objects_v2(Bucket=BUCKET, Prefix="registry/run-1/").get("Contents", [])}
+    assert {f"registry/run-1/{n}" for n in ("README.md", "config.json", "model.safetensors", "manifest.json")} <= dest
     for a in done["artifacts"]:
-        if a["kind"] == "model" and a["name"] != "model.tar":
-            continue  # the per-file model copies are in model.tar as well
         url = f"/v1/edits/{job['id']}/artifacts/{a['name']}"
-        body = s3_stack.client.get(url).content
+        # downloads are handed to S3: a 307 to a presigned URL, which works without the API key
+        r = s3_stack.client.get(url, follow_redirects=False)
+        assert r.status_code == 307 and r.headers["etag"] == f'"{a["sha256"]}"', r.text
+        presigned = r.headers["location"]
+        assert presigned.startswith(s3_stack.settings.s3_public_endpoint_url) and "Signature" in presigned
+        body = httpx.get(presigned).content
         assert hashlib.sha256(body).hexdigest() == a["sha256"] and len(body) == a["size"], a["name"]
-        part = s3_stack.client.get(url, headers={"Range": "bytes=10-49"})
+        part = httpx.get(presigned, headers={"Range": "bytes=10-49"})
         assert part.status_code == 206 and part.content == body[10:50]
         assert part.headers["content-range"] == f"bytes 10-49/{a['size']}"
+    assert s3_stack.other.get(f"/v1/edits/{job['id']}/artifacts/report.json", follow_redirects=False).status_code == 404

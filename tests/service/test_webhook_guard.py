@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from urllib.parse import urlsplit
 
 import pytest
+from standardwebhooks import Webhook
 
 from app import netguard
 from app.netguard import UnsafeURLError, check_webhook_url
@@ -16,6 +15,8 @@ from tests.service.webhook_server import WebhookSink
 from worker.webhook import send
 
 pytestmark = pytest.mark.service
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 BLOCKED = [
     "http://127.0.0.1:8080/hook",
@@ -40,7 +41,7 @@ BLOCKED = [
 @pytest.fixture
 def strict(pg_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
     """The stack as deployed by default: private webhook targets refused."""
-    monkeypatch.setattr(pg_stack.settings, "webhook_allow_private", False)
+    monkeypatch.setattr(pg_stack.settings, "webhook_private_allowlist", [])
     return pg_stack
 
 
@@ -88,18 +89,32 @@ def test_names_resolving_to_private_or_nothing(strict: Stack, monkeypatch: pytes
     strict.client.post(f"/v1/edits/{r.json()['id']}/cancel")
 
 
-def test_public_literal_accepted_and_private_allowed_by_setting(pg_stack: Stack) -> None:
-    # pg_stack runs with LINGUA_EDIT_WEBHOOK_ALLOW_PRIVATE=true: loopback is accepted there
+def test_public_literal_accepted_and_private_allowed_by_setting(
+    pg_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pg_stack allow-lists 127.0.0.0/8: loopback is accepted there, other private ranges are not
     ok = pg_stack.client.post("/v1/edits", json=fast_job(webhook_url="http://127.0.0.1:9/hook"))
     assert ok.status_code == 202, ok.text
     pg_stack.client.post(f"/v1/edits/{ok.json()['id']}/cancel")
-    pg_stack.settings.webhook_allow_private = False
-    try:
-        pub = pg_stack.client.post("/v1/edits", json=fast_job(webhook_url="https://93.184.215.14:8443/h"))
-        assert pub.status_code == 202, pub.text
-        pg_stack.client.post(f"/v1/edits/{pub.json()['id']}/cancel")
-    finally:
-        pg_stack.settings.webhook_allow_private = True
+    r = pg_stack.client.post("/v1/edits", json=fast_job(webhook_url="http://10.1.2.3/hook"))
+    assert r.status_code == 422 and r.json()["error"]["param"] == "webhook_url"
+    monkeypatch.setattr(pg_stack.settings, "webhook_private_allowlist", [])
+    pub = pg_stack.client.post("/v1/edits", json=fast_job(webhook_url="https://93.184.215.14:8443/h"))
+    assert pub.status_code == 202, pub.text
+    pg_stack.client.post(f"/v1/edits/{pub.json()['id']}/cancel")
+
+
+def test_allowlist_by_network_and_by_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_dns(monkeypatch, {"hooks.internal": ["10.20.1.5"], "other.internal": ["10.30.0.1"]})
+    assert check_webhook_url("http://10.20.3.4/h", ["10.20.0.0/16"]).address.compressed == "10.20.3.4"
+    with pytest.raises(UnsafeURLError):
+        check_webhook_url("http://10.21.0.1/h", ["10.20.0.0/16"])
+    assert check_webhook_url("http://hooks.internal/h", ["hooks.internal"]).address.compressed == "10.20.1.5"
+    with pytest.raises(UnsafeURLError):
+        check_webhook_url("http://other.internal/h", ["hooks.internal"])
+    with pytest.raises(UnsafeURLError):  # an IPv4-mapped form of a listed network is the same address
+        check_webhook_url("http://[::ffff:10.40.0.1]/h", ["10.20.0.0/16"])
+    assert check_webhook_url("http://[::ffff:10.20.0.1]/h", ["10.20.0.0/16"])
 
 
 def test_delivery_rechecks_and_pins_the_address(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,21 +126,23 @@ def test_delivery_rechecks_and_pins_the_address(monkeypatch: pytest.MonkeyPatch)
         url = f"http://hooks.example:{port}/hook?token=x"
         assert check_webhook_url(url).address.compressed == "93.184.215.14"
         _fake_dns(monkeypatch, {"hooks.example": ["127.0.0.1"]})
-        assert send(url, "edit.succeeded", {"id": "edit_x"}, "s3cret", 5) is False
+        body = json.dumps({"type": "edit.succeeded", "data": {"id": "edit_x"}})
+        assert not send(url, "msg_1", body, [SECRET], 5).ok
         assert sink.received == []
         with pytest.raises(UnsafeURLError):
             check_webhook_url(url)
         # a literal loopback URL is refused at delivery too
-        assert send(sink.url, "edit.succeeded", {"id": "edit_x"}, "s3cret", 5) is False
+        refused = send(sink.url, "msg_1", body, [SECRET], 5)
+        assert not refused.ok and refused.error.startswith("refused")
         assert sink.received == []
 
         # allowed: the POST goes to the resolved (checked) address, keeping the name in the Host header
-        assert send(url, "edit.succeeded", {"id": "edit_x"}, "s3cret", 5, allow_private=True) is True
-        headers, body = sink.received[0]
+        assert send(url, "msg_1", body, [SECRET], 5, allowlist=["127.0.0.1/32"]).ok
+        headers, got = sink.received[0]
         assert headers["Host"] == f"hooks.example:{port}"
-        assert json.loads(body) == {"type": "edit.succeeded", "data": {"id": "edit_x"}}
-        ts = headers["X-Lingua-Edit-Timestamp"]
-        expect = hmac.new(b"s3cret", ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-        assert headers["X-Lingua-Edit-Signature"] == f"sha256={expect}"
+        assert got.decode() == body and headers["webhook-id"] == "msg_1"
+        # Standard Webhooks: the receiver verifies with the standardwebhooks library
+        assert Webhook(SECRET).verify(got, {k.lower(): v for k, v in headers.items()}) == json.loads(body)
+        assert headers["webhook-signature"].startswith("v1,")
     finally:
         sink.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .delta import SparseDelta, apply_delta, delta_num_params, revert_delta, save_delta
-from .models import LoadedModel, save_model_dir, weights_fingerprint
+from .models import DEMO_MODEL_ID, DEMO_NAME, LoadedModel, weights_fingerprint
 
 ARTIFACT_NAMES = ("model", "delta.safetensors", "manifest.json", "report.json")
 
@@ -50,7 +50,7 @@ def write_artifacts(out_dir: Path, lm: LoadedModel, delta: SparseDelta, config: 
         save_delta(delta, tmp / "delta.safetensors", base_fingerprint=base_hash)
         apply_delta(lm.model, delta)
         try:
-            save_model_dir(lm.model, lm.tokenizer, tmp / "model")
+            save_registry_model(lm, tmp / "model")
         finally:
             revert_delta(lm.model, delta)
         reporter.step("save", 2, 3)
@@ -61,6 +61,7 @@ def write_artifacts(out_dir: Path, lm: LoadedModel, delta: SparseDelta, config: 
         manifest = {
             "format": "lingua-edit-manifest", "version": 1,
             "base_model": {"spec": lm.spec, "path": lm.path, "weights_sha256": base_hash,
+                           "revision": getattr(config, "base_revision", None), "hub_id": base_hub_id(lm),
                            "dtype": str(lm.dtype), "device": str(lm.device)},
             "config": config.to_dict(),
             "data": {"calibration_ids": plan.cal_ids, "validation_ids": plan.val_ids,
@@ -78,6 +79,7 @@ def write_artifacts(out_dir: Path, lm: LoadedModel, delta: SparseDelta, config: 
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        write_model_card(tmp / "model", lm, config, result, delta, (tmp / "delta.safetensors").stat().st_size)
         write_report_files(tmp, reporter)
         if out_dir.exists():
             out_dir.rmdir()
@@ -104,3 +106,145 @@ def write_report_files(run_dir: Path, reporter: Any) -> None:
         render_run_dir(run_dir)
     except Exception as exc:  # noqa: BLE001 (any plotting/template error)
         reporter.warn(f"report.html not written: {type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------- registry-ready model folder
+
+MAX_SHARD_SIZE = "5GB"
+CARD_TAGS = ["lingua-edit", "safety", "multilingual", "sparse-weight-edit", "training-free"]
+DEMO_LICENSE = "apache-2.0"  # Qwen2.5-Coder-0.5B-Instruct
+
+
+def save_registry_model(lm: LoadedModel, out: Path, max_shard_size: str | int = MAX_SHARD_SIZE) -> None:
+    """The edited model in Hugging Face layout: safetensors shards of at most 5 GB with
+    `model.safetensors.index.json` when there is more than one (huggingface_hub's writer), config,
+    generation config and tokenizer; `from_pretrained(out)` loads it."""
+    from huggingface_hub import save_torch_state_dict
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in lm.model.state_dict().items()}
+    if getattr(lm.model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_torch_state_dict(state, out, max_shard_size=max_shard_size, metadata={"format": "pt"})
+    lm.model.config.save_pretrained(out)
+    if getattr(lm.model, "generation_config", None) is not None:
+        lm.model.generation_config.save_pretrained(out)
+    lm.tokenizer.save_pretrained(out)
+
+
+def base_hub_id(lm: LoadedModel) -> str | None:
+    """The hub id the base model came from: the demo's source, a `lingua_edit_source.json` next to a
+    registered model's weights, or the spec itself when it was loaded from the hub."""
+    if lm.spec == DEMO_NAME:
+        return DEMO_MODEL_ID
+    source = Path(lm.path) / "lingua_edit_source.json"
+    if source.is_file():
+        try:
+            found = json.loads(source.read_text()).get("source")
+        except (OSError, ValueError):
+            found = None
+        return found if isinstance(found, str) else None
+    return None if Path(lm.path).exists() else lm.spec
+
+
+def _base_license(lm: LoadedModel) -> str:
+    """The base model's licence from its own model card where there is one; "other" otherwise."""
+    if lm.spec == DEMO_NAME:
+        return DEMO_LICENSE
+    card_path = Path(lm.path) / "README.md"
+    if card_path.is_file():
+        from huggingface_hub import ModelCard
+
+        try:
+            found = ModelCard.load(card_path).data.license
+        except Exception:  # a malformed card upstream must not fail the edit
+            found = None
+        if isinstance(found, str):
+            return found
+    return "other"
+
+
+def write_model_card(model_dir: Path, lm: LoadedModel, config: Any, result: Any, delta: SparseDelta,
+                     delta_bytes: int) -> Path:
+    """README.md with YAML front matter (base_model, base_model_relation, license, language, tags) and a
+    body with the per-language results, the method, the hyperparameters and the sparse delta's size."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    cfg = config.to_dict()
+    hub_id = base_hub_id(lm)
+    revision = cfg.get("base_revision")
+    languages = [cfg["source_lang"], *[lg for lg in cfg["target_langs"] if lg != cfg["source_lang"]]]
+    data = ModelCardData(
+        base_model=hub_id,
+        base_model_relation="finetune" if hub_id else None,
+        license=_base_license(lm),
+        language=languages,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=CARD_TAGS,
+        base_model_revision=revision,
+    )
+    rows = "\n".join(
+        f"| {r.lang} | {r.n} | {r.asr_before:.3f} | {r.asr_after:.3f} | {r.refusal_before:.3f} | "
+        f"{r.refusal_after:.3f} |"
+        for r in result.languages
+    )
+    hyper_keys = ("layers", "module", "positions", "select", "tau_z", "tau_d", "neuron_budget", "rank", "gamma",
+                  "lam", "null_space", "target_scale", "judge", "eval_split", "max_new_tokens", "seed")
+    hyper = "\n".join(f"| `{k}` | `{json.dumps(cfg.get(k))}` |" for k in hyper_keys if k in cfg)
+    edits = "\n".join(f"| {e.layer} | {e.module} | {int(e.indices.numel())} |" for e in delta.edits)
+    kl = (result.utility or {}).get("kl_mean")
+    base_line = f"`{hub_id}`" if hub_id else f"`{lm.spec}` (a model registered with the service)"
+    if revision:
+        base_line += f" at revision `{revision}`"
+    content = f"""---
+{data.to_yaml()}
+---
+
+# {lm.spec} + lingua-edit multilingual safety edit
+
+This model is {base_line} with a training-free, closed-form sparse weight edit applied by
+[lingua-edit](https://github.com/lingua-edit/lingua-edit): a few MLP neurons per edited layer get a
+low-rank update so that harmful prompts in the target languages are refused as in the source language
+(`{cfg["source_lang"]}`), while harmless prompts are anchored to the base model's behaviour.
+
+## Results (held-out prompts)
+
+ASR is the attack success rate on harmful prompts (lower is safer); over-refusal is the refusal rate on
+harmless prompts (lower is better).
+
+| language | n | ASR before | ASR after | over-refusal before | over-refusal after |
+|---|---|---|---|---|---|
+{rows}
+
+Mean KL divergence from the base model on harmless prompts: {kl if kl is None else f"{kl:.4g}"}.
+
+## Method
+
+1. Capture MLP activations on harmful and harmless prompts in the source and target languages.
+2. Localise neurons whose activations separate harmful from harmless prompts (`select`, `tau_z`/`tau_d`
+   or `neuron_budget`).
+3. Solve one ridge-regularised least-squares problem per edited module in closed form: target-language
+   harmful keys map to the source language's refusal outputs, harmless keys keep their outputs (`gamma`),
+   optionally in the null space of the harmless keys (`null_space`).
+4. Apply the solution as a sparse delta to the selected rows/columns only.
+
+## Hyperparameters
+
+| name | value |
+|---|---|
+{hyper}
+
+## Sparse delta
+
+{delta_num_params(delta):,} weights changed ({delta_bytes:,} bytes as `delta.safetensors`):
+
+| layer | module | neurons |
+|---|---|---|
+{edits}
+"""
+    card = ModelCard(content)
+    path = model_dir / "README.md"
+    card.save(path)
+    ModelCard.load(path)  # fails loudly if the front matter does not parse
+    return path

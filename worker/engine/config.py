@@ -20,6 +20,7 @@ SUPPORTED_LANGS = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
 @dataclass
 class EditConfig:
     model: str = "demo"  # hub id, local directory, .gguf file, or "demo"
+    base_revision: str | None = None  # hub models: the branch, tag or commit to load (recorded in the card)
     calibration: str | None = None  # path to JSONL/CSV; None = the bundled demo set
     source_lang: str = "en"
     target_langs: list[str] = field(default_factory=lambda: [lg for lg in SUPPORTED_LANGS if lg != "en"])

@@ -188,18 +188,24 @@ def load_model(
     device: str | None = None,
     dtype: str | None = None,
     registry: dict[str, str] | None = None,
+    revision: str | None = None,
 ) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, gguf_file = resolve_model_path(spec, registry)
     dev, dt = pick_device_dtype(device, dtype)
     kwargs: dict = {"dtype": dt}
+    tok_kwargs: dict = {"gguf_file": gguf_file} if gguf_file else {}
+    if revision:
+        if Path(path).exists():
+            raise UserError("base_revision applies to hub models only", param="base_revision")
+        kwargs["revision"] = tok_kwargs["revision"] = revision
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if dev.type == "cuda" and _needs_device_map(path):
         kwargs["device_map"] = "auto"
     try:
-        tok = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+        tok = AutoTokenizer.from_pretrained(path, **tok_kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"could not load model {spec!r}: {str(exc).splitlines()[0]}",

@@ -358,7 +358,7 @@ def run_edit(
         rep.warn(note)
     rep.step("load", 0, 1)
     with timer("load"):
-        lm = loaded or load_model(config.model, config.device, config.dtype)
+        lm = loaded or load_model(config.model, config.device, config.dtype, revision=config.base_revision)
     validate_config(config, num_layers(lm.model))
     rep.step("load", 1, 1)
     with timer("evaluate"):
@@ -679,7 +679,7 @@ def evaluate_model(config: EditConfig, reporter: Reporter | None = None,
     rep = reporter or Reporter()
     validate_config(config)
     plan = make_plan(config, rep)
-    lm = loaded or load_model(config.model, config.device, config.dtype)
+    lm = loaded or load_model(config.model, config.device, config.dtype, revision=config.base_revision)
     answers = _generate_all(lm, plan, config, rep, "eval")
     judge = configured_judge(config)
     sets = eval_sets(plan, config)
