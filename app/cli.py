@@ -92,6 +92,68 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_context():  # noqa: ANN202
+    from app.context import make_context
+    from app.db.migrate import SchemaOutOfDateError, check_current
+    from app.settings import get_settings
+
+    ctx = make_context(get_settings())
+    try:
+        check_current(ctx.engine)
+    except SchemaOutOfDateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    return ctx
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from app.db.models import ApiKey
+
+    ctx = _keys_context()
+    if ctx is None:
+        return 2
+    with ctx.sessions() as s:
+        q = select(ApiKey).order_by(ApiKey.id)
+        if args.tenant:
+            q = q.where(ApiKey.tenant == args.tenant)
+        rows = list(s.scalars(q))
+    print(f"{'ID':>6}  {'TENANT':<24} {'PREFIX':<12} {'CREATED':<20} REVOKED")
+    for r in rows:
+        revoked = r.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if r.revoked_at else "-"
+        print(f"{r.id:>6}  {r.tenant:<24} {r.prefix:<12} {r.created_at:%Y-%m-%d %H:%M:%S}  {revoked}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from app.db.base import utcnow
+    from app.db.models import ApiKey
+    from app.keys.service import hash_key
+
+    ctx = _keys_context()
+    if ctx is None:
+        return 2
+    with ctx.sessions() as s:
+        if args.key.isdigit():
+            row = s.get(ApiKey, int(args.key))
+        elif args.key.startswith("le_") and len(args.key) > 20:  # the whole key
+            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(args.key)))
+        else:
+            print("lingua-edit: error: give a key id (from `keys list`) or the whole key", file=sys.stderr)
+            return 2
+        if row is None:
+            print("lingua-edit: error: no such key", file=sys.stderr)
+            return 1
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+            s.commit()
+        print(f"revoked key {row.id} ({row.prefix}...) of tenant {row.tenant}")
+    return 0
+
+
 def _db_upgrade(args: argparse.Namespace) -> int:
     from app.db.migrate import upgrade
     from app.settings import get_settings
@@ -155,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     kc = k.add_parser("create", help="create an API key and print it (shown once)")
     kc.add_argument("--tenant", required=True)
     kc.set_defaults(func=_keys_create)
+    kl = k.add_parser("list", help="list API keys (id, tenant, prefix, created, revoked); never the secrets")
+    kl.add_argument("--tenant", help="only this tenant's keys")
+    kl.set_defaults(func=_keys_list)
+    kr = k.add_parser("revoke", help="revoke an API key at once, by id (from `keys list`) or the whole key")
+    kr.add_argument("key")
+    kr.set_defaults(func=_keys_revoke)
 
     d = sub.add_parser("db", help="database migrations").add_subparsers(dest="db_command", required=True)
     du = d.add_parser("upgrade", help="migrate the database to the latest revision")

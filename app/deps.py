@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.context import Context
+from app.datasets.service import release_uncommitted
 from app.db.session import session_scope
 from app.errors import ApiError
 from app.keys.service import tenant_for_key
@@ -24,8 +25,11 @@ CtxDep = Annotated[Context, Depends(get_ctx)]
 
 
 def get_session(ctx: CtxDep) -> Iterator[Session]:
-    with session_scope(ctx.sessions) as session:
-        yield session
+    try:
+        with session_scope(ctx.sessions) as session:
+            yield session
+    finally:
+        release_uncommitted(session)  # files stored for rows that were never committed
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -62,8 +66,10 @@ class Page:
 
 def get_page(
     ctx: CtxDep,
-    after: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1)] = 20,
+    after: Annotated[
+        str | None, Query(max_length=64, description="cursor: the id of the last item of the previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="page size (at most the server's max_page_size)")] = 20,
 ) -> Page:
     if limit > ctx.settings.max_page_size:
         raise ApiError(422, "invalid_request", f"limit must be <= {ctx.settings.max_page_size}", "limit")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
@@ -9,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("lingua_edit.api")
@@ -44,6 +46,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorEnvelope, "description": "missing or invalid API key"},
     404: {"model": ErrorEnvelope, "description": "not found (also: another tenant's object)"},
     422: {"model": ErrorEnvelope, "description": "invalid request; `param` names the field"},
+    413: {"model": ErrorEnvelope, "description": "request body larger than the server's limit"},
+    503: {"model": ErrorEnvelope, "description": "a backing service (database, queue) is unavailable"},
 }
 
 
@@ -73,6 +77,7 @@ _HTTP_CODES = {
     422: "invalid_request",
     429: "rate_limited",
     503: "unavailable",
+    507: "insufficient_storage",
 }
 
 
@@ -104,6 +109,25 @@ def install(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return envelope(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(req: Request, exc: OperationalError) -> JSONResponse:
+        # The database is restarting or unreachable: a retryable 503, and the pool reconnects by itself.
+        log.error("database unavailable on %s %s: %s", req.method, req.url.path, str(exc).splitlines()[0])
+        return envelope(503, "unavailable", "the database is unavailable; try again later", None,
+                        {"Retry-After": "5"})
+
+    @app.exception_handler(OSError)
+    async def _os_error(req: Request, exc: OSError) -> JSONResponse:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.error("storage full on %s %s: %s", req.method, req.url.path, exc)
+            return envelope(507, "insufficient_storage", "the server has no room to store this; try later")
+        log.exception("unhandled error on %s %s", req.method, req.url.path)
+        return envelope(500, "internal_error", "internal server error", None)
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_req: Request, _exc: RecursionError) -> JSONResponse:
+        return envelope(422, "invalid_request", "the input is nested too deeply")
 
     @app.exception_handler(Exception)
     async def _unhandled(req: Request, exc: Exception) -> JSONResponse:

@@ -17,9 +17,12 @@ from app.context import Context, make_context
 from app.datasets.router import router as datasets_router
 from app.db.migrate import check_current
 from app.edits.router import router as edits_router
+from app.guard import RequestGuard, install_log_scrubber
 from app.health import router as health_router
+from app.keys.router import router as keys_router
 from app.metrics import LatencyMiddleware, make_registry
 from app.models.router import router as models_router
+from app.scratch import clean_orphans
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("lingua_edit.api")
@@ -46,6 +49,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        clean_orphans(settings.data_dir / "tmp")  # uploads a killed API process left half-written
         task = asyncio.create_task(_reaper_loop(ctx)) if settings.reaper_interval_s > 0 else None
         yield
         if task:
@@ -58,6 +62,8 @@ def create_app(
     registry, latency = make_registry(ctx)
     app.state.metrics_registry = registry
     app.add_middleware(LatencyMiddleware, histogram=latency)
+    app.add_middleware(RequestGuard, settings=settings)
+    install_log_scrubber()
     return app
 
 
@@ -72,7 +78,7 @@ def _fastapi(lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | 
     )
     errors.install(app)
     app.include_router(health_router)
-    for r in (edits_router, artifacts_router, datasets_router, models_router):
+    for r in (edits_router, artifacts_router, datasets_router, models_router, keys_router):
         app.include_router(r, responses=errors.ERROR_RESPONSES)
     return app
 

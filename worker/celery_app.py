@@ -17,7 +17,7 @@ TASK_NAME = "lingua_edit.run_edit"
 
 def make_celery(settings: Settings, include_tasks: bool = False) -> Celery:
     app = Celery(
-        "lingua_edit", broker=broker_url(settings), include=["worker.tasks"] if include_tasks else []
+        "lingua_edit", broker=broker_url(settings), include=["worker.tasks", "worker.liveness"] if include_tasks else []
     )
     app.conf.update(
         task_default_queue=settings.queue,

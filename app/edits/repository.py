@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -18,6 +18,15 @@ def get_job(session: Session, tenant: str, job_id: str) -> EditJob | None:
 
 def get_by_idempotency_key(session: Session, tenant: str, key: str) -> EditJob | None:
     return session.scalar(select(EditJob).where(EditJob.tenant == tenant, EditJob.idempotency_key == key))
+
+
+def count_jobs(session: Session, tenant: str, statuses: tuple[str, ...]) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(EditJob).where(EditJob.tenant == tenant, EditJob.status.in_(statuses))
+        )
+        or 0
+    )
 
 
 def list_jobs(

@@ -9,13 +9,19 @@ from app.deps import PageDep, SessionDep, TenantDep
 from app.edits import repository as repo
 from app.edits import service
 from app.edits.schemas import EditCreate, EditList, EditOut, EventList, EventOut, Status
-from app.errors import ApiError
+from app.errors import ApiError, ErrorEnvelope
 
 router = APIRouter(prefix="/v1/edits", tags=["edits"])
+MAX_EVENT_ID = 2**63 - 1  # event ids are BIGINT
 _META = re.compile(r"^metadata\[(.{1,64})\]$")
 
 
-@router.post("", status_code=202, response_model=EditOut)
+@router.post(
+    "",
+    status_code=202,
+    response_model=EditOut,
+    responses={429: {"model": ErrorEnvelope, "description": "the tenant has too many queued jobs; see Retry-After"}},
+)
 def create_edit(
     request: Request,
     response: Response,
@@ -64,7 +70,7 @@ def list_events(session: SessionDep, tenant: TenantDep, job_id: str, page: PageD
     job = service.get_edit(session, tenant, job_id)
     after = None
     if page.after is not None:
-        if not page.after.isdigit():
+        if not page.after.isdigit() or int(page.after) > MAX_EVENT_ID:
             raise ApiError(422, "invalid_request", "after must be an event id", "after")
         after = int(page.after)
     events, has_more = repo.list_events(session, job.id, after=after, limit=page.limit)

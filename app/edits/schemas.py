@@ -18,10 +18,13 @@ Lang = Literal[SUPPORTED_LANGS]  # type: ignore[valid-type]
 class Hyperparameters(BaseModel):
     """Unset fields take the engine's defaults (worker/engine/config.py)."""
 
-    model_config = ConfigDict(extra="forbid")
-    layers: Literal["auto"] | list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
-        None, description='"auto" or layer indices'
-    )
+    # strict: no coercion ("rank": true or "4" is an error, not 1 or 4); numbers must be finite.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    layers: (
+        Literal["auto"]
+        | Annotated[list[Annotated[int, Field(ge=0, le=1024)]], Field(min_length=1, max_length=256)]
+        | None
+    ) = Field(None, description='"auto" or 1-256 distinct layer indices')
     module: Literal["gate", "up", "gate+up", "down", "conditional"] | None = None
     tau_z: float | None = Field(None, ge=0)
     tau_d: float | None = Field(None, ge=0)
@@ -49,13 +52,13 @@ class Hyperparameters(BaseModel):
 
 
 class EditCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model: str = Field(min_length=1, max_length=512)
     source_language: Lang = "en"
     target_languages: list[Lang] | None = Field(None, min_length=1, max_length=len(SUPPORTED_LANGS))
     dataset_id: str | None = Field(None, max_length=64)
     calibration_rows: list[dict[str, Any]] | None = Field(None, min_length=1)
-    eval_split: float | None = Field(None, gt=0, lt=1)
+    eval_split: float | None = Field(None, gt=0, lt=1, strict=True)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     judge: Literal["refusal", "guard", "openai"] = "refusal"
     metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
