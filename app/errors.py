@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -81,8 +82,12 @@ _HTTP_CODES = {
 }
 
 
+_UNION_TAG = re.compile(r"^[a-z][a-z-]*\[.*\]$")
+
+
 def _param_of(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # Union members add tags like "list[constrained-int]" or "literal['auto']": not field names.
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header") and not _UNION_TAG.match(str(p))]
     return ".".join(parts) or None
 
 

@@ -21,8 +21,8 @@ class Hyperparameters(BaseModel):
     # strict: no coercion ("rank": true or "4" is an error, not 1 or 4); numbers must be finite.
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     layers: (
-        Literal["auto"]
-        | Annotated[list[Annotated[int, Field(ge=0, le=1024)]], Field(min_length=1, max_length=256)]
+        Annotated[list[Annotated[int, Field(ge=0, le=1024)]], Field(min_length=1, max_length=256)]
+        | Literal["auto"]
         | None
     ) = Field(None, description='"auto" or 1-256 distinct layer indices')
     module: Literal["gate", "up", "gate+up", "down", "conditional"] | None = None

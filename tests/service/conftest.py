@@ -176,6 +176,7 @@ def make_stack(tmp: Path, database_url: str, broker_url: str, tiny_model: Path, 
         "LINGUA_EDIT_WEBHOOK_ALLOW_PRIVATE": "true",
         "LINGUA_EDIT_MAX_UPLOAD_BYTES": "200000",
         "LINGUA_EDIT_DEVICE": "cpu",
+        "LINGUA_EDIT_METRICS_TOKEN": "metrics-test",
         "HF_HUB_OFFLINE": "1",  # an unknown hub id fails at once instead of retrying the network
         "TOKENIZERS_PARALLELISM": "false",
         **extra,
