@@ -17,7 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.db.migrate import SchemaOutOfDateError
-    from app.embedded import prepare_embedded, start_worker, stop_redis, stop_worker
+    from app.embedded import WorkerSupervisor, prepare_embedded, stop_redis
     from app.main import create_app
     from app.settings import get_settings
 
@@ -29,7 +29,8 @@ def _serve(args: argparse.Namespace) -> int:
         if server is not None:
             stop_redis(server)
         return 2
-    worker = None if args.no_worker else start_worker(log_level=args.log_level)
+    # Supervised: a worker that dies (OOM, kill -9) is restarted with backoff; /readyz says 503 meanwhile.
+    worker = None if args.no_worker else WorkerSupervisor(log_level=args.log_level).start()
     # uvicorn re-raises SIGTERM after its graceful shutdown; with a Python handler installed that becomes
     # SystemExit, so the finally below still stops the worker and the embedded Redis.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -37,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.run(api, host=args.host, port=args.port, log_level=args.log_level.lower())
     finally:
         if worker:
-            stop_worker(worker)
+            worker.stop()
         if server is not None:
             stop_redis(server)
     return 0
