@@ -21,7 +21,9 @@ pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, pg_database: str, redis_url: str, tiny_model: Path) -> Iterator[Stack]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, pg_database: str, redis_url: str, tiny_model: Path
+) -> Iterator[Stack]:
     s = make_stack(
         tmp_path_factory.mktemp("resilience"), pg_database, redis_url, tiny_model,
         LINGUA_EDIT_REDISPATCH_AFTER_S="1", LINGUA_EDIT_WORKER_HEARTBEAT_TTL_S="2",
