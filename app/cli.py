@@ -35,7 +35,11 @@ def _serve(args: argparse.Namespace) -> int:
     # SystemExit, so the finally below still stops the worker and the embedded Redis.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(api, host=args.host, port=args.port, log_level=args.log_level.lower())
+        if args.workers > 1:  # each uvicorn worker process builds its own app from the environment
+            uvicorn.run("app.main:create_app", factory=True, workers=args.workers, host=args.host,
+                        port=args.port, log_level=args.log_level.lower())
+        else:
+            uvicorn.run(api, host=args.host, port=args.port, log_level=args.log_level.lower())
     finally:
         if worker:
             worker.stop()
@@ -206,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--data-dir", help="where the embedded database, Redis, uploads and artifacts live")
     s.add_argument("--no-worker", action="store_true", help="start the API only")
+    s.add_argument("--workers", type=int, default=1, help="uvicorn worker processes for the API (production)")
     s.add_argument("--log-level", default="INFO")
     s.set_defaults(func=_serve)
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from app.context import Context
@@ -17,7 +18,8 @@ from app.errors import ApiError
 from app.keys.service import tenant_for_key
 
 
-def get_ctx(request: Request) -> Context:
+async def get_ctx(request: Request) -> Context:
+    # async: a plain attribute read must not cost a trip through the thread pool
     return request.app.state.ctx
 
 
@@ -38,21 +40,29 @@ SessionDep = Annotated[Session, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="an API key from `lingua-edit keys create`")
 
 
-def get_tenant(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str:
-    unauthorized = ApiError(
-        401,
-        "unauthorized",
-        "missing or invalid API key (Authorization: Bearer <key>)",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
-    if credentials is None or not credentials.credentials:
-        raise unauthorized
-    tenant = tenant_for_key(session, credentials.credentials.strip())
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def bearer_key(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return credentials.credentials.strip() or None if credentials and credentials.credentials else None
+
+
+def authenticate(session: Session | Connection, credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The tenant of a valid, unrevoked key (looked up on every request, so revocation is immediate)."""
+    key = bearer_key(credentials)
+    tenant = tenant_for_key(session, key) if key else None
     if tenant is None:
-        raise unauthorized
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing or invalid API key (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return tenant
+
+
+def get_tenant(session: SessionDep, credentials: BearerDep) -> str:
+    return authenticate(session, credentials)
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]

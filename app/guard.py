@@ -104,9 +104,12 @@ class RequestGuard:
         if rejected is not None:
             await rejected(scope, receive, send)
             return
-        limit = self._limit(scope)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
+        if length is None and b"transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body to bound (GET polling: the hot path)
+            return
+        limit = self._limit(scope)
         if length is not None:
             try:
                 declared = int(length)

@@ -43,7 +43,7 @@ def create_app(
     settings: Settings | None = None, ctx: Context | None = None, check_schema: bool = True
 ) -> FastAPI:
     settings = settings or get_settings()
-    ctx = ctx or make_context(settings)
+    ctx = ctx or make_context(settings, pool_pre_ping=False)
     if check_schema:
         check_current(ctx.engine)  # refuse to serve on a database that is behind
 

@@ -4,8 +4,9 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
-from app.deps import PageDep, SessionDep, TenantDep
+from app.deps import BearerDep, PageDep, SessionDep, TenantDep
 from app.edits import repository as repo
 from app.edits import service
 from app.edits.schemas import EditCreate, EditList, EditOut, EventList, EventOut, Status
@@ -56,8 +57,11 @@ def list_edits(
 
 
 @router.get("/{job_id}", response_model=EditOut)
-def get_edit(session: SessionDep, tenant: TenantDep, job_id: str) -> EditOut:
-    return service.render(session, service.get_edit(session, tenant, job_id))
+async def get_edit(request: Request, credentials: BearerDep, job_id: str) -> Response:
+    """The polling path: authentication, the read and the rendering in one thread-pool call and one
+    session, plain rows instead of ORM objects, and the JSON written once (no response_model pass)."""
+    body = await run_in_threadpool(service.read_edit_json, request.app.state.ctx, credentials, job_id)
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", response_model=EditOut)

@@ -182,6 +182,20 @@ def get_edit(session: Session, tenant: str, job_id: str) -> EditJob:
     return job
 
 
+def read_edit_json(ctx: Context, credentials: Any, job_id: str) -> bytes:
+    """GET /v1/edits/{id} on one autocommit connection: the key and the job in one query (the key alone
+    only when that finds nothing, to tell 401 from 404), children only where the status can have them."""
+    from app.deps import authenticate, bearer_key
+
+    with (ctx.read_engine or ctx.engine).connect() as conn:
+        job = repo.read_job(conn, bearer_key(credentials), job_id)
+        if job is None:
+            authenticate(conn, credentials)  # raises 401 for a bad key
+            raise not_found("edit job", "id")
+        phases = repo.phases_seen(conn, job.id) if job.status in ("running", "cancelling") else []
+    return to_out(job, phases).model_dump_json().encode()  # type: ignore[arg-type]
+
+
 def cancel_edit(session: Session, tenant: str, job_id: str) -> EditJob:
     job = get_edit(session, tenant, job_id)
     now = utcnow()

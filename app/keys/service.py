@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from app.db.models import ApiKey
@@ -26,9 +26,11 @@ def create_key(session: Session, tenant: str) -> str:
     return key
 
 
-def tenant_for_key(session: Session, key: str) -> str | None:
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
-    return row.tenant if row else None
+def tenant_for_key(session: Session | Connection, key: str) -> str | None:
+    # One column, no ORM object: this runs on every request.
+    return session.scalar(
+        select(ApiKey.tenant).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    )
 
 
 def list_keys(session: Session, tenant: str) -> list[ApiKey]:
