@@ -7,6 +7,7 @@ worker) does nothing, so duplicate deliveries are harmless.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any
 
 from celery import shared_task
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from app.context import Context, make_context
 from app.db.base import utcnow
@@ -140,6 +142,16 @@ class JobRunner:
 
     # -- engine hooks -----------------------------------------------------------------------------------
     def progress(self, phase: str, done: int, total: int, message: str | None = None) -> None:
+        stall_for_fault_test(phase)
+        try:
+            self._record_progress(phase, done, total, message)
+        except OperationalError as exc:
+            # Progress is advisory: a database restart must not fail the job. The heartbeat thread keeps
+            # trying; the outcome is written with retries (finish / _record_success).
+            log.warning("progress of %s not recorded (%s)", self.job_id, str(exc).splitlines()[0])
+            self._last_phase = None  # write the phase event again once the database is back
+
+    def _record_progress(self, phase: str, done: int, total: int, message: str | None) -> None:
         if phase == "warning":
             with self.ctx.sessions() as s:
                 repo.add_event(s, self.job_id, "warning", message or "", level="warning")
@@ -182,10 +194,13 @@ class JobRunner:
         now = time.monotonic()
         if not self._cancel and now - self._last_cancel_check >= 0.25:
             self._last_cancel_check = now
-            with self.ctx.sessions() as s:
-                self._cancel = bool(
-                    s.scalar(select(EditJob.cancel_requested).where(EditJob.id == self.job_id))
-                )
+            try:
+                with self.ctx.sessions() as s:
+                    self._cancel = bool(
+                        s.scalar(select(EditJob.cancel_requested).where(EditJob.id == self.job_id))
+                    )
+            except OperationalError:  # database restarting: check again at the next call
+                pass
         return self._cancel
 
     # -- the job --------------------------------------------------------------------------------------
@@ -220,6 +235,13 @@ class JobRunner:
                 self._drop(loaded)
             except UserError as exc:
                 self.finish("failed", "error", exc.message, error=("user", exc.code, exc.message, exc.param))
+                self._drop(loaded)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                log.error("job %s: no space left (%s)", job.id, exc)
+                msg = "the server ran out of storage space while running this job; retry later"
+                self.finish("failed", "error", msg, error=("system", "insufficient_storage", msg, None))
                 self._drop(loaded)
             except Exception as exc:
                 log.exception("job %s failed", job.id)
@@ -338,6 +360,18 @@ class JobRunner:
         return rows
 
     def _record_success(self, job: EditJob, rows: list[Artifact], result: Any) -> None:
+        for delay in (0.5, 1, 2, 4, 8, None):  # the database may be restarting: the files are in storage
+            try:
+                self._commit_success(job, rows, result)
+                return
+            except OperationalError as exc:
+                if delay is None:
+                    raise
+                log.warning("could not record the result of %s (%s); retrying", job.id, str(exc).splitlines()[0])
+                time.sleep(delay)
+
+    def _commit_success(self, job: EditJob, rows: list[Artifact], result: Any) -> None:
+        rows = [_copy_artifact(r) for r in rows]  # fresh objects: a failed attempt's session is gone
         with self.ctx.sessions() as s:
             ok = repo.transition(
                 s,
@@ -421,6 +455,29 @@ def write_model_tar(model_dir: Path, dest: Path) -> None:
             if path.is_dir() or path.is_file():
                 arc = "model/" + path.relative_to(model_dir).as_posix()
                 tar.add(path, arcname=arc, recursive=False, filter=clean)
+
+
+def _copy_artifact(a: Artifact) -> Artifact:
+    return Artifact(
+        job_id=a.job_id, name=a.name, kind=a.kind, storage_key=a.storage_key, size=a.size, sha256=a.sha256,
+        content_type=a.content_type,
+    )
+
+
+_stalled: set[str] = set()
+
+
+def stall_for_fault_test(phase: str) -> None:
+    """Fault-suite hook (tests/faults): LINGUA_EDIT_FAULT_STALL=phase:seconds makes the worker sleep the
+    first time it enters `phase`, so a test can kill it there. Unset in every real deployment."""
+    spec = os.environ.get("LINGUA_EDIT_FAULT_STALL")
+    if not spec or phase in _stalled:
+        return
+    name, _, seconds = spec.partition(":")
+    if name == phase:
+        _stalled.add(phase)
+        log.warning("fault test: stalling in phase %s for %s s", phase, seconds)
+        time.sleep(float(seconds or 30))
 
 
 def _sha256(path: Path) -> str:
