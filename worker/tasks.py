@@ -142,7 +142,6 @@ class JobRunner:
 
     # -- engine hooks -----------------------------------------------------------------------------------
     def progress(self, phase: str, done: int, total: int, message: str | None = None) -> None:
-        stall_for_fault_test(phase)
         try:
             self._record_progress(phase, done, total, message)
         except OperationalError as exc:
@@ -150,6 +149,7 @@ class JobRunner:
             # trying; the outcome is written with retries (finish / _record_success).
             log.warning("progress of %s not recorded (%s)", self.job_id, str(exc).splitlines()[0])
             self._last_phase = None  # write the phase event again once the database is back
+        stall_for_fault_test(phase)
 
     def _record_progress(self, phase: str, done: int, total: int, message: str | None) -> None:
         if phase == "warning":
