@@ -91,6 +91,18 @@ def _param_of(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
+def _allowed_methods(req: Request) -> str:
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in req.app.router.routes:
+        match, _ = route.matches({**req.scope, "method": "GET"})
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
@@ -110,10 +122,13 @@ def install(app: FastAPI) -> None:
         return envelope(422, "invalid_request", message, param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return envelope(exc.status_code, code, message, None, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            headers = {**(headers or {}), "Allow": _allowed_methods(req)}
+        return envelope(exc.status_code, code, message, None, headers)
 
     @app.exception_handler(OperationalError)
     async def _database_down(req: Request, exc: OperationalError) -> JSONResponse:
