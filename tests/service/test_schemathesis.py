@@ -70,12 +70,14 @@ def test_schemathesis_all_checks(tmp_path: Path, pg_database: str, redis_url: st
             assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.2)
         run = subprocess.run(
-            [cli, "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run", f"{base}/openapi.json", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
+            [cli, "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
+             "run", f"{base}/openapi.json", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
              "--seed", "10", "--header", f"Authorization: Bearer {key}", "--request-timeout", "30",
              "--generation-allow-x00", "true", "--phases", "examples,coverage,fuzzing",
              # /readyz is 503 here by design (no worker); revoking keys is tested in test_hostile (the
              # fuzzer would revoke its own key and then see nothing but 401s)
-             "--exclude-path", "/metrics", "--exclude-path", "/readyz", "--exclude-path", "/v1/keys/{key_id}"],
+             "--exclude-path", "/metrics", "--exclude-path", "/readyz",
+             "--exclude-path", "/v1/keys/{key_id}"],
             capture_output=True, text=True, timeout=600, cwd=tmp_path,
         )
         (tmp_path / "schemathesis.txt").write_text(run.stdout + run.stderr)
