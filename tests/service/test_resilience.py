@@ -83,3 +83,26 @@ def test_lost_message_is_redispatched_and_duplicates_run_once(stack: Stack) -> N
     assert r.status_code == 503 and r.json()["workers"] == 0
     reap(stack.ctx)  # removes scratch directories of the killed worker, if it left any
     assert not list((stack.settings.data_dir / "tmp").glob("job-*"))
+
+
+def test_tenant_running_limit_leaves_the_job_queued(stack: Stack) -> None:
+    from sqlalchemy import update
+
+    from app.db.models import EditJob
+    from worker.model_cache import ModelCache
+    from worker.tasks import JobRunner
+
+    first, second = stack.submit(fast_job()), stack.submit(fast_job())
+    with stack.ctx.sessions() as s:  # the tenant already has a job running elsewhere
+        s.execute(update(EditJob).where(EditJob.id == first["id"]).values(status="running"))
+        s.commit()
+    stack.settings.tenant_max_running_jobs = 1
+    try:
+        assert JobRunner(stack.ctx, ModelCache(0), second["id"]).claim() is None
+        assert stack.client.get(f"/v1/edits/{second['id']}").json()["status"] == "queued"
+    finally:
+        stack.settings.tenant_max_running_jobs = 2
+        with stack.ctx.sessions() as s:
+            s.execute(update(EditJob).where(EditJob.id == first["id"]).values(status="cancelled"))
+            s.commit()
+        stack.client.post(f"/v1/edits/{second['id']}/cancel")
