@@ -27,11 +27,14 @@ CtxDep = Annotated[Context, Depends(get_ctx)]
 
 
 def get_session(ctx: CtxDep) -> Iterator[Session]:
+    holder: list[Session] = []
     try:
         with session_scope(ctx.sessions) as session:
+            holder.append(session)
             yield session
     finally:
-        release_uncommitted(session)  # files stored for rows that were never committed
+        for session in holder:
+            release_uncommitted(session)  # files stored for rows that were never committed
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

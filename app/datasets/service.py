@@ -18,6 +18,8 @@ from app.errors import ApiError, not_found
 from app.ids import new_id
 from app.scratch import make_scratch
 
+log = logging.getLogger("lingua_edit.datasets")
+
 _PENDING = "lingua_edit_uncommitted_storage"
 
 
@@ -47,8 +49,6 @@ def _rolled_back(session: Session, previous_transaction: Any) -> None:
     if previous_transaction.parent is None:  # the outermost transaction: nothing of it will be committed
         release_uncommitted(session)
 
-
-log = logging.getLogger("lingua_edit.datasets")
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
