@@ -39,3 +39,35 @@ def queue_depth(settings: Settings) -> int | None:
         return int(redis_client(broker_url(settings)).llen(settings.queue))
     except (redis.RedisError, BrokerNotConfiguredError, OSError):
         return None
+
+
+# kombu's Redis transport keeps priorities 3/6/9 in sibling lists named queue + "\x06\x16" + priority.
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+def pending_task_payloads(settings: Settings) -> list[bytes] | None:
+    """Raw task messages waiting in the queue or delivered but not yet acknowledged (kombu's `unacked`
+    hash); None when the broker cannot be read. Task messages carry the job id in `argsrepr`."""
+    try:
+        client = redis_client(broker_url(settings))
+        payloads: list[bytes] = []
+        for suffix in _PRIORITY_SUFFIXES:
+            payloads += client.lrange(settings.queue + suffix, 0, -1)
+        payloads += list(client.hvals("unacked"))
+        return payloads
+    except (redis.RedisError, BrokerNotConfiguredError, OSError):
+        return None
+
+
+def worker_key(settings: Settings, worker: str) -> str:
+    return f"lingua-edit:{settings.queue}:worker:{worker}"
+
+
+def live_workers(settings: Settings) -> list[str] | None:
+    """Workers that announced themselves within worker_heartbeat_ttl_s (see worker.liveness)."""
+    try:
+        client = redis_client(broker_url(settings))
+        prefix = worker_key(settings, "")
+        return [k.decode()[len(prefix) :] for k in client.scan_iter(match=prefix + "*", count=100)]
+    except (redis.RedisError, BrokerNotConfiguredError, OSError):
+        return None

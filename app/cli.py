@@ -16,7 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.db.migrate import SchemaOutOfDateError
-    from app.embedded import prepare_embedded, start_worker, stop_redis, stop_worker
+    from app.embedded import WorkerSupervisor, prepare_embedded, stop_redis
     from app.main import create_app
     from app.settings import get_settings
 
@@ -29,25 +29,26 @@ def _serve(args: argparse.Namespace) -> int:
             stop_redis(server)
         return 2
     log_args = ["--log-level", args.log_level, "--log-format", args.log_format]
-    worker = None if args.no_worker else start_worker(extra_args=log_args)
+    # Supervised: a worker that dies (OOM, kill -9) is restarted with backoff; /readyz says 503 meanwhile.
+    worker = None if args.no_worker else WorkerSupervisor(log_level=args.log_level, extra_args=log_args).start()
     # webhook deliveries run in their own worker on their own queue: a slow receiver never holds the GPU one
-    hooks = None if args.no_worker else start_worker(extra_args=[*log_args, "--webhooks"])
+    hooks = None if args.no_worker else WorkerSupervisor(
+        log_level=args.log_level, extra_args=[*log_args, "--webhooks"]).start()
     # uvicorn re-raises SIGTERM after its graceful shutdown; with a Python handler installed that becomes
     # SystemExit, so the finally below still stops the worker and the embedded Redis.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(
-            api,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level.lower(),
-            # json: uvicorn's loggers propagate to the root handler set up by --log-format
-            **({"log_config": None} if args.log_format == "json" else {}),
-        )
+        # json: uvicorn's loggers propagate to the root handler set up by --log-format
+        log_config = {"log_config": None} if args.log_format == "json" else {}
+        if args.workers > 1:  # each uvicorn worker process builds its own app from the environment
+            uvicorn.run("app.main:create_app", factory=True, workers=args.workers, host=args.host,
+                        port=args.port, log_level=args.log_level.lower(), **log_config)
+        else:
+            uvicorn.run(api, host=args.host, port=args.port, log_level=args.log_level.lower(), **log_config)
     finally:
-        for proc in (hooks, worker):
-            if proc:
-                stop_worker(proc)
+        for sup in (hooks, worker):
+            if sup:
+                sup.stop()
         if server is not None:
             stop_redis(server)
     return 0
@@ -108,17 +109,73 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _webhooks_rotate(args: argparse.Namespace) -> int:
+def _keys_context():  # noqa: ANN202
     from app.context import make_context
     from app.db.migrate import SchemaOutOfDateError, check_current
     from app.settings import get_settings
-    from app.webhooks.secrets import rotate
 
     ctx = make_context(get_settings())
     try:
         check_current(ctx.engine)
     except SchemaOutOfDateError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+    return ctx
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from app.db.models import ApiKey
+
+    ctx = _keys_context()
+    if ctx is None:
+        return 2
+    with ctx.sessions() as s:
+        q = select(ApiKey).order_by(ApiKey.id)
+        if args.tenant:
+            q = q.where(ApiKey.tenant == args.tenant)
+        rows = list(s.scalars(q))
+    print(f"{'ID':>6}  {'TENANT':<24} {'PREFIX':<12} {'CREATED':<20} REVOKED")
+    for r in rows:
+        revoked = r.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if r.revoked_at else "-"
+        print(f"{r.id:>6}  {r.tenant:<24} {r.prefix:<12} {r.created_at:%Y-%m-%d %H:%M:%S}  {revoked}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from app.db.base import utcnow
+    from app.db.models import ApiKey
+    from app.keys.service import hash_key
+
+    ctx = _keys_context()
+    if ctx is None:
+        return 2
+    with ctx.sessions() as s:
+        if args.key.isdigit():
+            row = s.get(ApiKey, int(args.key))
+        elif args.key.startswith("le_") and len(args.key) > 20:  # the whole key
+            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(args.key)))
+        else:
+            print("lingua-edit: error: give a key id (from `keys list`) or the whole key", file=sys.stderr)
+            return 2
+        if row is None:
+            print("lingua-edit: error: no such key", file=sys.stderr)
+            return 1
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+            s.commit()
+        print(f"revoked key {row.id} ({row.prefix}...) of tenant {row.tenant}")
+    return 0
+
+
+def _webhooks_rotate(args: argparse.Namespace) -> int:
+    from app.webhooks.secrets import rotate
+
+    ctx = _keys_context()
+    if ctx is None:
         return 2
     with ctx.sessions() as s:
         row = rotate(s, args.tenant)
@@ -184,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--data-dir", help="where the embedded database, Redis, uploads and artifacts live")
     s.add_argument("--no-worker", action="store_true", help="start the API only")
+    s.add_argument("--workers", type=int, default=1, help="uvicorn worker processes for the API (production)")
     s.add_argument("--log-level", default="INFO")
     s.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS)
     s.set_defaults(func=_serve)
@@ -203,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     kc = k.add_parser("create", help="create an API key and print it (shown once)")
     kc.add_argument("--tenant", required=True)
     kc.set_defaults(func=_keys_create)
+    kl = k.add_parser("list", help="list API keys (id, tenant, prefix, created, revoked); never the secrets")
+    kl.add_argument("--tenant", help="only this tenant's keys")
+    kl.set_defaults(func=_keys_list)
+    kr = k.add_parser("revoke", help="revoke an API key at once, by id (from `keys list`) or the whole key")
+    kr.add_argument("key")
+    kr.set_defaults(func=_keys_revoke)
 
     wh = sub.add_parser("webhooks", help="webhook signing secrets").add_subparsers(
         dest="webhooks_command", required=True

@@ -22,6 +22,8 @@ class Context:
     engine: Engine
     sessions: sessionmaker[Session]
     storage: Storage
+    # Autocommit connections for the polling reads (no BEGIN/COMMIT round trips); the same pool.
+    read_engine: Engine | None = None
     _celery: Celery | None = field(default=None, repr=False)
 
     @property
@@ -33,12 +35,15 @@ class Context:
         return self._celery
 
 
-def make_context(settings: Settings) -> Context:
+def make_context(settings: Settings, pool_pre_ping: bool = True) -> Context:
+    """`pool_pre_ping=False` (the API) saves a round trip per request; a connection the database dropped
+    then fails once (503) and SQLAlchemy replaces the whole pool. Workers keep the ping."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(settings.resolved_database_url(), pool_pre_ping=pool_pre_ping)
     return Context(
         settings=settings,
         engine=engine,
         sessions=make_session_factory(engine),
         storage=make_storage(settings),
+        read_engine=engine.execution_options(isolation_level="AUTOCOMMIT"),
     )

@@ -77,6 +77,52 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         proc.wait()
 
 
+class WorkerSupervisor:
+    """Keeps one worker subprocess running for `lingua-edit serve`: a worker that exits or is killed is
+    started again after a backoff (1 s doubling to 60 s; reset once a worker has run for 60 s)."""
+
+    def __init__(self, log_level: str = "INFO", min_backoff_s: float = 1.0, max_backoff_s: float = 60.0,
+                 extra_args: list[str] | None = None) -> None:
+        import threading
+
+        self.log_level, self.min_backoff_s, self.max_backoff_s = log_level, min_backoff_s, max_backoff_s
+        self.extra_args = extra_args  # e.g. --log-format json, --webhooks (the webhook-delivery worker)
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="worker-supervisor")
+
+    def start(self) -> WorkerSupervisor:
+        self.proc = start_worker(log_level=self.log_level, extra_args=self.extra_args)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import time
+
+        backoff = self.min_backoff_s
+        started = time.monotonic()
+        while not self._stop.wait(0.5):
+            if self.proc is None or self.proc.poll() is None:
+                continue
+            code = self.proc.returncode
+            if time.monotonic() - started > 60:
+                backoff = self.min_backoff_s
+            log.error("worker (pid %s) exited with %s; restarting in %.0f s", self.proc.pid, code, backoff)
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, self.max_backoff_s)
+            self.proc = start_worker(log_level=self.log_level, extra_args=self.extra_args)
+            self.restarts += 1
+            started = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        if self.proc is not None:
+            stop_worker(self.proc)
+
+
 def prepare_embedded(data_dir: Path | None) -> Any | None:
     """Fill in the environment for everything not configured, run migrations on the embedded database.
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("lingua_edit.api")
@@ -44,6 +47,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorEnvelope, "description": "missing or invalid API key"},
     404: {"model": ErrorEnvelope, "description": "not found (also: another tenant's object)"},
     422: {"model": ErrorEnvelope, "description": "invalid request; `param` names the field"},
+    413: {"model": ErrorEnvelope, "description": "request body larger than the server's limit"},
+    503: {"model": ErrorEnvelope, "description": "a backing service (database, queue) is unavailable"},
 }
 
 
@@ -73,12 +78,29 @@ _HTTP_CODES = {
     422: "invalid_request",
     429: "rate_limited",
     503: "unavailable",
+    507: "insufficient_storage",
 }
 
 
+_UNION_TAG = re.compile(r"^[a-z][a-z-]*\[.*\]$")
+
+
 def _param_of(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # Union members add tags like "list[constrained-int]" or "literal['auto']": not field names.
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header") and not _UNION_TAG.match(str(p))]
     return ".".join(parts) or None
+
+
+def _allowed_methods(req: Request) -> str:
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in req.app.router.routes:
+        match, _ = route.matches({**req.scope, "method": "GET"})
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
 
 
 def install(app: FastAPI) -> None:
@@ -100,10 +122,32 @@ def install(app: FastAPI) -> None:
         return envelope(422, "invalid_request", message, param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return envelope(exc.status_code, code, message, None, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            headers = {**(headers or {}), "Allow": _allowed_methods(req)}
+        return envelope(exc.status_code, code, message, None, headers)
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(req: Request, exc: OperationalError) -> JSONResponse:
+        # The database is restarting or unreachable: a retryable 503, and the pool reconnects by itself.
+        log.error("database unavailable on %s %s: %s", req.method, req.url.path, str(exc).splitlines()[0])
+        return envelope(503, "unavailable", "the database is unavailable; try again later", None,
+                        {"Retry-After": "5"})
+
+    @app.exception_handler(OSError)
+    async def _os_error(req: Request, exc: OSError) -> JSONResponse:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.error("storage full on %s %s: %s", req.method, req.url.path, exc)
+            return envelope(507, "insufficient_storage", "the server has no room to store this; try later")
+        log.exception("unhandled error on %s %s", req.method, req.url.path)
+        return envelope(500, "internal_error", "internal server error", None)
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_req: Request, _exc: RecursionError) -> JSONResponse:
+        return envelope(422, "invalid_request", "the input is nested too deeply")
 
     @app.exception_handler(Exception)
     async def _unhandled(req: Request, exc: Exception) -> JSONResponse:

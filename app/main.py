@@ -18,10 +18,13 @@ from app.dashboard.router import router as dashboard_router
 from app.datasets.router import router as datasets_router
 from app.db.migrate import check_current
 from app.edits.router import router as edits_router
+from app.guard import RequestGuard, install_log_scrubber
 from app.health import router as health_router
+from app.keys.router import router as keys_router
 from app.logs import JobIdMiddleware
 from app.metrics import LatencyMiddleware, make_registry
 from app.models.router import router as models_router
+from app.scratch import clean_orphans
 from app.settings import Settings, get_settings
 from app.webhooks.router import router as webhooks_router
 
@@ -48,12 +51,13 @@ def create_app(
     settings: Settings | None = None, ctx: Context | None = None, check_schema: bool = True
 ) -> FastAPI:
     settings = settings or get_settings()
-    ctx = ctx or make_context(settings)
+    ctx = ctx or make_context(settings, pool_pre_ping=False)
     if check_schema:
         check_current(ctx.engine)  # refuse to serve on a database that is behind
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        clean_orphans(settings.data_dir / "tmp")  # uploads a killed API process left half-written
         task = asyncio.create_task(_reaper_loop(ctx)) if settings.reaper_interval_s > 0 else None
         yield
         if task:
@@ -67,6 +71,8 @@ def create_app(
     app.state.metrics_registry = registry
     app.add_middleware(LatencyMiddleware, histogram=latency)
     app.add_middleware(JobIdMiddleware)
+    app.add_middleware(RequestGuard, settings=settings)
+    install_log_scrubber()
     return app
 
 
@@ -82,7 +88,7 @@ def _fastapi(lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | 
     errors.install(app)
     app.include_router(health_router)
     app.include_router(dashboard_router)  # HTML pages, not part of the OpenAPI document
-    for r in (edits_router, artifacts_router, datasets_router, models_router, webhooks_router):
+    for r in (edits_router, artifacts_router, datasets_router, models_router, webhooks_router, keys_router):
         app.include_router(r, responses=errors.ERROR_RESPONSES)
     return app
 

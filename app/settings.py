@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     # name -> local model directory (JSON in the environment: {"tiny": "/models/tiny"}).
     model_registry: dict[str, str] = Field(default_factory=dict)
     allow_hub_models: bool = True
+    hub_timeout_s: float = 10.0  # per hub metadata request (etag look-up)
+    hub_download_timeout_s: float = 1800.0  # a whole hub download; the job fails with model_not_found after
     model_cache_size: int = 1  # models kept loaded per worker process (LRU)
     device: str | None = None
     dtype: str | None = None
@@ -48,13 +50,28 @@ class Settings(BaseSettings):
     retention_days: float = Field(0, ge=0)
 
     max_upload_bytes: int = 20 * 1024 * 1024
+    # Every other request body (JSON); answered 413 before the body is read when Content-Length says so.
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_prompt_chars: int = 8000  # one calibration prompt (inline rows and uploads)
     max_inline_rows: int = 2000
     max_page_size: int = 100
 
-    heartbeat_interval_s: float = 10.0
-    stale_after_s: float = 120.0  # a running job without heartbeat this long is reaped
+    # Per tenant: queued jobs beyond this are refused (429 + Retry-After); running jobs beyond
+    # tenant_max_running_jobs wait in the queue (the worker defers them) so one tenant cannot hold every GPU.
+    tenant_max_queued_jobs: int = 50
+    tenant_max_running_jobs: int = 2
+    tenant_retry_after_s: float = 30.0
+
+    heartbeat_interval_s: float = 5.0
+    # A running job without heartbeat this long is reaped; with the reaper period below a dead worker's
+    # job is handled within stale_after_s + reaper_interval_s (two reaper periods).
+    stale_after_s: float = 15.0
     max_attempts: int = 2  # 2 = a job whose worker died is re-queued once, then failed
-    reaper_interval_s: float = 30.0  # 0 disables the API's periodic reaper
+    reaper_interval_s: float = 15.0  # 0 disables the API's periodic reaper
+    # A queued job whose task message is in neither the broker queue nor its unacked set after this long
+    # is dispatched again (the message was lost, e.g. Redis restarted without persistence).
+    redispatch_after_s: float = 10.0
+    worker_heartbeat_ttl_s: float = 15.0  # /readyz: a worker that has not said so within this is gone
 
     # Fallback Standard Webhooks secret (`whsec_...`) for tenants without their own (`lingua-edit webhooks
     # rotate-secret`, POST /v1/webhook-secret); deliveries without any secret go out unsigned.
@@ -74,6 +91,9 @@ class Settings(BaseSettings):
     judge_model: str | None = None
     judge_url: str | None = None
     judge_api_model: str | None = None
+
+    # /metrics shows every tenant's job counts: served only with this bearer token (unset: 404).
+    metrics_token: str | None = None
 
     log_level: str = "INFO"
 

@@ -17,9 +17,8 @@ WEBHOOK_TASK_NAME = "lingua_edit.deliver_webhook"  # on settings.webhook_queue, 
 
 
 def make_celery(settings: Settings, include_tasks: bool = False) -> Celery:
-    app = Celery(
-        "lingua_edit", broker=broker_url(settings), include=["worker.tasks", "worker.webhook"] if include_tasks else []
-    )
+    tasks = ["worker.tasks", "worker.webhook", "worker.liveness"] if include_tasks else []
+    app = Celery("lingua_edit", broker=broker_url(settings), include=tasks)
     app.conf.update(
         task_default_queue=settings.queue,
         task_routes={

@@ -1,15 +1,28 @@
-"""Jobs whose worker died (kill -9, OOM, lost node) stop heartbeating; re-queue them once, then fail them."""
+"""The reaper keeps every job moving towards a terminal state:
+
+- running jobs whose worker stopped heartbeating (kill -9, OOM, lost node, a disk-full worker that could
+  not record its failure) are re-queued once, then failed;
+- queued jobs whose task message is gone (Redis restarted without persistence, a publish lost, a job the
+  worker deferred for the tenant's running limit) are dispatched again (dispatch is idempotent on the row);
+- scratch directories of dead processes are removed.
+
+One job's failure does not stop the others; a failed run is logged and the next run retries.
+"""
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
+
+from app.broker import pending_task_payloads
 from app.context import Context
 from app.db.base import utcnow
+from app.db.models import EditJob
 from app.edits import repository as repo
-from app.edits.service import enqueue
-from app.errors import ApiError
+from app.edits.service import dispatch
+from app.scratch import clean_orphans
 from worker.webhook import notify
 
 log = logging.getLogger("lingua_edit.reaper")
@@ -23,66 +36,127 @@ LOST = (
 def reap(
     ctx: Context, now: datetime | None = None, stale_after_s: float | None = None
 ) -> list[tuple[str, str]]:
-    """Handle every stale running job; returns (job_id, action) with action requeued|failed|cancelled."""
+    """One reaper pass; returns (job_id, action) with action requeued|failed|cancelled|redispatched."""
     now = now or utcnow()
+    actions = reap_stale(ctx, now, stale_after_s)
+    actions += redispatch_lost(ctx, now)
+    try:
+        clean_orphans(ctx.settings.data_dir / "tmp")
+    except OSError as exc:
+        log.warning("reaper: scratch clean-up failed: %s", exc)
+    return actions
+
+
+def reap_stale(ctx: Context, now: datetime, stale_after_s: float | None = None) -> list[tuple[str, str]]:
     cutoff = now - timedelta(seconds=ctx.settings.stale_after_s if stale_after_s is None else stale_after_s)
-    actions: list[tuple[str, str]] = []
     with ctx.sessions() as session:
-        for job in repo.stale_running(session, cutoff):
-            from_status = (job.status,)
-            if job.cancel_requested:
-                ok = repo.transition(session, job.id, from_status, status="cancelled", finished_at=now)
-                action = "cancelled"
-                if ok:
-                    repo.add_event(session, job.id, "cancelled", "cancelled (the worker stopped responding)")
-            elif job.attempts < ctx.settings.max_attempts:
-                ok = repo.transition(
+        stale = [(j.id, j.status, j.cancel_requested, j.attempts, j.heartbeat_at)
+                 for j in repo.stale_running(session, cutoff)]
+    actions: list[tuple[str, str]] = []
+    for job_id, status, cancel_requested, attempts, heartbeat_at in stale:
+        try:
+            action = _reap_one(ctx, now, job_id, status, cancel_requested, attempts)
+        except Exception:
+            log.exception("reaper: could not handle stale job %s; retrying next run", job_id)
+            continue
+        if action is None:
+            continue
+        log.warning("reaper: job %s %s (heartbeat %s)", job_id, action, heartbeat_at)
+        actions.append((job_id, action))
+        if action == "requeued":
+            try:
+                dispatch(ctx, job_id)
+            except Exception as exc:  # broker down: the job stays queued and redispatch_lost sends it later
+                log.error("reaper: could not dispatch %s: %s", job_id, exc)
+        else:
+            notify(ctx, job_id)
+    return actions
+
+
+def _reap_one(
+    ctx: Context, now: datetime, job_id: str, status: str, cancel_requested: bool, attempts: int
+) -> str | None:
+    from_status = (status,)
+    with ctx.sessions() as session:
+        if cancel_requested:
+            ok = repo.transition(session, job_id, from_status, status="cancelled", finished_at=now)
+            action = "cancelled"
+            if ok:
+                repo.add_event(session, job_id, "cancelled", "cancelled (the worker stopped responding)")
+        elif attempts < ctx.settings.max_attempts:
+            ok = repo.transition(
+                session,
+                job_id,
+                from_status,
+                status="queued",
+                worker_id=None,
+                heartbeat_at=None,
+                progress_phase=None,
+                progress_done=0,
+                progress_total=0,
+            )
+            action = "requeued"
+            if ok:
+                repo.add_event(
                     session,
-                    job.id,
-                    from_status,
-                    status="queued",
-                    worker_id=None,
-                    heartbeat_at=None,
-                    progress_phase=None,
-                    progress_done=0,
-                    progress_total=0,
+                    job_id,
+                    "requeued",
+                    "the worker stopped responding; job re-queued",
+                    {"attempts": attempts},
+                    level="warning",
                 )
-                action = "requeued"
-                if ok:
-                    repo.add_event(
-                        session,
-                        job.id,
-                        "requeued",
-                        "the worker stopped responding; job re-queued",
-                        {"attempts": job.attempts},
-                        level="warning",
-                    )
-            else:
-                ok = repo.transition(
-                    session,
-                    job.id,
-                    from_status,
-                    status="failed",
-                    finished_at=now,
-                    error_type="system",
-                    error_code="worker_lost",
-                    error_message=LOST.format(n=max(0, job.attempts - 1)),
-                )
-                action = "failed"
-                if ok:
-                    repo.add_event(
-                        session, job.id, "error", LOST.format(n=max(0, job.attempts - 1)), level="error"
-                    )
-            if not ok:  # the worker or the API changed it meanwhile
-                continue
+        else:
+            message = LOST.format(n=max(0, attempts - 1))
+            ok = repo.transition(
+                session,
+                job_id,
+                from_status,
+                status="failed",
+                finished_at=now,
+                error_type="system",
+                error_code="worker_lost",
+                error_message=message,
+            )
+            action = "failed"
+            if ok:
+                repo.add_event(session, job_id, "error", message, level="error")
+                ctx.storage.delete_prefix(f"edits/{job_id}")  # whatever the dead attempt stored
+        if not ok:  # the worker or the API changed it meanwhile
+            return None
+        session.commit()
+    return action
+
+
+def redispatch_lost(ctx: Context, now: datetime) -> list[tuple[str, str]]:
+    """Dispatch again every queued job older than redispatch_after_s whose message is in neither the broker
+    queue nor its unacked set. Skipped while the broker cannot be read."""
+    cutoff = now - timedelta(seconds=ctx.settings.redispatch_after_s)
+    with ctx.sessions() as session:
+        queued = list(
+            session.scalars(
+                select(EditJob.id).where(EditJob.status == "queued", EditJob.updated_at < cutoff).limit(1000)
+            )
+        )
+    if not queued:
+        return []
+    payloads = pending_task_payloads(ctx.settings)
+    if payloads is None:
+        return []
+    blob = b"\n".join(payloads)
+    actions: list[tuple[str, str]] = []
+    for job_id in queued:
+        if job_id.encode() in blob:
+            continue
+        try:
+            dispatch(ctx, job_id)
+        except Exception as exc:
+            log.error("reaper: could not re-dispatch %s: %s", job_id, exc)
+            break
+        with ctx.sessions() as session:  # so the next run waits redispatch_after_s again
+            repo.transition(session, job_id, ("queued",))
+            repo.add_event(session, job_id, "redispatched", "the job's task message was lost; sent again",
+                           level="warning")
             session.commit()
-            log.warning("reaper: job %s %s (heartbeat %s)", job.id, action, job.heartbeat_at)
-            if action == "requeued":
-                try:
-                    enqueue(ctx, session, job)
-                except ApiError:
-                    action = "failed"
-            actions.append((job.id, action))
-            if action != "requeued":
-                notify(ctx, job.id)
+        log.warning("reaper: job %s had no task message; re-dispatched", job_id)
+        actions.append((job_id, "redispatched"))
     return actions

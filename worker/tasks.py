@@ -6,12 +6,13 @@ worker) does nothing, so duplicate deliveries are harmless.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import logging
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -22,14 +23,18 @@ from typing import Any
 
 from celery import shared_task
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from app.context import Context, make_context
 from app.db.base import utcnow
 from app.db.models import Artifact, Dataset, EditJob, LanguageResultRow
 from app.edits import repository as repo
 from app.logs import job_id_var
+from app.models.resolve import UnknownModelError, resolve_model
+from app.scratch import make_scratch
 from app.settings import get_settings
 from worker.celery_app import TASK_NAME
+from worker.hub import fetch_hub_snapshot
 from worker.model_cache import ModelCache
 from worker.webhook import notify
 
@@ -116,6 +121,11 @@ class JobRunner:
             elif job.status != "queued":
                 log.info("job %s is %s; nothing to do", job.id, job.status)
                 return None
+            running = repo.count_jobs(s, job.tenant, ("running", "cancelling"))
+            if from_status == ("queued",) and running >= self.settings.tenant_max_running_jobs:
+                # Left queued without a message: the reaper dispatches it again later (redispatch_lost).
+                log.info("job %s deferred: tenant has %d running jobs", job.id, running)
+                return None
             ok = repo.transition(
                 s,
                 job.id,
@@ -134,10 +144,22 @@ class JobRunner:
             repo.add_event(s, job.id, "started", f"started on {worker_id()}", {"attempt": job.attempts + 1})
             s.commit()
             s.refresh(job)
-            return job
+        # Files an earlier attempt stored before it died were never recorded: remove them.
+        self.ctx.storage.delete_prefix(f"edits/{job.id}")
+        return job
 
     # -- engine hooks -----------------------------------------------------------------------------------
     def progress(self, phase: str, done: int, total: int, message: str | None = None) -> None:
+        try:
+            self._record_progress(phase, done, total, message)
+        except OperationalError as exc:
+            # Progress is advisory: a database restart must not fail the job. The heartbeat thread keeps
+            # trying; the outcome is written with retries (finish / _record_success).
+            log.warning("progress of %s not recorded (%s)", self.job_id, str(exc).splitlines()[0])
+            self._last_phase = None  # write the phase event again once the database is back
+        stall_for_fault_test(phase)
+
+    def _record_progress(self, phase: str, done: int, total: int, message: str | None) -> None:
         if phase == "warning":
             with self.ctx.sessions() as s:
                 repo.add_event(s, self.job_id, "warning", message or "", level="warning")
@@ -180,10 +202,13 @@ class JobRunner:
         now = time.monotonic()
         if not self._cancel and now - self._last_cancel_check >= 0.25:
             self._last_cancel_check = now
-            with self.ctx.sessions() as s:
-                self._cancel = bool(
-                    s.scalar(select(EditJob.cancel_requested).where(EditJob.id == self.job_id))
-                )
+            try:
+                with self.ctx.sessions() as s:
+                    self._cancel = bool(
+                        s.scalar(select(EditJob.cancel_requested).where(EditJob.id == self.job_id))
+                    )
+            except OperationalError:  # database restarting: check again at the next call
+                pass
         return self._cancel
 
     # -- the job --------------------------------------------------------------------------------------
@@ -193,7 +218,7 @@ class JobRunner:
             return
         log.info("running on model %s (attempt %d)", job.model, job.attempts)
         notify(self.ctx, job.id, "edit.running")
-        scratch = Path(tempfile.mkdtemp(prefix=f"job-{job.id}-", dir=self._scratch_root()))
+        scratch = make_scratch(self.settings.data_dir / "tmp", f"job-{job.id}")
         beat = Heartbeat(self.ctx, job.id)
         beat.start()
         loaded = None
@@ -202,27 +227,31 @@ class JobRunner:
 
             try:
                 config = self.build_config(job, scratch)
-                self.progress("load", 0, 1, f"loading model {job.model}")
-                loaded = self.cache.get(
-                    config.model,
-                    config.device,
-                    config.dtype,
-                    self.settings.model_registry,
-                    revision=config.base_revision,
-                )
-                self.progress("load", 1, 1, "model loaded")
                 from worker.engine.pipeline import run_edit as engine_run_edit
                 from worker.engine.progress import Reporter
 
                 reporter = Reporter(progress=self.progress, should_cancel=self.should_cancel)
+                self.progress("load", 0, 1, f"loading model {job.model}")
                 reporter.check_cancel()
-                result = engine_run_edit(config, scratch / "out", reporter=reporter, loaded=loaded)
+                loaded = self.load_model(job.model, config, reporter)
+                reporter.check_cancel()  # loading can take minutes: honour a cancel that came meanwhile
+                self.progress("load", 1, 1, "model loaded")
+                # The engine records spec/path in manifest.json: give it the public name, not a server path.
+                public = dataclasses.replace(loaded, spec=job.model, path=job.model)
+                result = engine_run_edit(config, scratch / "out", reporter=reporter, loaded=public)
                 self.publish(job, scratch / "out", result)
             except EditCancelled:
                 self.finish("cancelled", "cancelled", "cancelled by request")
                 self._drop(loaded)
             except UserError as exc:
                 self.finish("failed", "error", exc.message, error=("user", exc.code, exc.message, exc.param))
+                self._drop(loaded)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                log.error("job %s: no space left (%s)", job.id, exc)
+                msg = "the server ran out of storage space while running this job; retry later"
+                self.finish("failed", "error", msg, error=("system", "insufficient_storage", msg, None))
                 self._drop(loaded)
             except Exception as exc:
                 log.exception("job %s failed", job.id)
@@ -235,6 +264,20 @@ class JobRunner:
             shutil.rmtree(scratch, ignore_errors=True)
         log.info("job finished")
         notify(self.ctx, job.id)
+
+    def load_model(self, name: str, config: Any, reporter: Any) -> Any:
+        """Resolve the job's model by the service's rules (never as a path), then load it through the cache."""
+        from worker.engine.errors import ModelNotFoundError
+
+        try:
+            ref = resolve_model(self.settings, name)
+        except UnknownModelError as exc:
+            raise ModelNotFoundError(str(exc), param="model") from None
+        if ref.source == "hub":
+            target = fetch_hub_snapshot(ref.target, self.settings, reporter.check_cancel, config.base_revision)
+        else:
+            target = ref.target  # "demo" or the registered directory
+        return self.cache.get(target, config.device, config.dtype, {})
 
     def _drop(self, loaded: Any) -> None:
         if loaded is not None:
@@ -274,10 +317,19 @@ class JobRunner:
             values.update(
                 error_type=error[0], error_code=error[1], error_message=error[2], error_param=error[3]
             )
-        with self.ctx.sessions() as s:
-            if repo.transition(s, self.job_id, ("running", "cancelling"), **values):
-                repo.add_event(s, self.job_id, event, message, level="error" if error else "info")
-            s.commit()
+        # The database may be briefly unwritable (disk full, restarting): retry for a while; if it never
+        # comes back the heartbeat has stopped, so the reaper records the outcome once storage returns.
+        for delay in (0.5, 1, 2, 4, 8):
+            try:
+                with self.ctx.sessions() as s:
+                    if repo.transition(s, self.job_id, ("running", "cancelling"), **values):
+                        repo.add_event(s, self.job_id, event, message, level="error" if error else "info")
+                    s.commit()
+                return
+            except Exception as exc:
+                log.warning("could not record %s for %s (%s); retrying in %s s", status, self.job_id, exc, delay)
+                time.sleep(delay)
+        log.error("gave up recording %s for %s; the reaper will handle it", status, self.job_id)
 
     def publish(self, job: EditJob, out: Path, result: Any) -> None:
         """Move each output file into storage under a generated key, then record everything in one commit.
@@ -287,7 +339,16 @@ class JobRunner:
         """
         if job.destination:
             self.write_destination(job, out)
+        scrub_manifest(out / "manifest.json", job)
         files = [(p.relative_to(out).as_posix(), p) for p in sorted(out.rglob("*")) if p.is_file()]
+        try:
+            rows = self._put_artifacts(job, files)
+        except BaseException:  # disk full, storage down, killed: no partial artifact set stays behind
+            self.ctx.storage.delete_prefix(f"edits/{job.id}")
+            raise
+        self._record_success(job, rows, result)
+
+    def _put_artifacts(self, job: EditJob, files: list[tuple[str, Path]]) -> list[Artifact]:
         rows = []
         for name, path in files:
             kind = KINDS.get(name, "model" if name.startswith("model/") else "other")
@@ -306,6 +367,21 @@ class JobRunner:
                     content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
                 )
             )
+        return rows
+
+    def _record_success(self, job: EditJob, rows: list[Artifact], result: Any) -> None:
+        for delay in (0.5, 1, 2, 4, 8, None):  # the database may be restarting: the files are in storage
+            try:
+                self._commit_success(job, rows, result)
+                return
+            except OperationalError as exc:
+                if delay is None:
+                    raise
+                log.warning("could not record the result of %s (%s); retrying", job.id, str(exc).splitlines()[0])
+                time.sleep(delay)
+
+    def _commit_success(self, job: EditJob, rows: list[Artifact], result: Any) -> None:
+        rows = [_copy_artifact(r) for r in rows]  # fresh objects: a failed attempt's session is gone
         with self.ctx.sessions() as s:
             ok = repo.transition(
                 s,
@@ -354,10 +430,52 @@ class JobRunner:
             repo.add_event(s, job.id, "destination", f"written to {dest.location}", {"location": dest.location})
             s.commit()
 
-    def _scratch_root(self) -> Path:
-        root = self.settings.data_dir / "tmp"
-        root.mkdir(parents=True, exist_ok=True)
-        return root
+
+# Worker-side settings the engine records in its config; they name server paths and endpoints.
+_SERVER_ONLY = ("calibration", "device", "dtype", "judge_model", "judge_url", "judge_api_model")
+
+
+def scrub_manifest(path: Path, job: EditJob) -> None:
+    """Keep server-side paths out of the published manifest: the model by its public name, the
+    calibration data by its dataset id."""
+    import json
+
+    if not path.is_file():
+        return
+    manifest = json.loads(path.read_text())
+    base = manifest.get("base_model") or {}
+    base["spec"] = base["path"] = job.model
+    manifest["base_model"] = base
+    config = manifest.get("config") or {}
+    for key in _SERVER_ONLY:
+        config.pop(key, None)
+    config["model"] = job.model
+    config["dataset_id"] = job.dataset_id
+    manifest["config"] = config
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+
+
+def _copy_artifact(a: Artifact) -> Artifact:
+    return Artifact(
+        job_id=a.job_id, name=a.name, kind=a.kind, storage_key=a.storage_key, size=a.size, sha256=a.sha256,
+        content_type=a.content_type,
+    )
+
+
+_stalled: set[str] = set()
+
+
+def stall_for_fault_test(phase: str) -> None:
+    """Fault-suite hook (tests/faults): LINGUA_EDIT_FAULT_STALL=phase:seconds makes the worker sleep the
+    first time it enters `phase`, so a test can kill it there. Unset in every real deployment."""
+    spec = os.environ.get("LINGUA_EDIT_FAULT_STALL")
+    if not spec or phase in _stalled:
+        return
+    name, _, seconds = spec.partition(":")
+    if name == phase:
+        _stalled.add(phase)
+        log.warning("fault test: stalling in phase %s for %s s", phase, seconds)
+        time.sleep(float(seconds or 30))
 
 
 def _sha256(path: Path) -> str:

@@ -4,18 +4,51 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from app.context import Context
 from app.db.models import Dataset
 from app.errors import ApiError, not_found
 from app.ids import new_id
+from app.scratch import make_scratch
+
+log = logging.getLogger("lingua_edit.datasets")
+
+_PENDING = "lingua_edit_uncommitted_storage"
+
+
+def claim_storage(session: Session, storage: Any, prefix: str) -> None:
+    """Tie a storage prefix to the session's transaction: it stays if the transaction commits, and is
+    deleted if it rolls back or the session closes without committing (an idempotent-create race, an
+    error later in the request), so no file exists without its row."""
+    session.info.setdefault(_PENDING, []).append((storage, prefix))
+
+
+def release_uncommitted(session: Session) -> None:
+    """Delete the storage the session claimed but never committed."""
+    for storage, prefix in session.info.pop(_PENDING, []):
+        try:
+            storage.delete_prefix(prefix)
+        except Exception:  # best effort; an orphan is harmless but logged
+            log.warning("could not delete uncommitted storage %s", prefix, exc_info=True)
+
+
+@event.listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _rolled_back(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.parent is None:  # the outermost transaction: nothing of it will be committed
+        release_uncommitted(session)
+
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
@@ -59,7 +92,12 @@ def _store(
     size = src.stat().st_size
     ds_id = new_id("ds")
     key = f"datasets/{ds_id}/data.{fmt}"
-    ctx.storage.put_file(src, key)
+    claim_storage(session, ctx.storage, f"datasets/{ds_id}")
+    try:
+        ctx.storage.put_file(src, key)
+    except BaseException:
+        release_uncommitted(session)
+        raise
     row = Dataset(
         id=ds_id,
         tenant=tenant,
@@ -87,7 +125,7 @@ def create_from_upload(
     if fmt is None:
         raise ApiError(422, "invalid_request", "file must be .jsonl or .csv", "file")
     limit = ctx.settings.max_upload_bytes
-    scratch = Path(tempfile.mkdtemp(prefix="le-upload-", dir=_scratch_root(ctx)))
+    scratch = make_scratch(ctx.settings.data_dir / "tmp", "le-upload")
     try:
         tmp = scratch / f"upload.{fmt}"  # generated name: the client's filename never reaches the filesystem
         written = 0
@@ -101,6 +139,7 @@ def create_from_upload(
             cs = load_calibration(tmp, max_bytes=limit)
         except UserError as exc:
             raise _calibration_error(exc, "file", tmp, Path(filename).name or "upload") from exc
+        check_prompt_lengths(ctx, cs, "file")
         return _store(ctx, session, tenant, tmp, filename, fmt, cs, inline=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -129,7 +168,8 @@ def create_inline(
         check_languages(cs, source_lang, target_langs)
     except UserError as exc:
         raise _calibration_error(exc, "calibration_rows") from exc
-    scratch = Path(tempfile.mkdtemp(prefix="le-inline-", dir=_scratch_root(ctx)))
+    check_prompt_lengths(ctx, cs, "calibration_rows")
+    scratch = make_scratch(ctx.settings.data_dir / "tmp", "le-inline")
     try:
         tmp = scratch / "rows.jsonl"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -138,6 +178,17 @@ def create_inline(
         return _store(ctx, session, tenant, tmp, "inline.jsonl", "jsonl", cs, inline=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_prompt_lengths(ctx: Context, cs: Any, field: str) -> None:
+    """Every prompt at most max_prompt_chars characters (a prompt costs tokenizer and GPU time)."""
+    limit = ctx.settings.max_prompt_chars
+    for p in getattr(cs, "prompts", []):
+        if len(p.text) > limit:
+            where = f"{field}.{p.row - 1}.prompt" if field == "calibration_rows" and p.row else field
+            raise ApiError(
+                422, "invalid_calibration", f"prompt {p.id!r} ({p.lang}) is longer than {limit} characters", where
+            )
 
 
 def check_languages(cs: Any, source_lang: str, target_langs: list[str] | None) -> None:
@@ -155,7 +206,7 @@ def check_dataset_languages(
     from worker.engine.data import load_calibration
     from worker.engine.errors import UserError
 
-    scratch = Path(tempfile.mkdtemp(prefix="le-check-", dir=_scratch_root(ctx)))
+    scratch = make_scratch(ctx.settings.data_dir / "tmp", "le-check")
     try:
         path = ctx.storage.local_path(ds.storage_key, scratch)
         try:
@@ -171,12 +222,6 @@ def get_dataset(session: Session, tenant: str, ds_id: str) -> Dataset:
     if row is None:
         raise not_found("dataset", "dataset_id")
     return row
-
-
-def _scratch_root(ctx: Context) -> Path:
-    root = ctx.settings.data_dir / "tmp"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def check_bundled_languages(source_lang: str, target_langs: list[str] | None) -> None:

@@ -3,21 +3,72 @@
 from __future__ import annotations
 
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import Artifact, EditJob, JobEvent, JobMetadata
+from app.db.models import ApiKey, Artifact, EditJob, JobEvent, JobMetadata, LanguageResultRow
+from app.keys.service import hash_key
 
 
 def get_job(session: Session, tenant: str, job_id: str) -> EditJob | None:
     return session.scalar(select(EditJob).where(EditJob.id == job_id, EditJob.tenant == tenant))
 
 
+# Built once: the polling path pays neither statement construction nor compilation per request.
+_JOB_FOR_KEY = select(EditJob.__table__).where(
+    EditJob.id == bindparam("job_id"),
+    EditJob.tenant
+    == select(ApiKey.tenant)
+    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+    .scalar_subquery(),
+)
+_METADATA = (
+    select(JobMetadata.key, JobMetadata.value)
+    .where(JobMetadata.job_id == bindparam("job_id"))
+    .order_by(JobMetadata.key)
+)
+_RESULTS = (
+    select(LanguageResultRow.__table__)
+    .where(LanguageResultRow.job_id == bindparam("job_id"))
+    .order_by(LanguageResultRow.id)
+)
+_ARTIFACTS = select(Artifact.__table__).where(Artifact.job_id == bindparam("job_id")).order_by(Artifact.id)
+
+
+def read_job(conn: Connection, key: str | None, job_id: str) -> SimpleNamespace | None:
+    """The job `job_id` of the tenant holding the unrevoked API key `key`, with its metadata (and, once
+    succeeded, results and artifacts), as plain rows with EditJob's attribute names. Core on a connection,
+    no ORM: this is the polling path."""
+    if not key:
+        return None
+    row = conn.execute(_JOB_FOR_KEY, {"job_id": job_id, "key_hash": hash_key(key)}).first()
+    if row is None:
+        return None
+    by_id = {"job_id": job_id}
+    meta = conn.execute(_METADATA, by_id).all()
+    results: list[Any] = []
+    artifacts: list[Any] = []
+    if row.status == "succeeded":  # the worker writes both in the commit that makes a job succeeded
+        results = conn.execute(_RESULTS, by_id).all()
+        artifacts = conn.execute(_ARTIFACTS, by_id).all()
+    return SimpleNamespace(**row._mapping, metadata_items=meta, results=results, artifacts=artifacts)
+
+
 def get_by_idempotency_key(session: Session, tenant: str, key: str) -> EditJob | None:
     return session.scalar(select(EditJob).where(EditJob.tenant == tenant, EditJob.idempotency_key == key))
+
+
+def count_jobs(session: Session, tenant: str, statuses: tuple[str, ...]) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(EditJob).where(EditJob.tenant == tenant, EditJob.status.in_(statuses))
+        )
+        or 0
+    )
 
 
 def list_jobs(
@@ -69,7 +120,7 @@ def list_events(
     return rows[:limit], len(rows) > limit
 
 
-def phases_seen(session: Session, job_id: str) -> list[str]:
+def phases_seen(session: Session | Connection, job_id: str) -> list[str]:
     """Phases in the order the worker entered them (one event per phase change)."""
     rows = session.scalars(
         select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "phase").order_by(JobEvent.id)

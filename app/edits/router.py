@@ -4,19 +4,26 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
-from app.deps import PageDep, SessionDep, TenantDep
+from app.deps import BearerDep, PageDep, SessionDep, TenantDep
 from app.edits import repository as repo
 from app.edits import service
 from app.edits.schemas import EditCreate, EditList, EditOut, EventList, EventOut, Status
-from app.errors import ApiError
+from app.errors import ApiError, ErrorEnvelope
 from app.webhooks.dispatch import notify
 
 router = APIRouter(prefix="/v1/edits", tags=["edits"])
+MAX_EVENT_ID = 2**63 - 1  # event ids are BIGINT
 _META = re.compile(r"^metadata\[(.{1,64})\]$")
 
 
-@router.post("", status_code=202, response_model=EditOut)
+@router.post(
+    "",
+    status_code=202,
+    response_model=EditOut,
+    responses={429: {"model": ErrorEnvelope, "description": "the tenant has too many queued jobs; see Retry-After"}},
+)
 def create_edit(
     request: Request,
     response: Response,
@@ -51,8 +58,11 @@ def list_edits(
 
 
 @router.get("/{job_id}", response_model=EditOut)
-def get_edit(session: SessionDep, tenant: TenantDep, job_id: str) -> EditOut:
-    return service.render(session, service.get_edit(session, tenant, job_id))
+async def get_edit(request: Request, credentials: BearerDep, job_id: str) -> Response:
+    """The polling path: authentication, the read and the rendering in one thread-pool call and one
+    session, plain rows instead of ORM objects, and the JSON written once (no response_model pass)."""
+    body = await run_in_threadpool(service.read_edit_json, request.app.state.ctx, credentials, job_id)
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", response_model=EditOut)
@@ -75,7 +85,7 @@ def list_events(session: SessionDep, tenant: TenantDep, job_id: str, page: PageD
     job = service.get_edit(session, tenant, job_id)
     after = None
     if page.after is not None:
-        if not page.after.isdigit():
+        if not page.after.isdigit() or int(page.after) > MAX_EVENT_ID:
             raise ApiError(422, "invalid_request", "after must be an event id", "after")
         after = int(page.after)
     events, has_more = repo.list_events(session, job.id, after=after, limit=page.limit)

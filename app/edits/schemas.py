@@ -18,7 +18,8 @@ Lang = Literal[SUPPORTED_LANGS]  # type: ignore[valid-type]
 class Hyperparameters(BaseModel):
     """Unset fields take the engine's defaults (worker/engine/config.py)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: no coercion ("rank": true or "4" is an error, not 1 or 4); numbers must be finite.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     method: Literal["search", "paper"] | None = Field(
         None, description="search (default): rank sparse closed-form candidates on validation prompts and ship "
         "the winner; paper: the paper's closed form as configured by layers/module/solve knobs",
@@ -36,9 +37,11 @@ class Hyperparameters(BaseModel):
     max_anchor_prompts: int | None = Field(None, ge=1)
     max_calibration_ids: int | None = Field(None, ge=1)
     second_test_prompts: int | None = Field(None, ge=0)
-    layers: Literal["auto"] | list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
-        None, description='"auto" or layer indices'
-    )
+    layers: (
+        Annotated[list[Annotated[int, Field(ge=0, le=1024)]], Field(min_length=1, max_length=256)]
+        | Literal["auto"]
+        | None
+    ) = Field(None, description='"auto" or 1-256 distinct layer indices')
     module: Literal["gate", "up", "gate+up", "down", "conditional"] | None = None
     tau_z: float | None = Field(None, ge=0)
     tau_d: float | None = Field(None, ge=0)
@@ -66,13 +69,13 @@ class Hyperparameters(BaseModel):
 
 
 class EditCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model: str = Field(min_length=1, max_length=512)
     source_language: Lang = "en"
     target_languages: list[Lang] | None = Field(None, min_length=1, max_length=len(SUPPORTED_LANGS))
     dataset_id: str | None = Field(None, max_length=64)
     calibration_rows: list[dict[str, Any]] | None = Field(None, min_length=1)
-    eval_split: float | None = Field(None, gt=0, lt=1)
+    eval_split: float | None = Field(None, gt=0, lt=1, strict=True)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     judge: Literal["refusal", "guard", "openai"] = "refusal"
     metadata: dict[str, str] = Field(default_factory=dict, max_length=16)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +30,7 @@ from app.edits.schemas import (
 )
 from app.errors import ApiError, not_found
 from app.ids import new_id
+from app.models.resolve import UnknownModelError, resolve_model
 from app.netguard import UnsafeURLError, check_webhook_url
 from app.settings import Settings
 from worker.celery_app import TASK_NAME
@@ -38,23 +38,27 @@ from worker.engine.result import standard_error
 
 log = logging.getLogger("lingua_edit.edits")
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-# worker.engine.models.DEMO_NAME; not imported, because that module imports torch (the API never needs it)
-DEMO_NAME = "demo"
 
 
 def check_model(settings: Settings, model: str) -> None:
-    if model == DEMO_NAME or model in settings.model_registry:
-        return
-    if settings.allow_hub_models and HUB_ID.match(model) and ".." not in model:
-        return  # existence is checked by the worker (no network here); failure is a user error
-    # Local paths are not accepted over HTTP: only registered names, so clients cannot probe the filesystem.
-    raise ApiError(
-        422,
-        "model_not_found",
-        f"unknown model {model!r}: use 'demo', a registered model name (GET /v1/models) or a hub id",
-        "model",
-    )
+    # Local paths are not accepted over HTTP, and every unknown name gets the same answer (no probing).
+    try:
+        resolve_model(settings, model)
+    except UnknownModelError as exc:
+        raise ApiError(422, exc.code, str(exc), "model") from None
+
+
+def check_tenant_quota(session: Session, settings: Settings, tenant: str) -> None:
+    """At most `tenant_max_queued_jobs` waiting jobs per tenant, so one tenant cannot fill the queue."""
+    waiting = repo.count_jobs(session, tenant, ("queued",))
+    if waiting >= settings.tenant_max_queued_jobs:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"this tenant already has {waiting} queued jobs (limit {settings.tenant_max_queued_jobs}); "
+            "retry when some have started",
+            headers={"Retry-After": str(int(settings.tenant_retry_after_s))},
+        )
 
 
 def request_hash(body: EditCreate) -> str:
@@ -101,12 +105,13 @@ def create_edit(
         if existing is not None:
             return _same_or_conflict(existing, digest), False
     check_model(ctx.settings, body.model)
+    check_tenant_quota(session, ctx.settings, tenant)
     if body.webhook_url:
         try:
             check_webhook_url(body.webhook_url, ctx.settings.webhook_private_allowlist)
         except UnsafeURLError as exc:
             raise ApiError(422, "invalid_webhook_url", str(exc), "webhook_url") from None
-    if body.base_revision and (body.model == DEMO_NAME or body.model in ctx.settings.model_registry):
+    if body.base_revision and (body.model == "demo" or body.model in ctx.settings.model_registry):
         raise ApiError(
             422, "invalid_request", "base_revision applies to hub models only (not demo or registered names)",
             "base_revision",
@@ -155,10 +160,16 @@ def create_edit(
     return job, True
 
 
+def dispatch(ctx: Context, job_id: str) -> None:
+    """Send the job's task. Idempotent on the row: the worker claims `queued` with a compare-and-set, so a
+    second message for the same job (a re-dispatch, a redelivery) does nothing."""
+    ctx.celery.send_task(TASK_NAME, args=[job_id], queue=ctx.settings.queue)
+
+
 def enqueue(ctx: Context, session: Session, job: EditJob) -> None:
     """Send the task; only called once the row is committed, so the worker always finds it."""
     try:
-        ctx.celery.send_task(TASK_NAME, args=[job.id], queue=ctx.settings.queue)
+        dispatch(ctx, job.id)
     except Exception as exc:  # broker down or not configured
         log.error("could not enqueue %s: %s", job.id, exc)
         repo.transition(
@@ -170,6 +181,8 @@ def enqueue(ctx: Context, session: Session, job: EditJob) -> None:
             error_type="system",
             error_code="broker_unavailable",
             error_message="the job queue is unreachable",
+            # Free the Idempotency-Key: the 503 invites a retry with the same key, which must run a new job.
+            idempotency_key=None,
         )
         repo.add_event(session, job.id, "error", "the job queue is unreachable", level="error")
         session.commit()
@@ -181,6 +194,20 @@ def get_edit(session: Session, tenant: str, job_id: str) -> EditJob:
     if job is None:
         raise not_found("edit job", "id")
     return job
+
+
+def read_edit_json(ctx: Context, credentials: Any, job_id: str) -> bytes:
+    """GET /v1/edits/{id} on one autocommit connection: the key and the job in one query (the key alone
+    only when that finds nothing, to tell 401 from 404), children only where the status can have them."""
+    from app.deps import authenticate, bearer_key
+
+    with (ctx.read_engine or ctx.engine).connect() as conn:
+        job = repo.read_job(conn, bearer_key(credentials), job_id)
+        if job is None:
+            authenticate(conn, credentials)  # raises 401 for a bad key
+            raise not_found("edit job", "id")
+        phases = repo.phases_seen(conn, job.id) if job.status in ("running", "cancelling") else []
+    return to_out(job, phases).model_dump_json().encode()  # type: ignore[arg-type]
 
 
 def cancel_edit(session: Session, tenant: str, job_id: str) -> EditJob:

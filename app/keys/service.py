@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from app.db.models import ApiKey
@@ -26,6 +26,26 @@ def create_key(session: Session, tenant: str) -> str:
     return key
 
 
-def tenant_for_key(session: Session, key: str) -> str | None:
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
-    return row.tenant if row else None
+def tenant_for_key(session: Session | Connection, key: str) -> str | None:
+    # One column, no ORM object: this runs on every request.
+    return session.scalar(
+        select(ApiKey.tenant).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    )
+
+
+def list_keys(session: Session, tenant: str) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).where(ApiKey.tenant == tenant).order_by(ApiKey.id)))
+
+
+def revoke_key(session: Session, tenant: str, key_id: int) -> ApiKey | None:
+    """Revoke one of the tenant's keys (at once: every request looks the key up). None if not the
+    tenant's. Revoking twice keeps the first time."""
+    from app.db.base import utcnow
+
+    row = session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant == tenant))
+    if row is None:
+        return None
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    return row

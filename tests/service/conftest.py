@@ -202,6 +202,7 @@ def make_stack(
         "LINGUA_EDIT_DESTINATION_ROOTS": json.dumps([str(tmp / "destinations")]),
         "LINGUA_EDIT_MAX_UPLOAD_BYTES": "200000",
         "LINGUA_EDIT_DEVICE": "cpu",
+        "LINGUA_EDIT_METRICS_TOKEN": "metrics-test",
         "HF_HUB_OFFLINE": "1",  # an unknown hub id fails at once instead of retrying the network
         "TOKENIZERS_PARALLELISM": "false",
         **extra,

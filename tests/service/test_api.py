@@ -25,10 +25,12 @@ def _rows(langs: tuple[str, ...] = ("en", "zh", "sw"), n: int = 5) -> list[dict]
 def test_health_ready_metrics(pg_stack: Stack) -> None:
     c = pg_stack.client
     assert c.get("/healthz").json() == {"status": "ok"}
-    r = c.get("/readyz")
-    assert r.status_code == 200 and r.json()["database"] == "ok" and r.json()["broker"] == "ok"
+    r = c.get("/readyz")  # no worker consumes this stack's queue: not ready, and it says why
+    assert r.status_code == 503 and r.json()["database"] == "ok" and r.json()["broker"] == "ok"
+    assert r.json()["workers"] == 0 and r.json()["error"]["code"] == "unavailable"
     c.get("/v1/edits")
-    m = c.get("/metrics").text
+    assert c.get("/metrics").status_code == 401  # a tenant's API key is not the metrics token
+    m = c.get("/metrics", headers={"Authorization": "Bearer metrics-test"}).text
     assert 'lingua_edit_jobs{status="queued"}' in m
     assert "lingua_edit_queue_depth" in m
     assert "lingua_edit_http_request_duration_seconds_bucket" in m and 'route="/v1/edits"' in m

@@ -27,6 +27,20 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _worker_pids(serve_pid: int) -> list[int]:
+    """`lingua-edit worker` processes started by the serve process (its direct children)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == serve_pid and b"app.cli\x00worker" in cmd:
+            pids.append(int(stat.parent.name))
+    return sorted(pids)
+
+
 def test_serve_embedded_sqlite_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINGUA_EDIT_")}
@@ -94,6 +108,30 @@ def test_serve_embedded_sqlite_end_to_end(tmp_path: Path, tiny_model: Path) -> N
             part = c.get(f"/v1/edits/{jid}/artifacts/{delta['name']}", headers={"Range": "bytes=5-14"})
             assert part.status_code == 206 and part.content == body[5:15]
             assert c.get(f"/v1/edits/{cancel_me['id']}").json()["status"] == "cancelled"
+
+            # serve supervises its worker: kill -9 it, a new one takes the next job
+            (old_worker,) = _worker_pids(proc.pid)
+            os.kill(old_worker, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while not (pids := _worker_pids(proc.pid)) or pids == [old_worker]:
+                assert time.monotonic() < deadline, "the worker was not restarted"
+                time.sleep(0.2)
+            again = c.post("/v1/edits", json=fast_job(target_languages=["zh"])).json()
+            deadline = time.monotonic() + 240
+            while (job := c.get(f"/v1/edits/{again['id']}").json())["status"] not in ("succeeded", "failed"):
+                assert time.monotonic() < deadline, job
+                time.sleep(0.3)
+            assert job["status"] == "succeeded", job["error"]
+            assert c.get("/readyz").status_code == 200
+
+        # keys list / revoke from the CLI; a revoked key is refused at once
+        cli = [sys.executable, "-m", "app.cli", "keys"]
+        listed = subprocess.run([*cli, "list"], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        row = next(line for line in listed.stdout.splitlines() if key[:10] in line)
+        assert "local" in row and key not in listed.stdout  # the prefix only, never the key
+        subprocess.run([*cli, "revoke", row.split()[0]], cwd=ROOT, env=env, check=True, capture_output=True)
+        r = httpx.get(f"{base}/v1/edits", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -123,7 +123,7 @@ def test_submit_run_download(pg_stack: Stack, pg_worker: WorkerProcess, pg_webho
     finally:
         sink.close()
 
-    m = pg_stack.client.get("/metrics").text
+    m = pg_stack.client.get("/metrics", headers={"Authorization": "Bearer metrics-test"}).text
     assert 'lingua_edit_jobs{status="succeeded"}' in m and "lingua_edit_phase_duration_seconds_count" in m
 
 

@@ -208,6 +208,8 @@ def _jsonl_rows(text: str, source: str) -> Iterable[tuple[int, Any]]:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             raise _fail(source, lineno, "<row>", f"invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:  # "[[[[..." thousands deep: a row is a flat object, never this
+            raise _fail(source, lineno, "<row>", "invalid JSON (nested too deeply)") from None
 
 
 def parse_jsonl(text: str, source: str = "inline.jsonl") -> CalibrationSet:
