@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -32,12 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="demo")
     p.add_argument("--sizes", default="4,8,16,32", help="calibration ids per language, comma-separated")
     p.add_argument("--screen-prompts", type=int, default=8)
+    p.add_argument("--search-layers", default="auto", help="'auto' or comma-separated layers (fewer: faster)")
     p.add_argument("--max-anchor-prompts", type=int, default=12)
     p.add_argument("--out", default="bench/figures/learning_curve.json")
     a = p.parse_args(argv)
     sizes = sorted({int(x) for x in a.sizes.split(",")})
+    layers = "auto" if a.search_layers == "auto" else [int(x) for x in a.search_layers.split(",")]
     config = EditConfig(model=a.model, calibration=a.data, max_calibration_ids=sizes[-1],
-                        screen_prompts=a.screen_prompts, max_anchor_prompts=a.max_anchor_prompts)
+                        screen_prompts=a.screen_prompts, max_anchor_prompts=a.max_anchor_prompts,
+                        search_layers=layers)
     rep, timer = Reporter(), StageTimer()
     plan = make_plan(config, rep)
     lm = load_model(config.model, config.device, config.dtype)
@@ -59,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                        max_harmless_gain=max(rise), objective=w.objective)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    out = {"command": "python -m bench.learning_curve " + " ".join(argv or []), "rows": rows,
+    out = {"command": "python -m bench.learning_curve " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "rows": rows,
            "validation_ids": len(plan.val_ids[: config.screen_prompts]), "layers": setup.layers,
            "seconds": time.perf_counter() - t0, "timings": timer.seconds}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -231,7 +231,9 @@ def test_metrics_need_the_token(pg_stack: Stack) -> None:
 
 def test_tenant_queue_limit_is_429(pg_stack: Stack) -> None:
     from fastapi.testclient import TestClient
+    from sqlalchemy import update
 
+    from app.db.models import EditJob
     from app.keys.service import create_key
 
     tenant = f"quota-{secrets.token_hex(3)}"
@@ -239,16 +241,31 @@ def test_tenant_queue_limit_is_429(pg_stack: Stack) -> None:
         key = create_key(s, tenant)
         s.commit()
     c = TestClient(pg_stack.app, headers={"Authorization": f"Bearer {key}"}, raise_server_exceptions=False)
+    # Two queued rows without task messages: a worker on this queue (other test modules start one) cannot
+    # turn them into running jobs while the test counts.
+    ids = [f"edit_{secrets.token_hex(12)}" for _ in range(2)]
+    with pg_stack.ctx.sessions() as s:
+        s.add_all(EditJob(id=i, tenant=tenant, status="queued", model="tiny", config={}, request_hash="x")
+                  for i in ids)
+        s.commit()
     pg_stack.settings.tenant_max_queued_jobs = 2
     try:
-        ids = [c.post("/v1/edits", json=fast_job()).json()["id"] for _ in range(2)]
         r = c.post("/v1/edits", json=fast_job())
         assert _err(r, 429)["code"] == "rate_limited" and int(r.headers["Retry-After"]) > 0
-        assert pg_stack.client.post("/v1/edits", json=fast_job()).status_code == 202  # other tenants unaffected
+        with pg_stack.ctx.sessions() as s:  # the limit is per tenant: a fresh tenant is not affected
+            other_key = create_key(s, f"quota-{secrets.token_hex(3)}")
+            s.commit()
+        other = TestClient(pg_stack.app, headers={"Authorization": f"Bearer {other_key}"})
+        fresh = other.post("/v1/edits", json=fast_job())
+        assert fresh.status_code == 202
+        other.post(f"/v1/edits/{fresh.json()['id']}/cancel")
         c.post(f"/v1/edits/{ids[0]}/cancel")
         assert c.post("/v1/edits", json=fast_job()).status_code == 202
     finally:
         pg_stack.settings.tenant_max_queued_jobs = 50
+        with pg_stack.ctx.sessions() as s:  # leave nothing queued for other modules' reapers to dispatch
+            s.execute(update(EditJob).where(EditJob.tenant == tenant).values(status="cancelled"))
+            s.commit()
 
 
 def test_retry_after_503_with_the_same_key_succeeds(pg_stack: Stack) -> None:
