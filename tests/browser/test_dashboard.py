@@ -122,7 +122,7 @@ def test_finished_job_shows_charts_and_table(page: Any, served: Served, jobs: di
     assert page.evaluate("document.cookie") == ""
     assert page.evaluate("sessionStorage.getItem('lingua-edit-api-key')") == served.keys["acme"]
     names = page.locator("#artifacts button").all_inner_texts()
-    assert {"report.html", "delta.safetensors", "model.tar"} <= set(names)
+    assert {"report.html", "delta.safetensors", "model/config.json", "model/README.md"} <= set(names)
     assert page.locator("#events tbody tr").count() >= 3
     # sample answers from report.json, with the judge's verdict on each side
     assert page.locator("#samples table.samples").count() == 3

@@ -259,7 +259,7 @@ function renderArtifacts(job) {
   const body = $("artifacts").querySelector("tbody");
   body.replaceChildren();
   for (const a of job.artifacts || []) {
-    if (a.name.startsWith("model/")) continue; // the model is offered once, as model.tar
+    // the model is stored file by file in Hugging Face layout (model/README.md, config, shards): one row each
     const b = el("button", a.name, { type: "button", "data-artifact": a.name });
     b.addEventListener("click", () => download(job, a, b));
     body.appendChild(row([b, a.kind, size(a.size), a.sha256.slice(0, 16) + "…"]));
