@@ -237,7 +237,10 @@ class JobRunner:
                 reporter.check_cancel()  # loading can take minutes: honour a cancel that came meanwhile
                 self.progress("load", 1, 1, "model loaded")
                 # The engine records spec/path in manifest.json: give it the public name, not a server path.
-                public = dataclasses.replace(loaded, spec=job.model, path=job.model)
+                # The model card's base_model is read from the real location first.
+                from worker.engine.artifacts import base_hub_id
+
+                public = dataclasses.replace(loaded, spec=job.model, path=job.model, hub_id=base_hub_id(loaded))
                 result = engine_run_edit(config, scratch / "out", reporter=reporter, loaded=public)
                 self.publish(job, scratch / "out", result)
             except EditCancelled:

@@ -28,7 +28,8 @@ def _port() -> int:
 
 
 def _worker_pids(serve_pid: int) -> list[int]:
-    """`lingua-edit worker` processes started by the serve process (its direct children)."""
+    """GPU-queue `lingua-edit worker` processes started by the serve process (its direct children; the
+    webhook-delivery worker, `worker --webhooks`, is not one)."""
     pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -36,7 +37,8 @@ def _worker_pids(serve_pid: int) -> list[int]:
             cmd = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == serve_pid and b"app.cli\x00worker" in cmd:
+        args = cmd.split(b"\x00")
+        if int(fields[1]) == serve_pid and b"app.cli" in args and b"worker" in args and b"--webhooks" not in args:
             pids.append(int(stat.parent.name))
     return sorted(pids)
 

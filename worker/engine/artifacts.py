@@ -135,6 +135,8 @@ def save_registry_model(lm: LoadedModel, out: Path, max_shard_size: str | int = 
 def base_hub_id(lm: LoadedModel) -> str | None:
     """The hub id the base model came from: the demo's source, a `lingua_edit_source.json` next to a
     registered model's weights, or the spec itself when it was loaded from the hub."""
+    if lm.hub_id:
+        return lm.hub_id
     if lm.spec == DEMO_NAME:
         return DEMO_MODEL_ID
     source = Path(lm.path) / "lingua_edit_source.json"

@@ -37,6 +37,7 @@ class LoadedModel:
     path: str  # where it was loaded from (directory, file, or hub id)
     device: torch.device
     dtype: torch.dtype
+    hub_id: str | None = None  # the hub id the weights came from, when the caller knows it (model card)
 
 
 def cache_dir() -> Path:
