@@ -44,6 +44,7 @@ class ErrorEnvelope(BaseModel):
 
 # Documented on every /v1 operation (the 422 replaces FastAPI's default validation-error schema).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorEnvelope, "description": "malformed request (a body that is not valid JSON or UTF-8)"},
     401: {"model": ErrorEnvelope, "description": "missing or invalid API key"},
     404: {"model": ErrorEnvelope, "description": "not found (also: another tenant's object)"},
     422: {"model": ErrorEnvelope, "description": "invalid request; `param` names the field"},
