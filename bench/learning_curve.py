@@ -21,9 +21,8 @@ from pathlib import Path
 
 from worker.engine.config import EditConfig
 from worker.engine.models import load_model
-from worker.engine.pipeline import make_plan, search_setup
+from worker.engine.pipeline import make_plan, run_search, search_setup
 from worker.engine.progress import Reporter
-from worker.engine.search import search
 from worker.engine.stages import StageTimer
 
 
@@ -52,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if n > len(plan.cal_ids):
             break
         keys = {ly: k.first(n) for ly, k in setup.keys.items()}
-        found = search(lm.model, keys, setup.layers, setup.screen, list(config.target_langs), config.source_lang,
-                       list(config.search_gains), None, 0, None, rep, gamma=config.gamma, lam=config.lam)
+        found = run_search(lm, setup, config, rep, keys=keys, confirm=False)
         w = found.winner
         row = {"calibration_ids": n, "winner": w.name if w else None}
         if w is not None and w.screen is not None:

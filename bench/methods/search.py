@@ -6,8 +6,7 @@ from __future__ import annotations
 import time
 
 from worker.engine.delta import SparseDelta, apply_delta, revert_delta
-from worker.engine.pipeline import search_setup
-from worker.engine.search import search
+from worker.engine.pipeline import run_search, search_setup
 
 from ..context import Context
 from . import Fitted
@@ -18,9 +17,7 @@ def fit(ctx: Context, name: str = "search (engine default)") -> Fitted:
     config = ctx.config
     start = time.perf_counter()
     setup = search_setup(ctx.lm, ctx.plan, config, ctx.reporter, ctx.timer)
-    found = search(ctx.lm.model, setup.keys, setup.layers, setup.screen, list(config.target_langs),
-                   config.source_lang, list(config.search_gains), setup.confirm, config.confirm_candidates,
-                   setup.paper, ctx.reporter, gamma=config.gamma, lam=config.lam)
+    found = run_search(ctx.lm, setup, config, ctx.reporter)
     delta = found.winner.delta if found.winner is not None else SparseDelta([])
     chosen = {"winner": found.winner.name if found.winner else None, "gains": found.winner.gains if found.winner
               else None, "layers": setup.layers, "notes": found.notes}

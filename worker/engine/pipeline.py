@@ -480,15 +480,23 @@ def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter,
     return SearchSetup(layers, screen, keys, confirm_with(generate_and_judge, lm.model), paper_candidate)
 
 
-def _search(lm, plan, config, rep, timer) -> tuple[list[LayerChoice], list[dict], list[str]]:
-    """The default: rank candidates on validation prompts, confirm by generation, ship the winner."""
+def run_search(lm: LoadedModel, setup: SearchSetup, config: EditConfig, rep: Reporter,
+               keys: dict[int, LayerKeys] | None = None, confirm: bool = True) -> Any:
+    """The search over `setup` (optionally other `keys`, e.g. fewer calibration ids; `confirm=False`: screen
+    only, no generation check and no paper candidates)."""
     from .search import search
 
+    return search(lm.model, keys or setup.keys, setup.layers, setup.screen, list(config.target_langs),
+                  config.source_lang, list(config.search_gains), setup.confirm if confirm else None,
+                  config.confirm_candidates if confirm else 0, setup.paper if confirm else None, rep,
+                  gamma=config.gamma, lam=config.lam)
+
+
+def _search(lm, plan, config, rep, timer) -> tuple[list[LayerChoice], list[dict], list[str]]:
+    """The default: rank candidates on validation prompts, confirm by generation, ship the winner."""
     setup = search_setup(lm, plan, config, rep, timer)
     with timer("search"):
-        found = search(lm.model, setup.keys, setup.layers, setup.screen, list(config.target_langs),
-                       config.source_lang, list(config.search_gains), setup.confirm, config.confirm_candidates,
-                       setup.paper, rep, gamma=config.gamma, lam=config.lam)
+        found = run_search(lm, setup, config, rep)
     table = found.table()
     w = found.winner
     if w is None:
