@@ -53,7 +53,7 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     hp: dict[str, Any] = {"max_eval_prompts": args.max_eval_prompts, "max_new_tokens": args.max_new_tokens,
                           "max_harmless_eval": args.max_harmless_eval, "method": args.method}
     if args.method == "search":  # a small search: two gain multipliers, one confirmed candidate
-        hp.update(search_gains=[4.0, 16.0], screen_prompts=5, confirm_candidates=1, confirm_prompts=2,
+        hp.update(search_gains=[1.0, 3.0], screen_prompts=5, confirm_candidates=1, confirm_prompts=2,
                   max_anchor_prompts=12)
     if args.layers:
         hp["layers"] = "auto" if args.layers == "auto" else [int(x) for x in args.layers.split(",")]

@@ -25,7 +25,7 @@ class Hyperparameters(BaseModel):
         "the winner; paper: the paper's closed form as configured by layers/module/solve knobs",
     )
     search_layers: Literal["auto"] | list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
-        None, description='layers the search tries ("auto": 60%, 75%, 90% of the depth)', max_length=8
+        None, description='layers the search tries ("auto": 65%, 80%, 92% of the depth)', max_length=8
     )
     search_gains: list[Annotated[float, Field(gt=0, le=100)]] | None = Field(
         None, min_length=1, max_length=8, description="gain multipliers the search tries"

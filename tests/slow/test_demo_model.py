@@ -59,11 +59,11 @@ def test_demo_default_search_end_to_end(demo, tmp_path):
     base_hash = weights_fingerprint(demo.model)
     cfg = EditConfig(model="demo", target_langs=["sw", "bn"], max_eval_prompts=2, max_new_tokens=8, batch_size=8,
                      max_harmless_eval=2, max_calibration_ids=6, max_anchor_prompts=4, screen_prompts=2,
-                     search_layers=[22], search_gains=[6.0], confirm_candidates=0)
+                     search_layers=[22], search_gains=[2.0], confirm_candidates=0)
     result = run_edit(cfg, tmp_path / "job", loaded=demo)
     assert weights_fingerprint(demo.model) == base_hash
     names = [row["name"] for row in result.search]
-    assert names[0] == "gated L22 uniform x6"
+    assert names[0] == "gated L22 uniform x2"
     assert any(row["name"].startswith("paper L22") for row in result.search)
     by_lang = {r.lang: r for r in result.languages}
     assert by_lang["sw"].harmless_n == 2 and by_lang["sw"].borderline_n == 2

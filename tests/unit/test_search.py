@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from worker.engine.config import EditConfig
 from worker.engine.delta import SparseDelta
 from worker.engine.keys import LayerKeys, NeuronActivation
-from worker.engine.methods.gated import gated_basis
+from worker.engine.methods.gated import english_push, gated_basis
 from worker.engine.models import load_model
 from worker.engine.pipeline import make_plan, run_edit
 from worker.engine.progress import Reporter
@@ -61,20 +61,23 @@ def test_gated_neuron_gain_follows_the_language_and_stays_off_on_harmless(tiny_q
     assert sw > 2.0  # the gate is open on harmful input
     assert abs(float(bn)) < 0.25 * float(sw)  # Bengali has gain 0: the neuron writes far less there
     assert activation(keys.safe_all).abs().mean() < 0.05 * float(sw)  # harmless input: off
-    # the down column points along the refusal direction, with the mean gap per unit gain
-    assert basis.mean_gap > 0 and fit.down_cols.norm() > 0
+    # the down column writes the English harmful-minus-harmless difference (at the last template token, after
+    # the block) per unit gain: here harmful residuals sit at +3 and harmless ones at -3 along axis 0
+    push = english_push(na, keys, "en")
+    assert push[0] > 4.0
+    cos = torch.nn.functional.cosine_similarity(fit.down_cols[0], push, dim=0)
+    assert cos > 0.999
 
 
 def test_per_language_gains_never_pick_a_multiplier_that_hurts():
-    rel = {"sw": 1.0, "ar": 1.0, "bn": 0.5}
     uniform = [
         (3.0, {"harmful": {"sw": 0.10, "ar": -0.02, "bn": 0.05}, "plain": {"sw": 0.0, "ar": 0.0, "bn": 0.0}}),
         (6.0, {"harmful": {"sw": 0.20, "ar": -0.10, "bn": 0.30}, "plain": {"sw": 0.0, "ar": 0.0, "bn": 0.20}}),
     ]
-    gains = per_language_gains(uniform, rel, ["sw", "ar", "bn"])
+    gains = per_language_gains(uniform, ["sw", "ar", "bn"])
     assert gains["sw"] == 6.0  # most selective for Swahili
     assert gains["ar"] == 0.0  # every multiplier lowers Arabic refusal: no push at all
-    assert gains["bn"] == 1.5  # x6 raises harmless refusal in Bengali beyond tolerance: x3 * 0.5
+    assert gains["bn"] == 3.0  # x6 raises harmless refusal in Bengali beyond tolerance: x3
 
 
 def test_screen_from_a_cached_prefix_equals_the_full_pass(tiny_qwen2):

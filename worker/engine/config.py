@@ -30,11 +30,11 @@ class EditConfig:
     max_anchor_prompts: int | None = None  # cap per language on harmless anchor prompts (plain and borderline each)
     seed: int = 0
     method: Method = "search"
-    # search (method="search"): candidate layers ("auto": 60%, 75% and 90% of the depth), gain multipliers of
-    # each language's own refusal gap, how many of the best candidates generation on validation confirms and
-    # on how many validation ids per language
+    # search (method="search"): candidate layers ("auto": 65%, 80% and 92% of the depth), gain multipliers of
+    # the English harmful-minus-harmless difference, how many of the best candidates generation on validation
+    # confirms and on how many validation ids per language
     search_layers: list[int] | Literal["auto"] = "auto"
-    search_gains: list[float] = field(default_factory=lambda: [4.0, 8.0, 16.0, 32.0])
+    search_gains: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
     confirm_candidates: int = 2
     confirm_prompts: int = 8
     # localisation

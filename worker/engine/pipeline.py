@@ -410,10 +410,17 @@ def _paper(lm, plan, config, rep, timer) -> tuple[list[LayerChoice], list[dict],
     return choices, [], []
 
 
+# layers="auto" of the search: 65%, 80% and 92% of the depth (layers 16, 19 and 22 of 24). Below about 55% a
+# gated write of the English harmful-minus-harmless difference barely moved the first-token refusal screen on
+# the demo model (layer 10: none, layer 13: a third of layer 16's rise), from the validation diagnostic of
+# BENCHMARKS.md §1.
+SEARCH_DEPTHS = (0.65, 0.8, 0.92)
+
+
 def search_layers(config: EditConfig, n_layers: int) -> list[int]:
     if config.search_layers != "auto":
         return sorted({int(x) for x in config.search_layers})
-    return sorted({min(n_layers - 1, max(1, round(f * n_layers))) for f in (0.6, 0.75, 0.9)})
+    return sorted({min(n_layers - 1, max(1, round(f * n_layers))) for f in SEARCH_DEPTHS})
 
 
 @dataclass
@@ -461,11 +468,11 @@ def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter,
         token_ids = refusal_token_ids(lm.tokenizer, _refusal_openings_of(
             generate(lm.model, lm.tokenizer, english, 8, config.batch_size), config.source_lang))
         screen_ids = plan.val_ids[: config.screen_prompts]
-        n_screen = min(3, config.screen_prompts)
+        # every validation harmless prompt (a handful per language): over-refusal is what the screen must not miss
         prompts = ScreenPrompts(
             harmful={lg: [plan.harmful[i][lg] for i in screen_ids] for lg in plan.langs},
-            plain={lg: plan.harmless_val[lg][:n_screen] for lg in plan.langs},
-            borderline={lg: plan.borderline_val[lg][:n_screen] for lg in plan.langs},
+            plain={lg: plan.harmless_val[lg] for lg in plan.langs},
+            borderline={lg: plan.borderline_val[lg] for lg in plan.langs},
         )
         screen = FirstTokenScreen(lm.model, lm.tokenizer, prompts, token_ids, layers, config.batch_size, rep)
     with timer("capture"):

@@ -5,7 +5,8 @@ Candidates (each one a SparseDelta; `Candidate.kind` says which family):
 - gated refusal neuron at each search layer with one gain multiplier for every language ("uniform ×s"),
 - the same with a multiplier per language, picked from the uniform rows by that language's own selectivity
   ("per-language"): a language no multiplier helps gets gain 0, so the edit does not push it on purpose,
-- the per-language neurons of the two best layers together, each at half gain,
+- the per-language neurons of the two best layers together, and of every layer together, at half and full
+  gain,
 - the paper's closed form (gate_proj, soft and hard anchor) at the middle search layer.
 
 Selectivity on the screen, per target language: the rise of the refusal probability on harmful prompts minus
@@ -120,9 +121,9 @@ def score(c: Candidate, targets: list[str], source: str) -> None:
         c.eligible, c.why_not = True, None
 
 
-def per_language_gains(uniform: list[tuple[float, dict[str, dict[str, float]]]], rel: dict[str, float],
-                       targets: list[str], min_gain: float = 0.01) -> dict[str, float]:
-    """For each language the multiplier (of its relative gap) whose uniform row was most selective for it;
+def per_language_gains(uniform: list[tuple[float, dict[str, dict[str, float]]]], targets: list[str],
+                       min_gain: float = 0.01) -> dict[str, float]:
+    """For each language the multiplier whose uniform row was most selective for it;
     0 when none raised its harmful refusal by `min_gain` without a harmless rise above the tolerance."""
     out = {}
     for lg in targets:
@@ -134,7 +135,7 @@ def per_language_gains(uniform: list[tuple[float, dict[str, dict[str, float]]]],
             s = selectivity(g, lg)
             if s > best_sel:
                 best, best_sel = mult, s
-        out[lg] = best * rel[lg]
+        out[lg] = best
     return out
 
 
@@ -160,7 +161,7 @@ def search(
     cands: list[Candidate] = []
     notes: list[str] = []
     per_lang: dict[int, Candidate] = {}
-    steps = len(layers) * (len(multipliers) + 1) + 4
+    steps = len(layers) * (len(multipliers) + 1) + 6
     done = 0
 
     def screened(c: Candidate) -> Candidate:
@@ -174,22 +175,26 @@ def search(
 
     for layer in layers:
         basis = gated_basis(NeuronActivation(model, layer), keys[layer], layer, targets, source, gamma, lam)
-        rel = basis.relative_gaps()
         uniform = []
         for mult in multipliers:
             c = screened(gated_candidate(model, f"gated L{layer} uniform x{mult:g}",
-                                         [(basis, {lg: mult * rel[lg] for lg in targets})]))
+                                         [(basis, {lg: mult for lg in targets})]))
             uniform.append((mult, c.screen))
-        gains = per_language_gains(uniform, rel, targets)
+        gains = per_language_gains(uniform, targets)
         if any(v > 0 for v in gains.values()):
             per_lang[layer] = screened(gated_candidate(model, f"gated L{layer} per-language", [(basis, gains)]))
     ranked_layers = sorted(per_lang, key=lambda ly: per_lang[ly].objective or 0.0, reverse=True)
-    if len(ranked_layers) >= 2:
-        a, b = sorted(ranked_layers[:2])
+    # combinations: the two best layers, and every layer (one layer's push alone stays small; a language may be
+    # helped at one depth and not at another, its gain there being 0)
+    groups = [sorted(ranked_layers[:2])] if len(ranked_layers) >= 2 else []
+    if len(ranked_layers) >= 3:
+        groups.append(sorted(ranked_layers))
+    for group in groups:
         for share, label in ((0.5, "half gain each"), (1.0, "full gain each")):
             parts = [(per_lang[ly].parts[0][0], {k: v * share for k, v in (per_lang[ly].gains or {}).items()})
-                     for ly in (a, b)]
-            screened(gated_candidate(model, f"gated L{a}+L{b} per-language, {label}", parts))
+                     for ly in group]
+            name = "+".join(f"L{ly}" for ly in group)
+            screened(gated_candidate(model, f"gated {name} per-language, {label}", parts))
     if paper is not None:
         mid = layers[len(layers) // 2]
         for null_space in ("soft", "hard"):

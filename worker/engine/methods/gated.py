@@ -8,13 +8,19 @@ Each edited layer gets one repurposed neuron (the least used on harmless text), 
 - up row u: a second ridge read-out, equal to the language's *gain* on that language's harmful keys and 0 on
   harmless ones, so the neuron fires only where both read-outs agree, with an amplitude that depends on
   the language (language identity is linear in the MLP input);
-- down_proj column: the layer's refusal direction r̂ (English harmful minus harmless, Arditi et al. 2024),
-  sized so that gain 1 writes the mean English-vs-target gap along r̂.
+- down_proj column: the layer's English harmful-minus-harmless difference of means after the block, at the
+  last template token (the activation-addition vector of Arditi et al. 2024): gain 1 writes what separates an
+  English harmful prompt from a harmless one where the answer starts.
 
-A language's gain is its own gap along r̂ relative to the mean gap, times a multiplier chosen per language
-on validation prompts (search.py), so each language gets the push it needs and a language whose refusal
-score falls with any push gets gain 0: the edit cannot move it on purpose. English gets gain 0 (its gap is
-zero by definition). `worker/engine/conditional.py` is the single-gain ancestor (one scale for all).
+A language's gain is a multiplier chosen per language on validation prompts (search.py), so each language
+gets the push that helps it and a language whose refusal score falls with any push gets gain 0: the edit
+cannot move it on purpose. English gets gain 0 (it is the reference). `worker/engine/conditional.py` is the
+single-gain ancestor (one scale for all).
+
+Why not size the write by each language's gap to English along the refusal direction (the first version):
+at 40-70% depth that gap is about zero or negative on the demo model (targets project as far along r̂ as
+English does; they lack the harmful-vs-harmless *separation*, not the projection), so the neuron wrote
+nothing there; the full difference gives those layers a push of the right size (BENCHMARKS.md §1).
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ class GatedBasis:
     index: Tensor  # [1]
     gate_row: Tensor  # [d]
     down_col: Tensor  # [d], per unit gain
-    lang_gap: dict[str, float]  # English-minus-language gap along r̂, per target language
+    lang_gap: dict[str, float]  # English-minus-language gap along r̂, per target language (reported)
     mean_gap: float
     up_x: Tensor  # rows of the up-row regression
     up_w: Tensor  # their weights
@@ -57,14 +63,8 @@ class GatedBasis:
     lam: float
     info: dict[str, object]
 
-    def relative_gaps(self) -> dict[str, float]:
-        """Each language's own gap relative to the mean, never negative (a language already refused at least
-        as strongly as English needs no push)."""
-        m = self.mean_gap if self.mean_gap > 0 else 1.0
-        return {lg: max(0.0, g) / m for lg, g in self.lang_gap.items()}
-
     def fit(self, gains: dict[str, float]) -> GatedFit:
-        """The up row for `gains` (language -> amplitude in units of the mean gap; missing languages 0)."""
+        """The up row for `gains` (language -> multiple of the down column; missing languages 0)."""
         y = torch.tensor([gains.get(lg, 0.0) if lg else 0.0 for lg in self.up_lang], dtype=torch.float64)
         up = _ridge(self.up_x, y, self.up_w, self.lam).float()
         return GatedFit(self.index, self.gate_row[None].clone(), up[None], self.down_col[None].clone(),
@@ -79,6 +79,15 @@ def _lang_gaps(na: NeuronActivation, keys: LayerKeys, langs: list[str], rhat: Te
         post = keys.tgt_resid[lg] + na.mlp_out(keys.tgt[lg])
         out[lg] = float(((post_src - post) * rhat).sum(-1).mean())
     return out
+
+
+def english_push(na: NeuronActivation, keys: LayerKeys, source_lang: str) -> Tensor:
+    """Mean source-language harmful minus harmless residual stream after the block, at the last template token."""
+    if keys.src_resid is None or keys.safe_resid_tmpl is None or isinstance(keys.src, list):
+        raise ValueError("the gated neuron needs fixed-position keys and residual captures")
+    harm = keys.src_resid[:, -1] + na.mlp_out(keys.src[:, -1])
+    safe = keys.safe_resid_tmpl[:, -1] + na.mlp_out(keys.safe_tmpl[source_lang][:, -1])
+    return harm.mean(0) - safe.mean(0)
 
 
 def gated_basis(
@@ -100,14 +109,12 @@ def gated_basis(
     y = torch.cat([torch.ones(len(pos)), -torch.ones(len(neg_all) + len(neg_tmpl))])
     readout = _ridge(x, y, w, lam)
 
-    rhat_t = refusal_directions(na, keys, source_lang)
-    rhat = rhat_t.mean(0)
-    rhat = rhat / rhat.norm().clamp(min=1e-8)
-    gaps = _lang_gaps(na, keys, langs, rhat_t)
+    gaps = _lang_gaps(na, keys, langs, refusal_directions(na, keys, source_lang))
     mean_gap = sum(gaps.values()) / len(gaps)
+    push = english_push(na, keys, source_lang)
     on = float(torch.nn.functional.silu(torch.tensor(sharpness)))
     idx = least_used_neurons(na, neg_all, 1)
-    down = (max(mean_gap, 0.0) / on) * rhat
+    down = push / on
 
     score_pos = (pos.double() @ readout).float()
     score_neg = (neg_all.double() @ readout).float()
@@ -116,6 +123,7 @@ def gated_basis(
         "readout_harmful_on": float((score_pos > 0).float().mean()),
         "readout_harmless_tokens_on": float((score_neg > 0).float().mean()),
         "readout_harmless_template_on": float((score_tmpl > 0).float().mean()),
+        "push_norm": float(push.norm()),
         "refusal_gap_mean": mean_gap,
         "refusal_gap_per_lang": gaps,
         "fit_residual": float(((x.double() @ readout - y) * w.sqrt()).norm() / (y * w.sqrt()).norm()),
