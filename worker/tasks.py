@@ -85,13 +85,16 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         job_id_var.set(self.job_id)  # a thread starts with an empty context
+        from worker.liveness import mark_job_alive
+
         while not self.stop_event.wait(self.ctx.settings.heartbeat_interval_s):
+            mark_job_alive(self.ctx.settings, self.job_id)
             try:
                 with self.ctx.sessions() as s:
                     repo.transition(s, self.job_id, ("running", "cancelling"), heartbeat_at=utcnow())
                     s.commit()
-            except Exception:
-                log.exception("heartbeat failed for %s", self.job_id)
+            except Exception as exc:
+                log.warning("heartbeat failed for %s: %s", self.job_id, str(exc).splitlines()[0] if str(exc) else exc)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -320,19 +323,29 @@ class JobRunner:
             values.update(
                 error_type=error[0], error_code=error[1], error_message=error[2], error_param=error[3]
             )
-        # The database may be briefly unwritable (disk full, restarting): retry for a while; if it never
-        # comes back the heartbeat has stopped, so the reaper records the outcome once storage returns.
-        for delay in (0.5, 1, 2, 4, 8):
+        # The database may be unwritable (disk full, restarting): keep the outcome and retry until it is
+        # recorded. The heartbeat thread keeps saying in Redis that this worker is alive, so the reaper leaves
+        # the job alone meanwhile; if this process dies, the reaper re-queues the job as for any dead worker.
+        delay, tries = 0.5, 0
+        while True:
             try:
                 with self.ctx.sessions() as s:
                     if repo.transition(s, self.job_id, ("running", "cancelling"), **values):
                         repo.add_event(s, self.job_id, event, message, level="error" if error else "info")
                     s.commit()
+                if tries:
+                    log.warning("recorded %s for %s after %d failed tries", status, self.job_id, tries)
                 return
             except Exception as exc:
-                log.warning("could not record %s for %s (%s); retrying in %s s", status, self.job_id, exc, delay)
+                tries += 1
+                if not isinstance(exc, OperationalError) and tries >= 5:  # not the database being away: a bug
+                    log.exception("gave up recording %s for %s; the reaper will handle it", status, self.job_id)
+                    return
+                if tries == 1 or tries % 20 == 0:
+                    log.error("could not record %s for %s (%s); retrying until storage returns", status,
+                              self.job_id, str(exc).splitlines()[0] if str(exc) else exc)
                 time.sleep(delay)
-        log.error("gave up recording %s for %s; the reaper will handle it", status, self.job_id)
+                delay = min(delay * 2, self.settings.heartbeat_interval_s)
 
     def publish(self, job: EditJob, out: Path, result: Any) -> None:
         """Move each output file into storage under a generated key, then record everything in one commit.

@@ -127,6 +127,7 @@ class FaultStack:
             "LINGUA_EDIT_DEVICE": "cpu",
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",  # a tiny model: spinning OpenMP threads only lose time on shared cores
             **self.extra,
         }
 
