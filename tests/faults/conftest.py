@@ -302,6 +302,16 @@ def tmpfs(path: Path, size: str) -> bool:
     return r.returncode == 0
 
 
+def fill(path: Path) -> None:
+    """Write zeros to `path` until the disk under it is full (unbuffered: nothing left to flush at close)."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+
+
 def umount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 

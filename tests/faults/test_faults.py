@@ -26,6 +26,7 @@ from tests.faults.conftest import (
     FaultStack,
     PgCluster,
     RedisServer,
+    fill,
     job_body,
     tmpfs,
     umount,
@@ -236,12 +237,7 @@ def test_full_disk(
         s.check_outcome(done)
         # an upload that does not fit: 507 with the envelope, no partial file
         filler = data / "filler"
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-            except OSError:
-                pass
+        fill(filler)
         rows = "\n".join(json.dumps({"id": f"h{i}", "lang": "en", "prompt": "p" * 300, "kind": "harmful"})
                          for i in range(200))
         with s.client() as c:
@@ -289,12 +285,7 @@ def test_outcome_recorded_when_the_sqlite_disk_returns(tmp_path: Path) -> None:
                           request_hash="h", attempts=1, heartbeat_at=utcnow()))
             s.commit()
         filler = data / "filler"
-        with open(filler, "wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-            except OSError:
-                pass
+        fill(filler)
         freed = threading.Timer(20, filler.unlink)  # longer than the old bounded retry
         freed.start()
         start = time.monotonic()
@@ -332,12 +323,7 @@ def test_full_disk_under_the_sqlite_database(
         job = s.submit(job_body(hyperparameters={"method": "paper", "layers": [1], "max_new_tokens": 1,
                                                  "max_eval_prompts": 1, "rank": 2}))
         s.wait(job["id"], _running_in("save"), timeout=BUDGET_S)
-        with open(filler, "wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-            except OSError:
-                pass
+        fill(filler)
         # Longer than the worker's old bounded retry (15 s) and than several stale + reaper periods.
         time.sleep(6 + 4 * REAPER_S + 12)
         during = s.job(job["id"])
