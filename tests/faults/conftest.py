@@ -159,7 +159,7 @@ class FaultStack:
             cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # as for `serve`: imports alone take a minute on loaded shared cores
         while True:
             try:
                 if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
