@@ -87,6 +87,7 @@ class Heartbeat(threading.Thread):
         job_id_var.set(self.job_id)  # a thread starts with an empty context
         from worker.liveness import mark_job_alive
 
+        mark_job_alive(self.ctx.settings, self.job_id)
         while not self.stop_event.wait(self.ctx.settings.heartbeat_interval_s):
             mark_job_alive(self.ctx.settings, self.job_id)
             try:

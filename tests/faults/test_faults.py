@@ -314,7 +314,7 @@ def test_full_disk_under_the_sqlite_database(
     # A longer stale time (as in the PostgreSQL test): a loaded machine must not make the job look dead
     # before the disk is filled.
     s = FaultStack(tmp_path, f"sqlite:///{data / 'lingua-edit.db'}", redis_server.url, fault_tiny_model,
-                   extra={"LINGUA_EDIT_STALE_AFTER_S": "6"})
+                   extra={"LINGUA_EDIT_STALE_AFTER_S": "20"})
     filler = data / "filler"
     try:
         s.prepare()
@@ -325,7 +325,7 @@ def test_full_disk_under_the_sqlite_database(
         s.wait(job["id"], _running_in("save"), timeout=BUDGET_S)
         fill(filler)
         # Longer than the worker's old bounded retry (15 s) and than several stale + reaper periods.
-        time.sleep(6 + 4 * REAPER_S + 12)
+        time.sleep(20 + 4 * REAPER_S + 12)
         during = s.job(job["id"])
         assert during["status"] == "running" and during["attempts"] == 1, during
         filler.unlink()
