@@ -322,7 +322,7 @@ def test_full_disk_under_the_sqlite_database(
         s.start_worker(LINGUA_EDIT_FAULT_STALL="save:4")
         job = s.submit(job_body(hyperparameters={"method": "paper", "layers": [1], "max_new_tokens": 1,
                                                  "max_eval_prompts": 1, "rank": 2}))
-        s.wait(job["id"], _running_in("save"), timeout=BUDGET_S)
+        s.wait(job["id"], _running_in("save"), timeout=2 * BUDGET_S)  # loading alone took >150 s when starved
         fill(filler)
         # Longer than the worker's old bounded retry (15 s) and than several stale + reaper periods.
         time.sleep(20 + 4 * REAPER_S + 12)
