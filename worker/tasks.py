@@ -253,18 +253,17 @@ class JobRunner:
             except UserError as exc:
                 self.finish("failed", "error", exc.message, error=("user", exc.code, exc.message, exc.param))
                 self._drop(loaded)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                log.error("job %s: no space left (%s)", job.id, exc)
-                msg = "the server ran out of storage space while running this job; retry later"
-                self.finish("failed", "error", msg, error=("system", "insufficient_storage", msg, None))
-                self._drop(loaded)
             except Exception as exc:
-                log.exception("job %s failed", job.id)
-                first = (str(exc).splitlines() or [""])[0][:300]
-                msg = f"internal error in the worker ({type(exc).__name__}: {first})"
-                self.finish("failed", "error", msg, error=("system", "internal_error", msg, None))
+                if _out_of_space(exc):
+                    log.error("job %s: no space left (%s)", job.id, exc)
+                    msg = "the server ran out of storage space while running this job; retry later"
+                    error = ("system", "insufficient_storage", msg, None)
+                else:
+                    log.exception("job %s failed", job.id)
+                    first = (str(exc).splitlines() or [""])[0][:300]
+                    msg = f"internal error in the worker ({type(exc).__name__}: {first})"
+                    error = ("system", "internal_error", msg, None)
+                self.finish("failed", "error", msg, error=error)
                 self._drop(loaded)
         finally:
             beat.stop()
@@ -480,6 +479,15 @@ def _copy_artifact(a: Artifact) -> Artifact:
 
 
 _stalled: set[str] = set()
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also from libraries that wrap it in their own error (safetensors raises SafetensorError
+    "I/O error: No space left on device (os error 28)")."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 def stall_for_fault_test(phase: str) -> None:
