@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the rows to this file too")
     ap.add_argument("--code", default=str(ROOT), help="checkout whose app/ is served (to compare commits)")
     ap.add_argument("--profile", help="py-spy: record the server for 10 s under c=10 into this collapsed-stack file")
+    # Production (docker-compose.yml): JSON logs at INFO, so uvicorn writes one access-log line per request.
+    ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--log-format", default="json", choices=["json", "text"])
     args = ap.parse_args(argv)
     if not shutil.which("wrk"):
         print("bench.load: wrk not found (apt-get install wrk)", file=sys.stderr)
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         port = _port()
         server = subprocess.Popen(
             [*_pin(args.server_cpus), *cli, "serve", "--no-worker", "--port", str(port),
-             *(["--workers", str(args.workers)] if args.workers > 1 else []), "--log-level", "WARNING"],
+             *(["--workers", str(args.workers)] if args.workers > 1 else []), "--log-level", args.log_level,
+             "--log-format", args.log_format],
             env=env, cwd=args.code, stdout=open(tmp / "serve.log", "wb"), stderr=subprocess.STDOUT,
         )
         base = f"http://127.0.0.1:{port}"

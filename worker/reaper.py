@@ -23,6 +23,7 @@ from app.db.models import EditJob
 from app.edits import repository as repo
 from app.edits.service import dispatch
 from app.scratch import clean_orphans
+from worker.liveness import job_alive
 from worker.webhook import notify
 
 log = logging.getLogger("lingua_edit.reaper")
@@ -54,6 +55,10 @@ def reap_stale(ctx: Context, now: datetime, stale_after_s: float | None = None) 
                  for j in repo.stale_running(session, cutoff)]
     actions: list[tuple[str, str]] = []
     for job_id, status, cancel_requested, attempts, heartbeat_at in stale:
+        if job_alive(ctx.settings, job_id):  # its worker lives but cannot write the database (disk full)
+            log.warning("reaper: job %s has no database heartbeat since %s but its worker is alive; left to it",
+                        job_id, heartbeat_at)
+            continue
         try:
             action = _reap_one(ctx, now, job_id, status, cancel_requested, attempts)
         except Exception:

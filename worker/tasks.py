@@ -85,13 +85,17 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         job_id_var.set(self.job_id)  # a thread starts with an empty context
+        from worker.liveness import mark_job_alive
+
+        mark_job_alive(self.ctx.settings, self.job_id)
         while not self.stop_event.wait(self.ctx.settings.heartbeat_interval_s):
+            mark_job_alive(self.ctx.settings, self.job_id)
             try:
                 with self.ctx.sessions() as s:
                     repo.transition(s, self.job_id, ("running", "cancelling"), heartbeat_at=utcnow())
                     s.commit()
-            except Exception:
-                log.exception("heartbeat failed for %s", self.job_id)
+            except Exception as exc:
+                log.warning("heartbeat failed for %s: %s", self.job_id, str(exc).splitlines()[0] if str(exc) else exc)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -249,18 +253,17 @@ class JobRunner:
             except UserError as exc:
                 self.finish("failed", "error", exc.message, error=("user", exc.code, exc.message, exc.param))
                 self._drop(loaded)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                log.error("job %s: no space left (%s)", job.id, exc)
-                msg = "the server ran out of storage space while running this job; retry later"
-                self.finish("failed", "error", msg, error=("system", "insufficient_storage", msg, None))
-                self._drop(loaded)
             except Exception as exc:
-                log.exception("job %s failed", job.id)
-                first = (str(exc).splitlines() or [""])[0][:300]
-                msg = f"internal error in the worker ({type(exc).__name__}: {first})"
-                self.finish("failed", "error", msg, error=("system", "internal_error", msg, None))
+                if _out_of_space(exc):
+                    log.error("job %s: no space left (%s)", job.id, exc)
+                    msg = "the server ran out of storage space while running this job; retry later"
+                    error = ("system", "insufficient_storage", msg, None)
+                else:
+                    log.exception("job %s failed", job.id)
+                    first = (str(exc).splitlines() or [""])[0][:300]
+                    msg = f"internal error in the worker ({type(exc).__name__}: {first})"
+                    error = ("system", "internal_error", msg, None)
+                self.finish("failed", "error", msg, error=error)
                 self._drop(loaded)
         finally:
             beat.stop()
@@ -320,19 +323,29 @@ class JobRunner:
             values.update(
                 error_type=error[0], error_code=error[1], error_message=error[2], error_param=error[3]
             )
-        # The database may be briefly unwritable (disk full, restarting): retry for a while; if it never
-        # comes back the heartbeat has stopped, so the reaper records the outcome once storage returns.
-        for delay in (0.5, 1, 2, 4, 8):
+        # The database may be unwritable (disk full, restarting): keep the outcome and retry until it is
+        # recorded. The heartbeat thread keeps saying in Redis that this worker is alive, so the reaper leaves
+        # the job alone meanwhile; if this process dies, the reaper re-queues the job as for any dead worker.
+        delay, tries = 0.5, 0
+        while True:
             try:
                 with self.ctx.sessions() as s:
                     if repo.transition(s, self.job_id, ("running", "cancelling"), **values):
                         repo.add_event(s, self.job_id, event, message, level="error" if error else "info")
                     s.commit()
+                if tries:
+                    log.warning("recorded %s for %s after %d failed tries", status, self.job_id, tries)
                 return
             except Exception as exc:
-                log.warning("could not record %s for %s (%s); retrying in %s s", status, self.job_id, exc, delay)
+                tries += 1
+                if not isinstance(exc, OperationalError) and tries >= 5:  # not the database being away: a bug
+                    log.exception("gave up recording %s for %s; the reaper will handle it", status, self.job_id)
+                    return
+                if tries == 1 or tries % 20 == 0:
+                    log.error("could not record %s for %s (%s); retrying until storage returns", status,
+                              self.job_id, str(exc).splitlines()[0] if str(exc) else exc)
                 time.sleep(delay)
-        log.error("gave up recording %s for %s; the reaper will handle it", status, self.job_id)
+                delay = min(delay * 2, self.settings.heartbeat_interval_s)
 
     def publish(self, job: EditJob, out: Path, result: Any) -> None:
         """Move each output file into storage under a generated key, then record everything in one commit.
@@ -466,6 +479,15 @@ def _copy_artifact(a: Artifact) -> Artifact:
 
 
 _stalled: set[str] = set()
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also from libraries that wrap it in their own error (safetensors raises SafetensorError
+    "I/O error: No space left on device (os error 28)")."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 def stall_for_fault_test(phase: str) -> None:

@@ -127,6 +127,7 @@ class FaultStack:
             "LINGUA_EDIT_DEVICE": "cpu",
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",  # a tiny model: spinning OpenMP threads only lose time on shared cores
             **self.extra,
         }
 
@@ -158,7 +159,7 @@ class FaultStack:
             cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # as for `serve`: imports alone take a minute on loaded shared cores
         while True:
             try:
                 if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
@@ -299,6 +300,16 @@ def tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
     return r.returncode == 0
+
+
+def fill(path: Path) -> None:
+    """Write zeros to `path` until the disk under it is full (unbuffered: nothing left to flush at close)."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
 
 
 def umount(path: Path) -> None:

@@ -26,6 +26,7 @@ from tests.faults.conftest import (
     FaultStack,
     PgCluster,
     RedisServer,
+    fill,
     job_body,
     tmpfs,
     umount,
@@ -236,12 +237,7 @@ def test_full_disk(
         s.check_outcome(done)
         # an upload that does not fit: 507 with the envelope, no partial file
         filler = data / "filler"
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-            except OSError:
-                pass
+        fill(filler)
         rows = "\n".join(json.dumps({"id": f"h{i}", "lang": "en", "prompt": "p" * 300, "kind": "harmful"})
                          for i in range(200))
         with s.client() as c:
@@ -257,6 +253,93 @@ def test_full_disk(
         record("disk freed again: next job", done, seconds)
         assert done["status"] == "succeeded", done
         s.check_outcome(done)
+    finally:
+        s.close()
+        umount(data)
+
+
+def test_outcome_recorded_when_the_sqlite_disk_returns(tmp_path: Path) -> None:
+    """The worker's last write on a full disk (SQLite's own disk): kept and retried until space returns, not
+    dropped after a few seconds (before the fix it gave up after ~15 s and the job stayed `running`)."""
+    import threading
+
+    from sqlalchemy.orm import Session
+
+    from app.context import make_context
+    from app.db.base import utcnow
+    from app.db.migrate import upgrade
+    from app.db.models import EditJob
+    from app.settings import Settings
+    from worker.model_cache import ModelCache
+    from worker.tasks import JobRunner
+
+    data = tmp_path / "data"
+    if not tmpfs(data, "4m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        url = f"sqlite:///{data / 'lingua-edit.db'}"
+        upgrade(url)
+        ctx = make_context(Settings(database_url=url, data_dir=data, heartbeat_interval_s=0.5))
+        with Session(ctx.engine) as s:
+            s.add(EditJob(id="edit_full", tenant="t", status="running", model="tiny", config={},
+                          request_hash="h", attempts=1, heartbeat_at=utcnow()))
+            s.commit()
+        filler = data / "filler"
+        fill(filler)
+        freed = threading.Timer(20, filler.unlink)  # longer than the old bounded retry
+        freed.start()
+        start = time.monotonic()
+        JobRunner(ctx, ModelCache(1), "edit_full").finish(
+            "failed", "error", "out of space", error=("system", "insufficient_storage", "out of space", None))
+        assert time.monotonic() - start >= 19, "recorded while the disk was still full?"
+        freed.join()
+        with Session(ctx.engine) as s:
+            job = s.get(EditJob, "edit_full")
+            assert job is not None and job.status == "failed" and job.error_code == "insufficient_storage"
+        ctx.engine.dispose()
+    finally:
+        umount(data)
+
+
+def test_full_disk_under_the_sqlite_database(
+    tmp_path: Path, redis_server: RedisServer, fault_tiny_model: Path
+) -> None:
+    """The embedded configuration: SQLite, storage and scratch on one disk, filled while the job saves. The
+    worker can neither store the artifacts nor record the failure; the job stays `running` (nothing can be
+    written) while the reaper leaves it to its live worker; once space returns, the real failure is recorded
+    (not lost, not re-run, not reported as a dead worker)."""
+    data = tmp_path / "data"
+    if not tmpfs(data, "16m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    # A longer stale time (as in the PostgreSQL test): a loaded machine must not make the job look dead
+    # before the disk is filled.
+    s = FaultStack(tmp_path, f"sqlite:///{data / 'lingua-edit.db'}", redis_server.url, fault_tiny_model,
+                   extra={"LINGUA_EDIT_STALE_AFTER_S": "20"})
+    filler = data / "filler"
+    try:
+        s.prepare()
+        s.start_api()
+        s.start_worker(LINGUA_EDIT_FAULT_STALL="save:4")
+        job = s.submit(job_body(hyperparameters={"method": "paper", "layers": [1], "max_new_tokens": 1,
+                                                 "max_eval_prompts": 1, "rank": 2}))
+        s.wait(job["id"], _running_in("save"), timeout=2 * BUDGET_S)  # loading alone took >150 s when starved
+        fill(filler)
+        # Longer than the worker's old bounded retry (15 s) and than several stale + reaper periods.
+        time.sleep(20 + 4 * REAPER_S + 12)
+        during = s.job(job["id"])
+        assert during["status"] == "running" and during["attempts"] == 1, during
+        filler.unlink()
+        freed_at = time.monotonic()
+        done, _ = s.wait_terminal(job["id"], timeout=BUDGET_S)
+        seconds = time.monotonic() - freed_at
+        record("disk full under the SQLite database (embedded) while saving", done, seconds,
+               "recorded once space returned (time from then)")
+        assert done["status"] == "failed" and done["error"]["code"] == "insufficient_storage", done
+        assert done["attempts"] == 1, done
+        s.check_outcome(done)
+        with s.client() as c:
+            types = [e["type"] for e in c.get(f"/v1/edits/{job['id']}/events", params={"limit": 100}).json()["data"]]
+        assert "requeued" not in types and types.count("error") == 1, types
     finally:
         s.close()
         umount(data)
