@@ -12,9 +12,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.broker import queue_depth
-from app.context import Context
-from app.db.models import EditJob
+from core.broker import queue_depth
+from core.context import Context
+from core.db.models import EditJob
 
 STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 

@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 _CHILD = r'''
 import asyncio, json, os, sys, time, secrets
 import httpx
-from app.settings import Settings
+from core.settings import Settings
 from app.main import create_app
-from app.db.migrate import upgrade
-from app.keys.service import create_key
+from core.db.migrate import upgrade
+from core.apikeys import create_key
 sys.path.insert(0, os.environ["BENCH_ROOT"])
 from bench.load import _insert_job
 

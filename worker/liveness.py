@@ -14,8 +14,9 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from app.broker import redis_client, worker_key
-from app.settings import get_settings
+from core.broker import redis_client, worker_key
+from core.scratch import clean_orphans
+from core.settings import get_settings
 
 log = logging.getLogger("lingua_edit.worker")
 
@@ -42,8 +43,6 @@ def _beat() -> None:
 
 @worker_ready.connect
 def _start(**_kw: Any) -> None:
-    from app.scratch import clean_orphans
-
     clean_orphans(get_settings().data_dir / "tmp")
     threading.Thread(target=_beat, daemon=True, name="lingua-edit-liveness").start()
 

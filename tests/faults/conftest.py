@@ -137,8 +137,8 @@ class FaultStack:
     def prepare(self) -> None:
         from sqlalchemy import create_engine
 
-        from app.db.migrate import upgrade
-        from app.keys.service import create_key
+        from core.apikeys import create_key
+        from core.db.migrate import upgrade
 
         upgrade(self.database_url)
         engine = create_engine(self.database_url)

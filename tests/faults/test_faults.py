@@ -67,9 +67,9 @@ def test_worker_sigkill_in_phase(stack: FaultStack, phase: str) -> None:
 
 
 def test_duplicate_delivery(stack: FaultStack) -> None:
-    from app.context import make_context
     from app.edits.service import dispatch
-    from app.settings import Settings
+    from core.context import make_context
+    from core.settings import Settings
 
     stack.start_worker(LINGUA_EDIT_FAULT_STALL="evaluate:3")
     job = stack.submit(job_body())

@@ -180,10 +180,10 @@ def make_stack(
 ) -> Stack:
     from fastapi.testclient import TestClient
 
-    from app.db.migrate import upgrade
-    from app.keys.service import create_key
     from app.main import create_app
-    from app.settings import Settings
+    from core.apikeys import create_key
+    from core.db.migrate import upgrade
+    from core.settings import Settings
 
     env = {
         "LINGUA_EDIT_DATABASE_URL": database_url,

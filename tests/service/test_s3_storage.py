@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.artifacts.storage import S3Storage
-from app.settings import Settings
+from core.settings import Settings
+from core.storage import S3Storage
 from tests.service.conftest import Stack, fast_job, make_stack
 
 pytestmark = pytest.mark.service

@@ -26,9 +26,9 @@ def test_schemathesis_all_checks(tmp_path: Path, pg_database: str, redis_url: st
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
 
-    from app.db.migrate import upgrade
-    from app.db.models import ApiKey
-    from app.keys.service import hash_key
+    from core.apikeys import hash_key
+    from core.db.migrate import upgrade
+    from core.db.models import ApiKey
     from tests.faults.conftest import free_port
 
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")

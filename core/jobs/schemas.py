@@ -7,11 +7,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.netguard import UnsafeURLError, parse_webhook_url
+from core.jobs.lifecycle import STATUSES
+from core.netguard import UnsafeURLError, parse_webhook_url
 from worker.engine.config import SUPPORTED_LANGS
 
-Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-TERMINAL = ("succeeded", "failed", "cancelled")
+Status = Literal[STATUSES]  # type: ignore[valid-type]
 Lang = Literal[SUPPORTED_LANGS]  # type: ignore[valid-type]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from app.settings import Settings
+from core.settings import Settings
 
 
 class BrokerNotConfiguredError(RuntimeError):
