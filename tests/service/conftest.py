@@ -22,6 +22,8 @@ import psycopg
 import pytest
 import redis
 
+from tests.ci import skip_or_fail
+
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN = os.environ.get("LINGUA_EDIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_BASE = os.environ.get("LINGUA_EDIT_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -49,7 +51,7 @@ def pg_database() -> Iterator[str]:
     try:
         url, drop = create_pg_database()
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
+        skip_or_fail(f"PostgreSQL not reachable: {exc}")
     yield url
     drop()
 
@@ -61,7 +63,7 @@ def redis_url() -> str:
     try:
         redis.Redis.from_url(url).ping()
     except redis.RedisError as exc:
-        pytest.skip(f"Redis not reachable: {exc}")
+        skip_or_fail(f"Redis not reachable: {exc}")
     return url
 
 

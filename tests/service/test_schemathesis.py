@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ci import skip_or_fail
 from tests.service.conftest import ROOT
 
 pytestmark = pytest.mark.service
@@ -33,7 +34,7 @@ def test_schemathesis_all_checks(tmp_path: Path, pg_database: str, redis_url: st
 
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
     if cli is None:
-        pytest.skip("schemathesis not installed (dev extra)")
+        skip_or_fail("schemathesis not installed (dev extra)")
     upgrade(pg_database)
     key = "le_fuzz_" + os.urandom(16).hex()
     engine = create_engine(pg_database)
