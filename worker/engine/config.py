@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Module = Literal["gate", "up", "gate+up", "down", "conditional"]  # conditional: beyond the paper
+from .methods import MODULES
+
+Module = Literal[MODULES]  # type: ignore[valid-type]  # the closed form's modules, then methods/ (registry)
 Positions = Literal["template", "last", "all"]
 NullSpace = Literal["soft", "hard"]
 Selection = Literal["contrast", "refusal_gap"]
