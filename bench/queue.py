@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from tests.service.conftest import REDIS_BASE, create_pg_database, make_stack
-    from worker.engine.tiny import make_tiny_model
+    from tests.tiny import make_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="le-queue-bench-"))
     url, drop = create_pg_database()

@@ -63,7 +63,8 @@ def choose_layer(ctx: Context, config: EditConfig, layers: list[int], modules: l
                       "fit_residual": ch.neurons["fit_residual"], "gain": gain})
         if best is None or obj > best[0]:
             best = (obj, ch)
-    assert best is not None
+    if best is None:
+        raise ValueError("no candidate layer/module")
     return best[1], sweep
 
 

@@ -256,7 +256,7 @@ def job_body(**over: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def fault_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from worker.engine.tiny import make_tiny_model
+    from tests.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", family="qwen2")
 

@@ -72,7 +72,7 @@ TINY_SOURCE = "lingua-edit-tests/tiny-qwen2"
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from worker.engine.tiny import make_tiny_model
+    from tests.tiny import make_tiny_model
 
     path = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", family="qwen2")
     # where a registered model came from: the model card's base_model (TINY_SOURCE is not a real repo)

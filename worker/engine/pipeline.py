@@ -32,7 +32,6 @@ from .stages import StageTimer
 
 DEFAULT_GAP_BUDGET = 0.05  # refusal_gap selection without a neuron_budget: top 5% of the layer
 SAMPLE_ANSWERS = 3  # evaluation answers per language kept (before/after, with verdicts) for the report
-PHASES = ("load", "capture", "localize", "solve", "apply", "evaluate", "save")
 
 
 @dataclass
@@ -350,14 +349,14 @@ def run_edit(
     validate_config(config, num_layers(lm.model))
     rep.step("load", 1, 1)
     with timer("evaluate"):
-        before = _generate_all(lm, plan, config, rep, "before")
+        before = _generate_all(lm, plan, config, rep)
     choices, sweep, notes = METHODS[config.method](lm, plan, config, rep, timer)
     for note in notes:
         rep.warn(note)
     delta = SparseDelta(_edits(choices), metadata={"base_model": lm.spec})
     with timer("evaluate"):
         with applied(lm.model, delta):
-            after = _generate_all(lm, plan, config, rep, "after")
+            after = _generate_all(lm, plan, config, rep)
         languages, samples = _judge(config, plan, before, after)
         utility = _utility(lm, plan, config, delta, rep)
     neurons = {f"{c.layer}.{c.module}": c.neurons for c in choices}
@@ -545,7 +544,8 @@ def _auto_select(lm, plan, config, rep, timer, layers, token_ids):
         if best is None or obj > best[0]:
             best = (obj, ch)
     rep.step("localize", n, n)
-    assert best is not None
+    if best is None:
+        raise UserError("no candidate layer/module to choose from (check layers and layer_band)", param="layers")
     return best[1], sweep
 
 
@@ -572,7 +572,7 @@ def eval_sets(plan: Plan, config: EditConfig) -> EvalSets:
     return sets
 
 
-def _generate_all(lm, plan, config, rep, which: str) -> EvalSets:
+def _generate_all(lm, plan, config, rep) -> EvalSets:
     sets = eval_sets(plan, config)
     total = sum(len(t) for by in sets.values() for t in by.values())
     out: EvalSets = {}
@@ -676,7 +676,7 @@ def evaluate_model(config: EditConfig, reporter: Reporter | None = None,
     validate_config(config)
     plan = make_plan(config, rep)
     lm = loaded or load_model(config.model, config.device, config.dtype, revision=config.base_revision)
-    answers = _generate_all(lm, plan, config, rep, "eval")
+    answers = _generate_all(lm, plan, config, rep)
     judge = configured_judge(config)
     sets = eval_sets(plan, config)
     rows = []
