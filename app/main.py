@@ -12,13 +12,13 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import errors
+from app.apikeys.router import router as keys_router
 from app.artifacts.router import router as artifacts_router
 from app.dashboard.router import router as dashboard_router
 from app.datasets.router import router as datasets_router
 from app.edits.router import router as edits_router
 from app.guard import RequestGuard, install_log_scrubber
 from app.health import router as health_router
-from app.keys.router import router as keys_router
 from app.metrics import LatencyMiddleware, make_registry
 from app.models.router import router as models_router
 from app.webhooks.router import router as webhooks_router

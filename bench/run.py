@@ -35,7 +35,8 @@ from .context import FULL, QUICK, Context, Settings
 from .methods import Fitted, baseline, dense, lora, nullspace, search, sparse, steering
 from .methods.edit_common import edit_config
 
-DEFAULT_DATA = "/work/shared/data/multijail-dev.csv"
+# The MultiJail CSV lives outside the repository (never copied in): --data, or this environment variable.
+DATA_ENV = "LINGUA_EDIT_BENCH_DATA"
 ALL_METHODS = ("baseline", "search", "sparse", "best", "dense", "hard", "steering", "lora")
 
 
@@ -78,7 +79,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--full", dest="mode", action="store_const", const=FULL)
     ap.set_defaults(mode=QUICK)
     ap.add_argument("--model", default="demo", help="'demo', a local model directory or a hub id")
-    ap.add_argument("--data", default=DEFAULT_DATA, help="MultiJail-style CSV/JSONL, or 'demo' for the bundled set")
+    ap.add_argument("--data", default=os.environ.get(DATA_ENV), required=not os.environ.get(DATA_ENV),
+                    help=f"MultiJail-style CSV/JSONL, or 'demo' for the bundled set (default: ${DATA_ENV})")
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--md", default="BENCHMARKS-peers.md", help="where the Markdown tables go")
     ap.add_argument("--best", default=None, help="best dev-split settings: JSON object or file (EditConfig fields)")

@@ -5,7 +5,7 @@ collect_keys, edit_one, Screen), so what is measured is what `lingua-edit edit` 
 per (positions, layer set); sequential multi-layer variants recapture the later layer with the earlier edit
 applied. A random-neuron control with the same neuron count accompanies the chosen variants.
 
-    python -m bench.variants --data ../shared/data/multijail-dev.csv --out bench/results/variants.json
+    python -m bench.variants --data /path/to/multijail-dev.csv --out bench/results/variants.json
 """
 
 from __future__ import annotations

@@ -45,7 +45,10 @@ from worker.runtime import context, model_cache
 
 log = logging.getLogger("lingua_edit.worker")
 
-KINDS = {"delta.safetensors": "delta", "manifest.json": "manifest", "report.json": "report", "report.html": "report"}
+# An artifact's kind by file name (model/* files are "model"; charts/* belong to the report).
+ARTIFACT_KINDS = {
+    "delta.safetensors": "delta", "manifest.json": "manifest", "report.json": "report", "report.html": "report"
+}
 CONTENT_TYPES = {
     ".json": "application/json",
     ".safetensors": "application/octet-stream",
@@ -342,7 +345,7 @@ class JobRunner:
     def _put_artifacts(self, job: EditJob, files: list[tuple[str, Path]]) -> list[Artifact]:
         rows = []
         for name, path in files:
-            kind = KINDS.get(name, "model" if name.startswith("model/") else "other")
+            kind = ARTIFACT_KINDS.get(name, "model" if name.startswith("model/") else "other")
             kind = "report" if name.startswith("charts/") else kind  # report.html's PNG charts
             size, digest = path.stat().st_size, _sha256(path)
             key = f"edits/{job.id}/{uuid.uuid4().hex}"

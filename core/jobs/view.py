@@ -21,9 +21,9 @@ from core.jobs.schemas import (
 )
 from worker.engine.result import standard_error
 
-# The engine's stages in the order it runs them (evaluate twice: before and after the edit), with rough
+# The engine's phases (progress.phase) in the order it runs them (evaluate twice: before and after the edit), with rough
 # shares of the wall time measured on the demo model; used only for `estimated_finish`.
-STAGES: tuple[tuple[str, float], ...] = (
+PHASE_SHARES: tuple[tuple[str, float], ...] = (
     ("load", 0.02),
     ("evaluate", 0.38),
     ("capture", 0.10),
@@ -42,11 +42,11 @@ def estimated_finish(job: EditJob, phases_seen: list[str], now: datetime | None 
         return None
     pos = 0
     for phase in phases_seen:  # walk forward; repeats (per-layer capture/solve/apply) stay in place
-        nxt = next((k for k in range(pos, len(STAGES)) if STAGES[k][0] == phase), None)
+        nxt = next((k for k in range(pos, len(PHASE_SHARES)) if PHASE_SHARES[k][0] == phase), None)
         if nxt is not None:
             pos = nxt
     within = job.progress_done / job.progress_total if job.progress_total else 0.0
-    frac = sum(w for _, w in STAGES[:pos]) + STAGES[pos][1] * min(within, 1.0)
+    frac = sum(w for _, w in PHASE_SHARES[:pos]) + PHASE_SHARES[pos][1] * min(within, 1.0)
     if frac < 0.03:
         return None
     elapsed = ((now or utcnow()) - job.started_at).total_seconds()

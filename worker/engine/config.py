@@ -1,4 +1,4 @@
-"""Every knob of an edit job, with the defaults of ../shared/method.md (open choices marked)."""
+"""Every knob of an edit job, with the defaults of the paper's method (arXiv:2602.22554; open choices marked)."""
 
 from __future__ import annotations
 

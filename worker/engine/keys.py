@@ -4,7 +4,7 @@ Everything is computed from captured MLP inputs x (and, for the down_proj varian
 entering the MLP block), so one capture pass serves localisation, keys and targets.
 
 - gate / up: keys are x; the target of neuron j is the English prompt's pre-activation W[j]·x_en, so the
-  gap is D = X_en W_S - X_low W_S (method.md, step 3).
+  gap is D = X_en W_S - X_low W_S (the paper's method, step 3).
 - down: keys are the safety neurons' activations a_S(x) = act(gate_S x) * up_S x; the target is the change
   of the block's output that moves the target-language residual stream to the English one along the
   refusal direction (difference of means of English harmful vs harmless at the same template position).
