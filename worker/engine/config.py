@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from .methods import MODULES
+from .methods import MODULE_CHOICES
 
-Module = Literal[MODULES]  # type: ignore[valid-type]  # the closed form's modules, then methods/ (registry)
+Module = Literal[MODULE_CHOICES]  # type: ignore[valid-type]  # closed-form modules, then methods/
 Positions = Literal["template", "last", "all"]
 NullSpace = Literal["soft", "hard"]
 Selection = Literal["contrast", "refusal_gap"]

@@ -23,7 +23,7 @@ from .evaluate import generate, kl_and_perplexity, refusal_scores, refusal_token
 from .judges import make_judge
 from .keys import LayerKeys, NeuronActivation, build_problem, refusal_gap_attribution
 from .localize import budget_count, jaccard, neuron_scores, select_neurons
-from .methods import LAYER_METHODS, MODULES
+from .methods import LAYER_METHODS, MODULE_CHOICES
 from .models import LoadedModel, load_model
 from .progress import Reporter
 from .result import EditResult, LanguageResult
@@ -70,8 +70,8 @@ def validate_config(config: EditConfig, n_layers: int | None = None) -> None:
         raise bad("eval_split", "must be in (0, 1)")
     if not 0.0 <= config.val_split < 1.0:
         raise bad("val_split", "must be in [0, 1)")
-    if config.module not in MODULES:
-        raise bad("module", f"must be {', '.join(MODULES[:-1])} or {MODULES[-1]}")
+    if config.module not in MODULE_CHOICES:
+        raise bad("module", f"must be {', '.join(MODULE_CHOICES[:-1])} or {MODULE_CHOICES[-1]}")
     if config.positions not in ("template", "last", "all"):
         raise bad("positions", "must be template, last or all")
     method = LAYER_METHODS.get(config.module)

@@ -3,11 +3,11 @@
 `--method paper` edits each chosen layer either with the closed form (solve.py / keys.py) on one of
 CLOSED_FORM_MODULES, or with a registered per-layer method: `--module NAME` (API: `hyperparameters.module`)
 picks it, and every list of choices (EditConfig, validation, the CLI flag, the API schema) is read from
-MODULES below. A method module provides `fit_layer(lm, keys, layer, config) -> (edits, neuron_info)`:
+MODULE_CHOICES below. A method module provides `fit_layer(lm, keys, layer, config) -> (edits, neuron_info)`:
 the LayerEdits of the neurons it changes (first the main one) and the report's neuron summary.
 
 This file imports nothing heavy (torch comes with the method module, imported on first use): the API reads
-MODULES for its schema.
+MODULE_CHOICES for its schema.
 """
 
 from __future__ import annotations
@@ -36,4 +36,4 @@ LAYER_METHODS: dict[str, LayerMethod] = {
     "conditional": LayerMethod("worker.engine.conditional:fit_layer"),
 }
 
-MODULES: tuple[str, ...] = (*CLOSED_FORM_MODULES, *LAYER_METHODS)
+MODULE_CHOICES: tuple[str, ...] = (*CLOSED_FORM_MODULES, *LAYER_METHODS)
