@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from core.db.base import utcnow
 from core.db.models import EditJob, LanguageResultRow
 from core.jobs import repository as repo
+from core.jobs.lifecycle import ACTIVE
 from core.jobs.schemas import (
     ArtifactOut,
     EditOut,
@@ -38,7 +39,7 @@ PHASE_SHARES: tuple[tuple[str, float], ...] = (
 def estimated_finish(job: EditJob, phases_seen: list[str], now: datetime | None = None) -> datetime | None:
     """Extrapolate from the share of the work done: stages passed (from the phase events) plus the
     fraction of the current one."""
-    if job.status not in ("running", "cancelling") or not job.started_at or not phases_seen:
+    if job.status not in ACTIVE or not job.started_at or not phases_seen:
         return None
     pos = 0
     for phase in phases_seen:  # walk forward; repeats (per-layer capture/solve/apply) stay in place
@@ -115,5 +116,5 @@ def language_result_out(row: LanguageResultRow) -> LanguageResultOut:
 
 def render(session: Session, job: EditJob) -> EditOut:
     """to_out, with the phase history a running job's estimate needs."""
-    phases = repo.phases_seen(session, job.id) if job.status in ("running", "cancelling") else []
+    phases = repo.phases_seen(session, job.id) if job.status in ACTIVE else []
     return to_out(job, phases)
