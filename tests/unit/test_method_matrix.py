@@ -59,7 +59,10 @@ def test_round_trip(module: str, positions: str, layers: object, loaded, tiny_qw
     if layers != "auto":
         assert edited_layers == set(layers)  # type: ignore[arg-type]
     touched = {e.module for e in delta.edits}
-    assert touched == ({"gate", "up", "down"} if module in LAYER_METHODS else set(WEIGHT_MODULES[module]))
+    if layers == "auto" and module == "gate":  # the layer screen also tries up_proj (pipeline._auto_select)
+        assert touched in ({"gate"}, {"up"})
+    else:
+        assert touched == ({"gate", "up", "down"} if module in LAYER_METHODS else set(WEIGHT_MODULES[module]))
 
     base = AutoModelForCausalLM.from_pretrained(tiny_qwen2).eval()
     before = {k: v.clone() for k, v in base.state_dict().items()}
