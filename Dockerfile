@@ -21,6 +21,7 @@ RUN pip install --upgrade pip && pip install --index-url ${TORCH_INDEX} "torch>=
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY core ./core
 COPY worker ./worker
 COPY migrations ./migrations
 COPY clients ./clients
@@ -28,7 +29,7 @@ COPY clients ./clients
 # 0.5 GB of GGUF parts) and the light client `lingua-edit demo` uses.
 ARG INSTALL_DEMO=0
 RUN if [ "$INSTALL_DEMO" = "1" ]; then pip install ./clients/python ".[demo]"; else pip install .; fi \
- && rm -rf /app/app /app/worker /app/migrations /app/clients
+ && rm -rf /app/app /app/core /app/worker /app/migrations /app/clients
 
 RUN useradd --create-home --uid 10001 lingua && mkdir -p /data && chown lingua:lingua /data
 USER lingua

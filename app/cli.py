@@ -15,10 +15,10 @@ from pathlib import Path
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.db.migrate import SchemaOutOfDateError
     from app.embedded import WorkerSupervisor, prepare_embedded, stop_redis
     from app.main import create_app
-    from app.settings import get_settings
+    from core.db.migrate import SchemaOutOfDateError
+    from core.settings import get_settings
 
     server = prepare_embedded(Path(args.data_dir) if args.data_dir else None)
     try:
@@ -55,13 +55,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from app.broker import BrokerNotConfiguredError
-    from app.settings import get_settings
-    from worker.celery_app import make_celery
+    from core.broker import BrokerNotConfiguredError
+    from core.settings import get_settings
+    from worker.celery_app import make_worker_celery
 
     settings = get_settings()
     try:
-        app = make_celery(settings, include_tasks=True)
+        app = make_worker_celery(settings)
     except BrokerNotConfiguredError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -91,10 +91,10 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    from app.context import make_context
-    from app.db.migrate import SchemaOutOfDateError, check_current
-    from app.keys.service import create_key
-    from app.settings import get_settings
+    from core.apikeys import create_key
+    from core.context import make_context
+    from core.db.migrate import SchemaOutOfDateError, check_current
+    from core.settings import get_settings
 
     ctx = make_context(get_settings())
     try:
@@ -110,9 +110,9 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_context():  # noqa: ANN202
-    from app.context import make_context
-    from app.db.migrate import SchemaOutOfDateError, check_current
-    from app.settings import get_settings
+    from core.context import make_context
+    from core.db.migrate import SchemaOutOfDateError, check_current
+    from core.settings import get_settings
 
     ctx = make_context(get_settings())
     try:
@@ -126,7 +126,7 @@ def _keys_context():  # noqa: ANN202
 def _keys_list(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from app.db.models import ApiKey
+    from core.db.models import ApiKey
 
     ctx = _keys_context()
     if ctx is None:
@@ -146,9 +146,9 @@ def _keys_list(args: argparse.Namespace) -> int:
 def _keys_revoke(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from app.db.base import utcnow
-    from app.db.models import ApiKey
-    from app.keys.service import hash_key
+    from core.apikeys import hash_key
+    from core.db.base import utcnow
+    from core.db.models import ApiKey
 
     ctx = _keys_context()
     if ctx is None:
@@ -172,7 +172,7 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 
 
 def _webhooks_rotate(args: argparse.Namespace) -> int:
-    from app.webhooks.secrets import rotate
+    from core.webhook_secrets import rotate
 
     ctx = _keys_context()
     if ctx is None:
@@ -185,8 +185,8 @@ def _webhooks_rotate(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    from app.db.migrate import upgrade
-    from app.settings import get_settings
+    from core.db.migrate import upgrade
+    from core.settings import get_settings
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -195,8 +195,8 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _db_downgrade(args: argparse.Namespace) -> int:
-    from app.db.migrate import downgrade
-    from app.settings import get_settings
+    from core.db.migrate import downgrade
+    from core.settings import get_settings
 
     downgrade(get_settings().resolved_database_url(), args.revision)
     return 0
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from app.logs import configure
+    from core.logs import configure
 
     configure(str(getattr(args, "log_level", "INFO")), args.log_format)
     from worker.engine.errors import EngineError

@@ -105,9 +105,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from lingua_edit_client import APIError, Client
 
     from app.embedded import prepare_embedded, start_worker, stop_redis, stop_worker
-    from app.keys.service import create_key
     from app.main import create_app
-    from app.settings import get_settings
+    from core.apikeys import create_key
+    from core.settings import get_settings
 
     data_dir = Path(args.data_dir).resolve()
     print(f"starting the embedded stack in {data_dir} (SQLite, Redis, API, one worker)")

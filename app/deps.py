@@ -11,11 +11,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from app.context import Context
 from app.datasets.service import release_uncommitted
-from app.db.session import session_scope
 from app.errors import ApiError
-from app.keys.service import tenant_for_key
+from core.apikeys import tenant_for_key
+from core.context import Context
+from core.db.session import session_scope
 
 
 async def get_ctx(request: Request) -> Context:

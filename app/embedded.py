@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.db.migrate import upgrade
+from core.settings import Settings, get_settings
+
 log = logging.getLogger("lingua_edit.embedded")
 
 
@@ -128,9 +131,6 @@ def prepare_embedded(data_dir: Path | None) -> Any | None:
 
     Returns the Redis handle (or None when a broker URL is configured) for the caller to stop later.
     """
-    from app.db.migrate import upgrade
-    from app.settings import Settings, get_settings
-
     if data_dir is not None:
         os.environ["LINGUA_EDIT_DATA_DIR"] = str(data_dir.resolve())
     get_settings.cache_clear()

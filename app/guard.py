@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import envelope
-from app.settings import Settings
+from core.settings import Settings
 
 MAX_JSON_DEPTH = 32
 MULTIPART_OVERHEAD = 64 * 1024

@@ -7,9 +7,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from app.broker import live_workers, ping
 from app.deps import CtxDep
 from app.errors import ApiError
+from core.broker import live_workers, ping
 
 router = APIRouter(tags=["health"])
 

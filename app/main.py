@@ -12,29 +12,28 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import errors
+from app.apikeys.router import router as keys_router
 from app.artifacts.router import router as artifacts_router
-from app.context import Context, make_context
 from app.dashboard.router import router as dashboard_router
 from app.datasets.router import router as datasets_router
-from app.db.migrate import check_current
 from app.edits.router import router as edits_router
 from app.guard import RequestGuard, install_log_scrubber
 from app.health import router as health_router
-from app.keys.router import router as keys_router
-from app.logs import JobIdMiddleware
 from app.metrics import LatencyMiddleware, make_registry
 from app.models.router import router as models_router
-from app.scratch import clean_orphans
-from app.settings import Settings, get_settings
 from app.webhooks.router import router as webhooks_router
+from core.context import Context, make_context
+from core.db.migrate import check_current
+from core.logs import JobIdMiddleware
+from core.reaper import reap
+from core.retention import purge_expired
+from core.scratch import clean_orphans
+from core.settings import Settings, get_settings
 
 log = logging.getLogger("lingua_edit.api")
 
 
 async def _reaper_loop(ctx: Context) -> None:
-    from app.retention import purge_expired
-    from worker.reaper import reap
-
     while True:
         await asyncio.sleep(ctx.settings.reaper_interval_s)
         try:

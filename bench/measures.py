@@ -48,7 +48,8 @@ def _rates(by_lang: dict[str, list[Verdict]]) -> dict[str, dict[str, float]]:
 def second_judge(ctx: Context, outputs: dict[str, list[str]], primary: dict[str, list[Verdict]]) -> dict[str, Any]:
     """The second judge (a guard model or an endpoint, --second-judge) on the same answers: its rates and how
     often its harmful/not-harmful verdict agrees with the primary judge's, per language and overall."""
-    assert ctx.second_judge is not None
+    if ctx.second_judge is None:
+        raise ValueError("second_judge needs --second-judge")
     unparsed_before = getattr(ctx.second_judge, "unparsed", 0)
     other = verdicts(ctx.second_judge, ctx, outputs)
     agree = {lg: sum(a.harmful == b.harmful for a, b in zip(primary[lg], other[lg], strict=True))

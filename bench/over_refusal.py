@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from worker.engine.config import EditConfig
-from worker.engine.delta import apply_delta, load_delta, revert_delta
+from worker.engine.delta import applied, load_delta
 from worker.engine.evaluate import generate
 from worker.engine.judges import make_judge
 from worker.engine.models import load_model
@@ -40,11 +40,8 @@ def main() -> None:
     prompts = [(lg, t) for lg in plan.langs for t in plan.harmless_eval[lg][: a.per_lang]]
     texts = [t for _, t in prompts]
     before = generate(lm.model, lm.tokenizer, texts, a.max_new_tokens, config.batch_size)
-    apply_delta(lm.model, delta)
-    try:
+    with applied(lm.model, delta):
         after = generate(lm.model, lm.tokenizer, texts, a.max_new_tokens, config.batch_size)
-    finally:
-        revert_delta(lm.model, delta)
     judge = make_judge("refusal")
     langs = [lg for lg, _ in prompts]
     vb, va = judge.judge(texts, before, langs), judge.judge(texts, after, langs)

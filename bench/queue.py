@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.faults.conftest import FaultStack, RedisServer
     from tests.service.conftest import create_pg_database
-    from worker.engine.tiny import make_tiny_model
+    from tests.tiny import make_tiny_model
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the processes it started
     tmp = Path(tempfile.mkdtemp(prefix="le-queue-bench-"))

@@ -42,12 +42,22 @@ def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
     meta = results["meta"]
     langs = meta["split"]["langs"]
-    src = langs[0]
     rows = _rows(results)
-    base = next((r for r in rows if r["key"] == "baseline"), None)
-    ppl_base = next((r["eval"]["utility"]["ppl_before"] for r in rows if "eval" in r and "utility" in r["eval"]),
-                    None)
     st = stamp(meta)
+    parts = _intro(meta, st)
+    parts += _summary(rows, langs[0], st, out_dir, md_path)
+    parts += _per_language(rows, langs, meta)
+    parts += _utility(rows, langs)
+    parts += _choices(rows)
+    parts += _sizes(rows, results.get("checkpoint", {}))
+    parts += _costs(results)
+    gpu = results.get("gpu_scale")
+    if gpu:
+        parts += gpu_section(gpu)
+    return "\n".join(parts)
+
+
+def _intro(meta: dict[str, Any], st: str) -> list[str]:
     parts = [
         "## Benchmarks against the peers (issue 4)",
         "",
@@ -67,7 +77,13 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
     ]
     if meta.get("notes"):
         parts += ["Notes: " + " ".join(f"({i}) {n}." for i, n in enumerate(meta["notes"], 1)), ""]
-    parts += [
+    return parts
+
+
+def _summary(rows: list[dict[str, Any]], src: str, st: str, out_dir: Path, md_path: Path) -> list[str]:
+    ppl_base = next((r["eval"]["utility"]["ppl_before"] for r in rows if "eval" in r and "utility" in r["eval"]),
+                    None)
+    parts = [
         "### Summary",
         "",
     ]
@@ -94,8 +110,14 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
     parts += ["", f"![ASR before/after per language]({_rel(out_dir / 'asr_bars.png', md_path)}) "
               f"![ASR vs KL]({_rel(out_dir / 'asr_vs_kl.png', md_path)})", "",
               f"_Figures: {st}._", ""]
-    # per-language ASR
-    parts += ["### ASR per language (%)", ""]
+    return parts
+
+
+def _per_language(rows: list[dict[str, Any]], langs: list[str], meta: dict[str, Any]) -> list[str]:
+    """ASR per language, the second judge's view, refusal and degenerate shares per language."""
+    src = langs[0]
+    base = next((r for r in rows if r["key"] == "baseline"), None)
+    parts = ["### ASR per language (%)", ""]
     lrows = []
     for r in rows:
         if "eval" not in r:
@@ -107,13 +129,14 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
         n = base["eval"]["asr"][src]["n"]
         parts += ["", f"{n} held-out prompts per language: one prompt moves a cell by {100 / n:.0f} points.", ""]
     parts += second_judge_section(rows, meta)
-    # refusal / degenerate
     parts += ["### Refusal and degenerate answers per language (%: refused / degenerate)", ""]
     drows = [[r["name"]] + [f"{pct(r['eval']['asr'][lg]['refusal'])} / {pct(r['eval']['asr'][lg]['degenerate'])}"
                             for lg in langs] for r in rows if "eval" in r]
-    parts += [md_table(["method", *langs], drows), ""]
-    # utility
-    parts += ["### Utility: harmless KL per language and arithmetic accuracy per language", ""]
+    return parts + [md_table(["method", *langs], drows), ""]
+
+
+def _utility(rows: list[dict[str, Any]], langs: list[str]) -> list[str]:
+    parts = ["### Utility: harmless KL per language and arithmetic accuracy per language", ""]
     urows = []
     for r in rows:
         if "eval" not in r or "utility" not in r["eval"]:
@@ -123,18 +146,21 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
     parts += [md_table(["KL", *langs], urows), ""]
     arows = [[r["name"]] + [pct(r["eval"]["arith"]["per_lang"].get(lg)) for lg in langs]
              + [str(r["eval"]["arith"]["n"])] for r in rows if "eval" in r]
-    parts += [md_table(["arithmetic %", *langs, "items"], arows), ""]
-    # chosen hyperparameters
-    parts += ["### What each method picked on the validation slice", ""]
+    return parts + [md_table(["arithmetic %", *langs, "items"], arows), ""]
+
+
+def _choices(rows: list[dict[str, Any]]) -> list[str]:
+    parts = ["### What each method picked on the validation slice", ""]
     crows = []
     for r in rows:
         if "chosen" in r and r["chosen"]:
             ch = ", ".join(f"{k}={short(v)}" for k, v in r["chosen"].items())
             crows.append([r["name"], ch, str(len(r.get("sweep") or []))])
-    parts += [md_table(["method", "settings", "candidates screened"], crows), ""]
-    # size
-    ck = results.get("checkpoint", {})
-    parts += ["### Size of what changes", ""]
+    return parts + [md_table(["method", "settings", "candidates screened"], crows), ""]
+
+
+def _sizes(rows: list[dict[str, Any]], ck: dict[str, Any]) -> list[str]:
+    parts = ["### Size of what changes", ""]
     srows = []
     for r in rows:
         if "size" not in r or not r["size"]:
@@ -150,8 +176,12 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
         parts += [f"Full checkpoint: {ck['params']:,} parameters, {mib(ck['file_bytes'])} on disk "
                   f"({mib(ck['tensor_bytes'])} in memory). The sparse delta file also stores the base rows "
                   "(for bit-exact revert and base checks), so it is twice the changed weights.", ""]
-    # cost
-    parts += ["### Cost: wall time and peak memory per stage", ""]
+    return parts
+
+
+def _costs(results: dict[str, Any]) -> list[str]:
+    """Wall time and memory per stage, capture overhead, solve time vs d."""
+    parts = ["### Cost: wall time and peak memory per stage", ""]
     stg = results.get("stages", {})
     trows = [[k, num(v, 1), num(stg.get("peak_rss_mb", {}).get(k), 0)] for k, v in stg.get("seconds", {}).items()]
     parts += [md_table(["stage", "seconds", "peak RSS MiB (process high-water mark at stage end)"], trows), "",
@@ -179,10 +209,7 @@ def markdown(results: dict[str, Any], out_dir: Path, md_path: Path) -> str:
                            num(x["soft"], 2), num(x["hard"], 2)] for x in ss]),
                   "", "Soft = Cholesky + rank-r SVD (the paper's Algorithm 1); hard = eigendecomposition of C for "
                   "the null-space projector, then the same solve. `python -m bench.solve_scaling` reruns it.", ""]
-    gpu = results.get("gpu_scale")
-    if gpu:
-        parts += gpu_section(gpu)
-    return "\n".join(parts)
+    return parts
 
 
 def second_judge_section(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:

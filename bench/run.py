@@ -35,7 +35,8 @@ from .context import FULL, QUICK, Context, Settings
 from .methods import Fitted, baseline, dense, lora, nullspace, search, sparse, steering
 from .methods.edit_common import edit_config
 
-DEFAULT_DATA = "/work/shared/data/multijail-dev.csv"
+# The MultiJail CSV lives outside the repository (never copied in): --data, or this environment variable.
+DATA_ENV = "LINGUA_EDIT_BENCH_DATA"
 ALL_METHODS = ("baseline", "search", "sparse", "best", "dense", "hard", "steering", "lora")
 
 
@@ -78,7 +79,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--full", dest="mode", action="store_const", const=FULL)
     ap.set_defaults(mode=QUICK)
     ap.add_argument("--model", default="demo", help="'demo', a local model directory or a hub id")
-    ap.add_argument("--data", default=DEFAULT_DATA, help="MultiJail-style CSV/JSONL, or 'demo' for the bundled set")
+    ap.add_argument("--data", default=os.environ.get(DATA_ENV), required=not os.environ.get(DATA_ENV),
+                    help=f"MultiJail-style CSV/JSONL, or 'demo' for the bundled set (default: ${DATA_ENV})")
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--md", default="BENCHMARKS-peers.md", help="where the Markdown tables go")
     ap.add_argument("--best", default=None, help="best dev-split settings: JSON object or file (EditConfig fields)")
@@ -137,29 +139,34 @@ def prefetch_keys(ctx: Context, best_overrides: dict[str, Any]) -> None:
     ctx.prefetch(layers, ctx.config, resid=resid)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def settings_for(args: argparse.Namespace) -> Settings:
     settings = Settings.for_mode(args.mode)
     if args.eval_per_lang:
         settings.eval_per_lang = args.eval_per_lang
     if args.max_new_tokens:
         settings.max_new_tokens = args.max_new_tokens
+    return settings
+
+
+def check_args(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """The wanted methods and the --best overrides; fails before an hour of other methods, not at their turn."""
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(wanted) - set(ALL_METHODS))
     if unknown:
         raise SystemExit(f"unknown methods: {', '.join(unknown)}")
     best_overrides = load_best(args.best)
-    try:  # a bad --best fails here, before an hour of other methods, not at its own turn
+    try:
         validate_config(edit_config(EditConfig(model=args.model), best_overrides))
     except (ValueError, TypeError, UserError) as exc:
         raise SystemExit(f"--best: {exc}") from None
-    t_start = time.perf_counter()
-    timer = StageTimer()
-    second = build_second_judge(args)  # before the model: a bad judge argument fails at once
-    log(f"mode {settings.mode}: loading {args.model}")
-    ctx = build_context(args, settings, timer)
-    ctx.second_judge = second
+    return wanted, best_overrides
+
+
+def run_meta(args: argparse.Namespace, settings: Settings, ctx: Context, best_overrides: dict[str, Any],
+             second: Judge | None) -> dict[str, Any]:
+    """What the results were measured on: machine, command, model, data split, second judge."""
     plan = ctx.plan
-    meta = {
+    return {
         "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m bench.run " + shlex.join(sys.argv[1:]), "model": args.model,
         "model_path": ctx.lm.path, "dtype": str(ctx.lm.dtype), "device": str(ctx.lm.device),
@@ -177,82 +184,101 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "second_judge": None if second is None else {"name": args.second_judge, "model": args.judge_model,
                                                      "url": args.judge_url, "api_model": args.judge_api_model},
     }
-    results: dict[str, Any] = {"meta": meta, "methods": []}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
-    def record(key: str, fitted: Fitted | None, ev: dict[str, Any] | None, error: str | None = None) -> None:
+
+class Recorder:
+    """Appends each method's row to results["methods"] and rewrites results.json after every one, so a long
+    run that dies keeps what it measured."""
+
+    def __init__(self, ctx: Context, results: dict[str, Any], out: Path) -> None:
+        self.ctx, self.results, self.out = ctx, results, out
+
+    def record(self, key: str, fitted: Fitted | None, ev: dict[str, Any] | None, error: str | None = None) -> None:
         row: dict[str, Any] = {"key": key}
         if fitted is not None:
             row.update(name=fitted.name, chosen=fitted.chosen, size=fitted.size, fit_seconds=fitted.fit_seconds,
                        sweep=fitted.sweep, same_as=fitted.same_as)
         if ev is not None:
             row["eval"] = ev
-            row["summary"] = measures.summary(ev["asr"], ctx.config.source_lang)
+            row["summary"] = measures.summary(ev["asr"], self.ctx.config.source_lang)
         if error:
             row["error"] = error
-        results["methods"].append(row)
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        self.results["methods"].append(row)
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=1, default=str))
 
-    # (1) baseline. The refusal screen's first tokens come from the base model's English answers to
-    # validation prompts (never from evaluation prompts: they must reach no choice)
-    ctx.set_refusal_tokens(validation_refusal_openings(ctx.lm, plan, ctx.config))
-    log("baseline: generating")
-    with timer("eval:baseline"):
-        base = baseline.fit()
-        ev = measures.evaluate(ctx, base, with_kl=False)
-    record("baseline", base, ev)
-    with timer("screen_base"):  # base scores of the validation screen, shared by every method that screens
-        ctx.screen()
-    with timer("kl_reference"):  # the base side of every method's harmless KL / perplexity
-        for lg in plan.langs:
-            ctx.kl_reference(lg)
-
-    chosen_layer: tuple[int, str] | None = None
-
-    def one(key: str, fit_fn: Any, with_kl: bool = True) -> Fitted | None:
+    def one(self, key: str, fit_fn: Any, with_kl: bool = True) -> Fitted | None:
+        """Fit and evaluate one method; its failure is recorded and the run goes on."""
         log(f"{key}: fitting")
+        timer = self.ctx.timer
         try:
             with timer(f"fit:{key}"):
                 fitted = fit_fn()
             log(f"{key}: fitted in {fitted.fit_seconds:.0f}s ({fitted.chosen}); evaluating")
             with timer(f"eval:{key}"):
-                ev = measures.evaluate(ctx, fitted, with_kl=with_kl)
+                ev = measures.evaluate(self.ctx, fitted, with_kl=with_kl)
             fitted.cleanup()
-            record(key, fitted, ev)
-            log(f"{key}: {results['methods'][-1]['summary']}")
+            self.record(key, fitted, ev)
+            log(f"{key}: {self.results['methods'][-1]['summary']}")
             return fitted
         except Exception as exc:  # one failing peer must not lose the others' numbers
             log(f"{key}: FAILED {exc!r}")
-            record(key, None, None, error="".join(traceback.format_exception_only(exc)).strip())
+            self.record(key, None, None, error="".join(traceback.format_exception_only(exc)).strip())
             traceback.print_exc()
             return None
 
+
+def run_baseline(ctx: Context, rec: Recorder) -> None:
+    """The base model's row, and what every later method shares: the refusal screen's first tokens (from the
+    base model's English answers to validation prompts, never evaluation prompts), its base scores, and the
+    base side of the harmless KL / perplexity."""
+    plan, timer = ctx.plan, ctx.timer
+    ctx.set_refusal_tokens(validation_refusal_openings(ctx.lm, plan, ctx.config))
+    log("baseline: generating")
+    with timer("eval:baseline"):
+        base = baseline.fit()
+        ev = measures.evaluate(ctx, base, with_kl=False)
+    rec.record("baseline", base, ev)
+    with timer("screen_base"):
+        ctx.screen()
+    with timer("kl_reference"):
+        for lg in plan.langs:
+            ctx.kl_reference(lg)
+
+
+def run_methods(ctx: Context, rec: Recorder, wanted: list[str], best_overrides: dict[str, Any]
+                ) -> tuple[int, str] | None:
+    """Every wanted peer method in order; returns the sparse edit's (layer, module), which dense and hard reuse."""
+    chosen_layer: tuple[int, str] | None = None
     if "search" in wanted:
-        one("search", lambda: search.fit(ctx))
+        rec.one("search", lambda: search.fit(ctx))
     if "sparse" in wanted or any(m in wanted for m in ("best", "dense", "hard")):
         prefetch_keys(ctx, best_overrides if "best" in wanted else {})
-        fitted = one("sparse", lambda: sparse.fit(ctx))
+        fitted = rec.one("sparse", lambda: sparse.fit(ctx))
         if fitted is not None:
             chosen_layer = (fitted.chosen["layer"], fitted.chosen["module"])
     if "best" in wanted:
         if best_overrides:
-            one("best", lambda: sparse.fit(ctx, "sparse edit (best dev-split settings)", best_overrides))
+            rec.one("best", lambda: sparse.fit(ctx, "sparse edit (best dev-split settings)", best_overrides))
         else:
-            results["methods"].append({"key": "best", "name": "sparse edit (best dev-split settings)",
-                                       "same_as": "sparse", "chosen": {}, "size": {}})
+            rec.results["methods"].append({"key": "best", "name": "sparse edit (best dev-split settings)",
+                                           "same_as": "sparse", "chosen": {}, "size": {}})
     if chosen_layer is not None:
         layer, module = chosen_layer
         if "dense" in wanted:
-            one("dense", lambda: dense.fit(ctx, layer, module))
+            rec.one("dense", lambda: dense.fit(ctx, layer, module))
         if "hard" in wanted:
-            one("hard", lambda: nullspace.fit(ctx, layer, module))
+            rec.one("hard", lambda: nullspace.fit(ctx, layer, module))
     if "steering" in wanted:
-        one("steering", lambda: steering.fit(ctx))
+        rec.one("steering", lambda: steering.fit(ctx))
     if "lora" in wanted:
-        one("lora", lambda: lora.fit(ctx))
+        rec.one("lora", lambda: lora.fit(ctx))
+    return chosen_layer
 
-    # cost measures
+
+def run_costs(args: argparse.Namespace, ctx: Context, results: dict[str, Any], chosen_layer: tuple[int, str] | None
+              ) -> None:
+    """Capture overhead, checkpoint size, solve time vs d, and the GPU step's numbers when given."""
+    settings, plan, timer = ctx.settings, ctx.plan, ctx.timer
     layer = chosen_layer[0] if chosen_layer else ctx.depth(settings.edit_layers[0])
     src = ctx.config.source_lang
     texts = [plan.harmful[i][lg] for i in plan.cal_ids for lg in (src, plan.langs[-1])][: settings.overhead_texts]
@@ -269,6 +295,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                         for d in settings.solve_dims]
     if args.gpu_scale and Path(args.gpu_scale).is_file():
         results["gpu_scale"] = json.loads(Path(args.gpu_scale).read_text())
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = settings_for(args)
+    wanted, best_overrides = check_args(args)
+    t_start = time.perf_counter()
+    timer = StageTimer()
+    second = build_second_judge(args)  # before the model: a bad judge argument fails at once
+    log(f"mode {settings.mode}: loading {args.model}")
+    ctx = build_context(args, settings, timer)
+    ctx.second_judge = second
+    results: dict[str, Any] = {"meta": run_meta(args, settings, ctx, best_overrides, second), "methods": []}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rec = Recorder(ctx, results, out)
+    run_baseline(ctx, rec)
+    chosen_layer = run_methods(ctx, rec, wanted, best_overrides)
+    run_costs(args, ctx, results, chosen_layer)
     results["stages"] = {"seconds": timer.seconds, "peak_rss_mb": timer.peak_mb}
     results["total_seconds"] = time.perf_counter() - t_start
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))

@@ -5,7 +5,7 @@ collect_keys, edit_one, Screen), so what is measured is what `lingua-edit edit` 
 per (positions, layer set); sequential multi-layer variants recapture the later layer with the earlier edit
 applied. A random-neuron control with the same neuron count accompanies the chosen variants.
 
-    python -m bench.variants --data ../shared/data/multijail-dev.csv --out bench/results/variants.json
+    python -m bench.variants --data /path/to/multijail-dev.csv --out bench/results/variants.json
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from worker.engine.config import EditConfig
-from worker.engine.delta import SparseDelta, apply_delta, revert_delta
+from worker.engine.delta import SparseDelta, applied, apply_delta, revert_delta
 from worker.engine.evaluate import refusal_token_ids
 from worker.engine.keys import NeuronActivation, refusal_gap_attribution
 from worker.engine.models import load_model
@@ -143,11 +143,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         wants_control = args.controls and any(c in name for c in args.controls)
         if wants_control and len(layers) == 1 and len(modules) == 1:
             ctrl = _random_control(edits[0], lm, key_cache[(cfg.positions, layers[0])], cfg)
-            apply_delta(lm.model, SparseDelta([ctrl.edit]))
-            try:
+            with applied(lm.model, SparseDelta([ctrl.edit])):
                 row["random_control_gain"] = screen.gain(screen.measure())
-            finally:
-                revert_delta(lm.model, SparseDelta([ctrl.edit]))
         rows.append(row)
         print(json.dumps(row, default=str), flush=True)
     return rows

@@ -1,1 +1,1 @@
-"""Alembic migrations, shipped as a package so an installed wheel finds them (app.db.migrate)."""
+"""Alembic migrations, shipped as a package so an installed wheel finds them (core.db.migrate)."""

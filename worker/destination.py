@@ -10,13 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from app.edits.destinations import Destination, parse_destination
-from app.errors import ApiError
-from app.settings import Settings
-
-
-class DestinationError(Exception):
-    pass
+from core.destinations import Destination, DestinationError, parse_destination
+from core.settings import Settings
 
 
 def layout(out: Path) -> list[tuple[str, Path]]:
@@ -32,10 +27,8 @@ def layout(out: Path) -> list[tuple[str, Path]]:
 
 
 def write_destination(settings: Settings, value: str, out: Path) -> Destination:
-    try:  # checked again here: the operator may have narrowed the roots since submission
-        dest = parse_destination(value, settings.destination_roots)
-    except ApiError as exc:
-        raise DestinationError(exc.message) from None
+    # checked again here: the operator may have narrowed the roots since submission (DestinationError)
+    dest = parse_destination(value, settings.destination_roots)
     files = layout(out)
     if dest.kind == "local":
         _write_local(Path(dest.location), files)

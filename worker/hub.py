@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.models.resolve import UNKNOWN_MODEL
-from app.settings import Settings
+from core.resolve import UNKNOWN_MODEL
+from core.settings import Settings
+from worker.engine.errors import ModelNotFoundError
 
 log = logging.getLogger("lingua_edit.worker")
 
@@ -26,8 +27,6 @@ def fetch_hub_snapshot(repo_id: str, settings: Settings, check_cancel: Callable[
     """The local directory of `repo_id` (from the cache or downloaded). Raises ModelNotFoundError with the
     one message every unknown model gets, or EditCancelled (via `check_cancel`) while waiting."""
     from huggingface_hub import snapshot_download
-
-    from worker.engine.errors import ModelNotFoundError
 
     outcome: dict[str, Any] = {}
 

@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from dataclasses import asdict
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +24,32 @@ from celery import shared_task
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from app.context import Context, make_context
-from app.db.base import utcnow
-from app.db.models import Artifact, Dataset, EditJob, LanguageResultRow
-from app.edits import repository as repo
-from app.logs import job_id_var
-from app.models.resolve import UnknownModelError, resolve_model
-from app.scratch import make_scratch
-from app.settings import get_settings
-from worker.celery_app import TASK_NAME
+from core.broker import mark_job_alive
+from core.context import Context
+from core.db.base import utcnow
+from core.db.models import Artifact, Dataset, EditJob, LanguageResultRow
+from core.jobs import lifecycle
+from core.jobs import repository as repo
+from core.jobs.lifecycle import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, WORKER
+from core.logs import job_id_var
+from core.queue import TASK_NAME
+from core.resolve import UnknownModelError, resolve_model
+from core.scratch import make_scratch
+from core.webhooks import notify
+from worker.destination import write_destination
+from worker.engine.config import EditConfig
+from worker.engine.errors import EditCancelled, ModelNotFoundError, UserError
+from worker.engine.progress import Reporter
 from worker.hub import fetch_hub_snapshot
 from worker.model_cache import ModelCache
-from worker.webhook import notify
+from worker.runtime import context, model_cache
 
 log = logging.getLogger("lingua_edit.worker")
 
-KINDS = {"delta.safetensors": "delta", "manifest.json": "manifest", "report.json": "report", "report.html": "report"}
+# An artifact's kind by file name (model/* files are "model"; charts/* belong to the report).
+ARTIFACT_KINDS = {
+    "delta.safetensors": "delta", "manifest.json": "manifest", "report.json": "report", "report.html": "report"
+}
 CONTENT_TYPES = {
     ".json": "application/json",
     ".safetensors": "application/octet-stream",
@@ -52,17 +61,6 @@ CONTENT_TYPES = {
 }
 
 
-@lru_cache
-def _ctx() -> Context:
-    # Built lazily in the process that runs jobs (the prefork child), never in the parent.
-    return make_context(get_settings())
-
-
-@lru_cache
-def _cache() -> ModelCache:
-    return ModelCache(get_settings().model_cache_size)
-
-
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -71,7 +69,7 @@ def worker_id() -> str:
 def run_edit(self: Any, job_id: str) -> None:
     token = job_id_var.set(job_id)  # every log line of this job carries its id
     try:
-        JobRunner(_ctx(), _cache(), job_id).run()
+        JobRunner(context(), model_cache(), job_id).run()
     finally:
         job_id_var.reset(token)
 
@@ -85,14 +83,12 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         job_id_var.set(self.job_id)  # a thread starts with an empty context
-        from worker.liveness import mark_job_alive
-
         mark_job_alive(self.ctx.settings, self.job_id)
         while not self.stop_event.wait(self.ctx.settings.heartbeat_interval_s):
             mark_job_alive(self.ctx.settings, self.job_id)
             try:
                 with self.ctx.sessions() as s:
-                    repo.transition(s, self.job_id, ("running", "cancelling"), heartbeat_at=utcnow())
+                    lifecycle.move(s, self.job_id, "heartbeat", WORKER, heartbeat_at=utcnow())
                     s.commit()
             except Exception as exc:
                 log.warning("heartbeat failed for %s: %s", self.job_id, str(exc).splitlines()[0] if str(exc) else exc)
@@ -119,22 +115,22 @@ class JobRunner:
             if job is None:
                 log.warning("task for unknown job %s ignored", self.job_id)
                 return None
-            from_status: tuple[str, ...] = ("queued",)
-            if job.status == "running" and job.heartbeat_at and job.heartbeat_at.timestamp() < stale:
-                from_status = ("running",)  # redelivered after its worker died
-            elif job.status != "queued":
+            transition = "claim"
+            if job.status == RUNNING and job.heartbeat_at and job.heartbeat_at.timestamp() < stale:
+                transition = "reclaim"  # redelivered after its worker died
+            elif job.status != QUEUED:
                 log.info("job %s is %s; nothing to do", job.id, job.status)
                 return None
-            running = repo.count_jobs(s, job.tenant, ("running", "cancelling"))
-            if from_status == ("queued",) and running >= self.settings.tenant_max_running_jobs:
+            running = repo.count_jobs(s, job.tenant, ACTIVE)
+            if transition == "claim" and running >= self.settings.tenant_max_running_jobs:
                 # Left queued without a message: the reaper dispatches it again later (redispatch_lost).
                 log.info("job %s deferred: tenant has %d running jobs", job.id, running)
                 return None
-            ok = repo.transition(
+            ok = lifecycle.move(
                 s,
                 job.id,
-                from_status,
-                status="running",
+                transition,
+                WORKER,
                 started_at=job.started_at or now,
                 heartbeat_at=now,
                 worker_id=worker_id(),
@@ -175,10 +171,11 @@ class JobRunner:
             return  # throttle row writes during tight batch loops
         self._last_write, self._last_phase = now, phase
         with self.ctx.sessions() as s:
-            repo.transition(
+            lifecycle.move(
                 s,
                 self.job_id,
-                ("running", "cancelling"),
+                "progress",
+                WORKER,
                 progress_phase=phase,
                 progress_done=done,
                 progress_total=total,
@@ -227,12 +224,10 @@ class JobRunner:
         beat.start()
         loaded = None
         try:
-            from worker.engine.errors import EditCancelled, UserError
-
             try:
                 config = self.build_config(job, scratch)
+                # torch and transformers: imported by the process that runs a job, not by every worker
                 from worker.engine.pipeline import run_edit as engine_run_edit
-                from worker.engine.progress import Reporter
 
                 reporter = Reporter(progress=self.progress, should_cancel=self.should_cancel)
                 self.progress("load", 0, 1, f"loading model {job.model}")
@@ -248,10 +243,10 @@ class JobRunner:
                 result = engine_run_edit(config, scratch / "out", reporter=reporter, loaded=public)
                 self.publish(job, scratch / "out", result)
             except EditCancelled:
-                self.finish("cancelled", "cancelled", "cancelled by request")
+                self.finish(CANCELLED, "cancelled", "cancelled by request")
                 self._drop(loaded)
             except UserError as exc:
-                self.finish("failed", "error", exc.message, error=("user", exc.code, exc.message, exc.param))
+                self.finish(FAILED, "error", exc.message, error=("user", exc.code, exc.message, exc.param))
                 self._drop(loaded)
             except Exception as exc:
                 if _out_of_space(exc):
@@ -263,7 +258,7 @@ class JobRunner:
                     first = (str(exc).splitlines() or [""])[0][:300]
                     msg = f"internal error in the worker ({type(exc).__name__}: {first})"
                     error = ("system", "internal_error", msg, None)
-                self.finish("failed", "error", msg, error=error)
+                self.finish(FAILED, "error", msg, error=error)
                 self._drop(loaded)
         finally:
             beat.stop()
@@ -273,8 +268,6 @@ class JobRunner:
 
     def load_model(self, name: str, config: Any, reporter: Any) -> Any:
         """Resolve the job's model by the service's rules (never as a path), then load it through the cache."""
-        from worker.engine.errors import ModelNotFoundError
-
         try:
             ref = resolve_model(self.settings, name)
         except UnknownModelError as exc:
@@ -290,8 +283,6 @@ class JobRunner:
             self.cache.discard(loaded)
 
     def build_config(self, job: EditJob, scratch: Path) -> Any:
-        from worker.engine.config import EditConfig
-
         fields = dict(job.config)
         if isinstance(fields.get("layer_band"), list):
             fields["layer_band"] = tuple(fields["layer_band"])
@@ -301,8 +292,6 @@ class JobRunner:
                 ds = s.get(Dataset, job.dataset_id)
                 key = ds.storage_key if ds else None
             if key is None:
-                from worker.engine.errors import UserError
-
                 raise UserError("the calibration dataset no longer exists", param="dataset_id")
             calibration = str(self.ctx.storage.local_path(key, scratch / "data"))
         return EditConfig(
@@ -318,7 +307,8 @@ class JobRunner:
     def finish(
         self, status: str, event: str, message: str, error: tuple[str, str, str, str | None] | None = None
     ) -> None:
-        values: dict[str, Any] = {"status": status, "finished_at": utcnow()}
+        transition = {CANCELLED: "finish_cancelled", FAILED: "fail"}[status]
+        values: dict[str, Any] = {"finished_at": utcnow()}
         if error:
             values.update(
                 error_type=error[0], error_code=error[1], error_message=error[2], error_param=error[3]
@@ -330,7 +320,7 @@ class JobRunner:
         while True:
             try:
                 with self.ctx.sessions() as s:
-                    if repo.transition(s, self.job_id, ("running", "cancelling"), **values):
+                    if lifecycle.move(s, self.job_id, transition, WORKER, **values):
                         repo.add_event(s, self.job_id, event, message, level="error" if error else "info")
                     s.commit()
                 if tries:
@@ -367,7 +357,7 @@ class JobRunner:
     def _put_artifacts(self, job: EditJob, files: list[tuple[str, Path]]) -> list[Artifact]:
         rows = []
         for name, path in files:
-            kind = KINDS.get(name, "model" if name.startswith("model/") else "other")
+            kind = ARTIFACT_KINDS.get(name, "model" if name.startswith("model/") else "other")
             kind = "report" if name.startswith("charts/") else kind  # report.html's PNG charts
             size, digest = path.stat().st_size, _sha256(path)
             key = f"edits/{job.id}/{uuid.uuid4().hex}"
@@ -399,11 +389,11 @@ class JobRunner:
     def _commit_success(self, job: EditJob, rows: list[Artifact], result: Any) -> None:
         rows = [_copy_artifact(r) for r in rows]  # fresh objects: a failed attempt's session is gone
         with self.ctx.sessions() as s:
-            ok = repo.transition(
+            ok = lifecycle.move(
                 s,
                 job.id,
-                ("running", "cancelling"),
-                status="succeeded",
+                "succeed",
+                WORKER,
                 finished_at=utcnow(),
                 utility=_jsonable(result.utility),
                 neurons=_jsonable(result.neurons),
@@ -430,8 +420,6 @@ class JobRunner:
     def write_destination(self, job: EditJob, out: Path) -> None:
         """Copy the result to the job's destination; a failure there is an error event, not a failed job
         (the artifacts are still stored and downloadable)."""
-        from worker.destination import write_destination
-
         try:
             dest = write_destination(self.settings, job.destination or "", out)
         except Exception as exc:  # DestinationError, OSError, boto errors

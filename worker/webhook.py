@@ -1,6 +1,6 @@
 """Standard Webhooks delivery (https://www.standardwebhooks.com), on its own Celery queue.
 
-`notify(ctx, job_id, event)` (app.webhooks.dispatch) builds the payload once and queues `deliver_webhook` on
+`notify(ctx, job_id, event)` (core.webhooks) builds the payload once and queues `deliver_webhook` on
 the webhooks queue (never the GPU queue: a slow receiver cannot hold a GPU worker).
 Each attempt is signed with the tenant's `whsec_`
 secret by the `standardwebhooks` package (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`
@@ -8,7 +8,7 @@ over `id.timestamp.body`; the same `webhook-id` on every retry), bounded by a wh
 (connect, headers and body together: a receiver that trickles bytes is cut off) and a response-size cap,
 recorded as a job event, and retried with exponential backoff for `webhook_retry_for_s`.
 
-The URL is checked again at each attempt (app.netguard): its host is resolved, every address must be public
+The URL is checked again at each attempt (core.netguard): its host is resolved, every address must be public
 unless the operator allow-lists it, and the POST goes to the checked address (Host header and TLS SNI keep
 the name), so a DNS answer that changed since submission cannot point the worker at an internal service.
 Redirects are not followed.
@@ -28,11 +28,15 @@ import httpx
 from celery import shared_task
 from standardwebhooks import Webhook
 
-from app.netguard import Target, UnsafeURLError, check_webhook_url
-from app.webhooks.dispatch import notify
-from worker.celery_app import WEBHOOK_TASK_NAME
+from core.db.models import EditJob
+from core.jobs import repository as repo
+from core.logs import job_id_var
+from core.netguard import Target, UnsafeURLError, check_webhook_url
+from core.queue import WEBHOOK_TASK_NAME
+from core.webhook_secrets import signing_secrets
+from worker.runtime import context
 
-__all__ = ["Delivery", "deliver", "deliver_webhook", "notify", "send", "signature_headers"]
+__all__ = ["Delivery", "deliver", "deliver_webhook", "send", "signature_headers"]
 
 log = logging.getLogger("lingua_edit.webhook")
 
@@ -144,10 +148,6 @@ def deliver(
     ctx: Any, job_id: str, msg_id: str, event: str, body: str, first_at: float, attempt: int
 ) -> Delivery | None:
     """One attempt: sign with the tenant's secrets, POST, record a `webhook` job event, schedule a retry."""
-    from app.db.models import EditJob
-    from app.edits import repository as repo
-    from app.webhooks.secrets import signing_secrets
-
     settings = ctx.settings
     with ctx.sessions() as s:
         job = s.get(EditJob, job_id)
@@ -189,11 +189,8 @@ def deliver(
 
 @shared_task(name=WEBHOOK_TASK_NAME, ignore_result=True, acks_late=True)
 def deliver_webhook(job_id: str, msg_id: str, event: str, body: str, first_at: float, attempt: int) -> None:
-    from app.logs import job_id_var
-    from worker.tasks import _ctx
-
     token = job_id_var.set(job_id)
     try:
-        deliver(_ctx(), job_id, msg_id, event, body, first_at, attempt)
+        deliver(context(), job_id, msg_id, event, body, first_at, attempt)
     finally:
         job_id_var.reset(token)

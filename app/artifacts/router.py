@@ -13,10 +13,11 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable
 
 from app.deps import CtxDep, SessionDep, TenantDep
-from app.edits import repository as repo
-from app.edits.schemas import ArtifactList
-from app.edits.service import artifact_out, get_edit
+from app.edits.service import get_edit
 from app.errors import ApiError, not_found
+from core.jobs import repository as repo
+from core.jobs.schemas import ArtifactList
+from core.jobs.view import artifact_out
 
 router = APIRouter(prefix="/v1/edits", tags=["artifacts"])
 

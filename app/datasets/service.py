@@ -12,11 +12,14 @@ from typing import Any, BinaryIO
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from app.context import Context
-from app.db.models import Dataset
 from app.errors import ApiError, not_found
-from app.ids import new_id
-from app.scratch import make_scratch
+from core.context import Context
+from core.db.models import Dataset
+from core.ids import new_id
+from core.scratch import make_scratch
+from worker.engine.config import SUPPORTED_LANGS
+from worker.engine.data import demo_calibration, load_calibration, parse_rows, validate, with_bundled_harmless
+from worker.engine.errors import UserError
 
 log = logging.getLogger("lingua_edit.datasets")
 
@@ -118,8 +121,6 @@ def _store(
 def create_from_upload(
     ctx: Context, session: Session, tenant: str, filename: str, stream: BinaryIO
 ) -> Dataset:
-    from worker.engine.data import load_calibration
-    from worker.engine.errors import UserError
 
     fmt = FORMATS.get(Path(filename or "").suffix.lower())
     if fmt is None:
@@ -153,8 +154,6 @@ def create_inline(
     source_lang: str,
     target_langs: list[str] | None,
 ) -> Dataset:
-    from worker.engine.data import parse_rows
-    from worker.engine.errors import UserError
 
     if len(rows) > ctx.settings.max_inline_rows:
         raise ApiError(
@@ -192,8 +191,6 @@ def check_prompt_lengths(ctx: Context, cs: Any, field: str) -> None:
 
 
 def check_languages(cs: Any, source_lang: str, target_langs: list[str] | None) -> None:
-    from worker.engine.config import SUPPORTED_LANGS
-    from worker.engine.data import validate, with_bundled_harmless
 
     targets = target_langs or [lg for lg in SUPPORTED_LANGS if lg != source_lang]
     # The engine adds its bundled harmless prompts to a set that has none; validate what it will use.
@@ -203,8 +200,6 @@ def check_languages(cs: Any, source_lang: str, target_langs: list[str] | None) -
 def check_dataset_languages(
     ctx: Context, ds: Dataset, source_lang: str, target_langs: list[str] | None
 ) -> None:
-    from worker.engine.data import load_calibration
-    from worker.engine.errors import UserError
 
     scratch = make_scratch(ctx.settings.data_dir / "tmp", "le-check")
     try:
@@ -226,8 +221,6 @@ def get_dataset(session: Session, tenant: str, ds_id: str) -> Dataset:
 
 def check_bundled_languages(source_lang: str, target_langs: list[str] | None) -> None:
     """Without a dataset the engine uses its bundled demo set: check it covers the languages asked for."""
-    from worker.engine.data import demo_calibration
-    from worker.engine.errors import UserError
 
     try:
         bundled = demo_calibration()

@@ -7,11 +7,13 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import BearerDep, PageDep, SessionDep, TenantDep
-from app.edits import repository as repo
 from app.edits import service
-from app.edits.schemas import EditCreate, EditList, EditOut, EventList, EventOut, Status
 from app.errors import ApiError, ErrorEnvelope
-from app.webhooks.dispatch import notify
+from core.jobs import repository as repo
+from core.jobs.lifecycle import CANCELLED
+from core.jobs.schemas import EditCreate, EditList, EditOut, EventList, EventOut, Status
+from core.jobs.view import render
+from core.webhooks import notify
 
 router = APIRouter(prefix="/v1/edits", tags=["edits"])
 MAX_EVENT_ID = 2**63 - 1  # event ids are BIGINT
@@ -34,7 +36,7 @@ def create_edit(
 ) -> EditOut:
     job, _created = service.create_edit(request.app.state.ctx, session, tenant, body, idempotency_key)
     response.headers["Location"] = f"/v1/edits/{job.id}"
-    return service.render(session, job)
+    return render(session, job)
 
 
 @router.get("", response_model=EditList)
@@ -54,7 +56,7 @@ def list_edits(
     jobs, has_more = repo.list_jobs(
         session, tenant, after=after, limit=page.limit, status=status, metadata=metadata
     )
-    return EditList(data=[service.render(session, j) for j in jobs], has_more=has_more)
+    return EditList(data=[render(session, j) for j in jobs], has_more=has_more)
 
 
 @router.get("/{job_id}", response_model=EditOut)
@@ -68,9 +70,9 @@ async def get_edit(request: Request, credentials: BearerDep, job_id: str) -> Res
 @router.post("/{job_id}/cancel", response_model=EditOut)
 def cancel_edit(request: Request, session: SessionDep, tenant: TenantDep, job_id: str) -> EditOut:
     job = service.cancel_edit(session, tenant, job_id)
-    if job.status == "cancelled":  # cancelled while queued: no worker will report it
+    if job.status == CANCELLED:  # cancelled while queued: no worker will report it
         notify(request.app.state.ctx, job.id, "edit.cancelled")
-    return service.render(session, job)
+    return render(session, job)
 
 
 @router.delete("/{job_id}", status_code=204, responses={409: {"description": "the job is queued or running"}})

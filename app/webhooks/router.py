@@ -7,9 +7,9 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from app.db.models import WebhookSecret
 from app.deps import SessionDep, TenantDep
-from app.webhooks import secrets
+from core import webhook_secrets
+from core.db.models import WebhookSecret
 
 router = APIRouter(prefix="/v1/webhook-secret", tags=["webhooks"])
 
@@ -39,6 +39,6 @@ def get_secret(session: SessionDep, tenant: TenantDep) -> WebhookSecretInfo:
 def rotate_secret(session: SessionDep, tenant: TenantDep) -> WebhookSecretCreated:
     """Create the secret, or rotate it: the previous one still signs (a second `v1,` signature) for
     `LINGUA_EDIT_WEBHOOK_SECRET_GRACE_S`, so receivers can switch without dropping deliveries."""
-    row = secrets.rotate(session, tenant)
+    row = webhook_secrets.rotate(session, tenant)
     session.commit()
     return WebhookSecretCreated(exists=True, created_at=row.created_at, rotated_at=row.rotated_at, secret=row.secret)

@@ -12,7 +12,15 @@ from typing import Any
 import torch
 
 from worker.engine.config import EditConfig
-from worker.engine.delta import SparseDelta, apply_delta, delta_num_params, make_layer_edit, revert_delta, save_delta
+from worker.engine.delta import (
+    SparseDelta,
+    applied,
+    apply_delta,
+    delta_num_params,
+    make_layer_edit,
+    revert_delta,
+    save_delta,
+)
 from worker.engine.keys import NeuronActivation, build_problem
 from worker.engine.pipeline import LayerChoice, edit_one
 from worker.engine.solve import anchor_change, solve_edit
@@ -38,11 +46,8 @@ def solve_all_neurons(ctx: Context, layer: int, module: str, config: EditConfig)
 
 def screen_delta(ctx: Context, delta: SparseDelta) -> tuple[float, dict[str, float]]:
     screen = ctx.screen()
-    apply_delta(ctx.lm.model, delta)
-    try:
+    with applied(ctx.lm.model, delta):
         gain = screen.gain(screen.measure())
-    finally:
-        revert_delta(ctx.lm.model, delta)
     return screen.objective(gain), gain
 
 
@@ -63,7 +68,8 @@ def choose_layer(ctx: Context, config: EditConfig, layers: list[int], modules: l
                       "fit_residual": ch.neurons["fit_residual"], "gain": gain})
         if best is None or obj > best[0]:
             best = (obj, ch)
-    assert best is not None
+    if best is None:
+        raise ValueError("no candidate layer/module")
     return best[1], sweep
 
 

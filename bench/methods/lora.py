@@ -109,7 +109,8 @@ def fit(ctx: Context) -> Fitted:
         sweep.append(row)
         if best is None or obj > best[0]:
             best = (obj, name)
-    assert peft_model is not None and best is not None
+    if peft_model is None or best is None:
+        raise ValueError("no learning rate to train (empty --lora-lrs)")
     peft_model.set_adapter(best[1])
     k_best = int(best[1][2:])
     state = get_peft_model_state_dict(peft_model, adapter_name=best[1])

@@ -97,7 +97,8 @@ def fit(ctx: Context) -> Fitted:
             sweep.append({**info, "objective": obj, "gain": gain})
             if best is None or obj > best[0]:
                 best = (obj, st, info)
-    assert best is not None
+    if best is None:
+        raise ValueError("no steering candidate (empty layers or scales)")
     _, st, info = best
     d = int(st.vector.numel())
     return Fitted(

@@ -138,8 +138,8 @@ class FaultStack:
     def prepare(self) -> None:
         from sqlalchemy import create_engine
 
-        from app.db.migrate import upgrade
-        from app.keys.service import create_key
+        from core.apikeys import create_key
+        from core.db.migrate import upgrade
 
         upgrade(self.database_url)
         engine = create_engine(self.database_url)
@@ -257,7 +257,7 @@ def job_body(**over: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def fault_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from worker.engine.tiny import make_tiny_model
+    from tests.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", family="qwen2")
 

@@ -68,9 +68,9 @@ def test_worker_sigkill_in_phase(stack: FaultStack, phase: str) -> None:
 
 
 def test_duplicate_delivery(stack: FaultStack) -> None:
-    from app.context import make_context
     from app.edits.service import dispatch
-    from app.settings import Settings
+    from core.context import make_context
+    from core.settings import Settings
 
     stack.start_worker(LINGUA_EDIT_FAULT_STALL="evaluate:3")
     job = stack.submit(job_body())
@@ -265,11 +265,11 @@ def test_outcome_recorded_when_the_sqlite_disk_returns(tmp_path: Path) -> None:
 
     from sqlalchemy.orm import Session
 
-    from app.context import make_context
-    from app.db.base import utcnow
-    from app.db.migrate import upgrade
-    from app.db.models import EditJob
-    from app.settings import Settings
+    from core.context import make_context
+    from core.db.base import utcnow
+    from core.db.migrate import upgrade
+    from core.db.models import EditJob
+    from core.settings import Settings
     from worker.model_cache import ModelCache
     from worker.tasks import JobRunner
 

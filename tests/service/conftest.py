@@ -22,6 +22,8 @@ import psycopg
 import pytest
 import redis
 
+from tests.ci import skip_or_fail
+
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN = os.environ.get("LINGUA_EDIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_BASE = os.environ.get("LINGUA_EDIT_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -49,7 +51,7 @@ def pg_database() -> Iterator[str]:
     try:
         url, drop = create_pg_database()
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
+        skip_or_fail(f"PostgreSQL not reachable: {exc}")
     yield url
     drop()
 
@@ -61,7 +63,7 @@ def redis_url() -> str:
     try:
         redis.Redis.from_url(url).ping()
     except redis.RedisError as exc:
-        pytest.skip(f"Redis not reachable: {exc}")
+        skip_or_fail(f"Redis not reachable: {exc}")
     return url
 
 
@@ -70,7 +72,7 @@ TINY_SOURCE = "lingua-edit-tests/tiny-qwen2"
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from worker.engine.tiny import make_tiny_model
+    from tests.tiny import make_tiny_model
 
     path = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", family="qwen2")
     # where a registered model came from: the model card's base_model (TINY_SOURCE is not a real repo)
@@ -180,10 +182,10 @@ def make_stack(
 ) -> Stack:
     from fastapi.testclient import TestClient
 
-    from app.db.migrate import upgrade
-    from app.keys.service import create_key
     from app.main import create_app
-    from app.settings import Settings
+    from core.apikeys import create_key
+    from core.db.migrate import upgrade
+    from core.settings import Settings
 
     env = {
         "LINGUA_EDIT_DATABASE_URL": database_url,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from app.db.models import EditJob
-from app.edits.service import estimated_finish
+from core.db.models import EditJob
+from core.jobs.view import estimated_finish
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

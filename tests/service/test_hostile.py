@@ -167,7 +167,7 @@ def test_invalid_multipart_is_400_or_422(pg_stack: Stack) -> None:
 @pytest.mark.parametrize("model", ["models/tiny", "tests/service", "nobody/nothing-here", "/etc", "../tiny",
                                    "a/b/c", "tiny/", "~/x", "C:\\x"])
 def test_unknown_models_get_one_answer(pg_stack: Stack, model: str) -> None:
-    from app.models.resolve import UNKNOWN_MODEL
+    from core.resolve import UNKNOWN_MODEL
 
     pg_stack.settings.allow_hub_models = False
     try:
@@ -196,7 +196,7 @@ def test_api_key_in_query_is_refused_and_not_logged(pg_stack: Stack, caplog: pyt
 def test_keys_list_and_revoke(pg_stack: Stack) -> None:
     from fastapi.testclient import TestClient
 
-    from app.keys.service import create_key
+    from core.apikeys import create_key
 
     with pg_stack.ctx.sessions() as s:
         key = create_key(s, "acme")
@@ -233,8 +233,8 @@ def test_tenant_queue_limit_is_429(pg_stack: Stack) -> None:
     from fastapi.testclient import TestClient
     from sqlalchemy import update
 
-    from app.db.models import EditJob
-    from app.keys.service import create_key
+    from core.apikeys import create_key
+    from core.db.models import EditJob
 
     tenant = f"quota-{secrets.token_hex(3)}"
     with pg_stack.ctx.sessions() as s:

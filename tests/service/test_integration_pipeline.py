@@ -168,7 +168,7 @@ def test_client_installs_without_the_server(installed: Installed) -> None:
     probe = (
         "import importlib.util, sys, lingua_edit_client\n"
         "print(lingua_edit_client.__file__)\n"
-        "print([m for m in ('torch', 'fastapi', 'celery', 'sqlalchemy', 'app', 'worker', 'transformers')"
+        "print([m for m in ('torch', 'fastapi', 'celery', 'sqlalchemy', 'app', 'core', 'worker', 'transformers')"
         " if importlib.util.find_spec(m)])\n"
         "from lingua_edit_client import verify_webhook, Client, AsyncClient\n"
     )

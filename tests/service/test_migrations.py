@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import create_engine, inspect
 
-from app.db.base import Base
-from app.db.migrate import SchemaOutOfDateError, check_current, downgrade, upgrade
+from core.db.base import Base
+from core.db.migrate import SchemaOutOfDateError, check_current, downgrade, upgrade
 from tests.service.conftest import create_pg_database
 
 pytestmark = pytest.mark.service
@@ -41,7 +41,7 @@ def test_upgrade_from_empty_and_downgrade_to_base() -> None:
 
 def test_app_refuses_a_database_that_is_behind(tmp_path) -> None:  # noqa: ANN001
     from app.main import create_app
-    from app.settings import Settings
+    from core.settings import Settings
 
     url, drop = create_pg_database()
     try:

@@ -75,7 +75,7 @@ def test_db_downgrade_needs_a_revision(tmp_path: Path) -> None:
 
 
 def test_webhooks_rotate_secret_cli(ops_stack: Stack) -> None:
-    from app.db.models import WebhookSecret
+    from core.db.models import WebhookSecret
 
     tenant = f"cli-{secrets.token_hex(3)}"
     env = {**os.environ, **ops_stack.env}

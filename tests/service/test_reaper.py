@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from core.reaper import reap
 from tests.service.conftest import make_stack, slow_job
-from worker.reaper import reap
 
 pytestmark = pytest.mark.service
 

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from app.db.base import utcnow
-from app.db.models import EditJob
-from app.retention import purge_expired
+from core.db.base import utcnow
+from core.db.models import EditJob
+from core.retention import purge_expired
 from tests.service.conftest import Stack, WorkerProcess, fast_job
 
 pytestmark = pytest.mark.service

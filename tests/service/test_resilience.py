@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.edits.service import dispatch
-from app.models.resolve import UNKNOWN_MODEL
+from core.queue import dispatch
+from core.reaper import reap
+from core.resolve import UNKNOWN_MODEL
 from tests.service.conftest import Stack, fast_job, make_stack
-from worker.reaper import reap
 
 pytestmark = pytest.mark.service
 
@@ -88,7 +88,7 @@ def test_lost_message_is_redispatched_and_duplicates_run_once(stack: Stack) -> N
 def test_tenant_running_limit_leaves_the_job_queued(stack: Stack) -> None:
     from sqlalchemy import update
 
-    from app.db.models import EditJob
+    from core.db.models import EditJob
     from worker.model_cache import ModelCache
     from worker.tasks import JobRunner
 

@@ -12,13 +12,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.artifacts.storage import S3Storage
-from app.settings import Settings
+from core.settings import Settings
+from core.storage import S3Storage
+from tests.ci import skip_or_fail
 from tests.service.conftest import Stack, fast_job, make_stack
 
 pytestmark = pytest.mark.service
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] not installed (pip install -e .[dev])")
+try:
+    import moto.server as moto_server
+except ImportError:
+    skip_or_fail("moto[server] not installed (pip install -e .[dev])", allow_module_level=True)
 
 BUCKET = "lingua-edit-test"
 AWS_ENV = {

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 import pytest
 from standardwebhooks import Webhook
 
-from app import netguard
-from app.netguard import UnsafeURLError, check_webhook_url
+from core import netguard
+from core.netguard import UnsafeURLError, check_webhook_url
 from tests.service.conftest import Stack, fast_job
 from tests.service.webhook_server import WebhookSink
 from worker.webhook import send

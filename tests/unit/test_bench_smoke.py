@@ -25,9 +25,13 @@ def test_bench_quick_runs_every_method_on_a_tiny_model(tiny_qwen2, tmp_path):
     for key, r in rows.items():
         if r.get("same_as"):  # "best" without --best is the default row, not measured twice
             continue
-        assert 0.0 <= r["summary"]["asr_mean_non_en"] <= 1.0, key
+        per_lang = [v["asr"] for lg, v in r["eval"]["asr"].items() if lg != "en"]
+        assert len(per_lang) == len(results["meta"]["split"]["langs"]) - 1, key
+        assert r["summary"]["asr_mean_non_en"] == pytest.approx(sum(per_lang) / len(per_lang)), key
     assert rows["sparse"]["eval"]["utility"]["kl_first_token_mean"] >= 0
-    assert 0.0 <= rows["lora"]["eval"]["over_refusal"]["mean"] <= 1.0
+    refusal = rows["lora"]["eval"]["over_refusal"]  # the mean is over every answer, from the judged answers
+    assert refusal["n"] == sum(len(a) for a in refusal["answers"].values()) > 0
+    assert set(refusal["per_lang"]) == set(results["meta"]["split"]["langs"])
     text = md.read_text()
     assert "KL 1st token" in text and (out / "asr_bars.png").exists()
 

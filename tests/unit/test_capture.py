@@ -31,7 +31,7 @@ def test_template_suffix_is_the_post_instruction_tokens(family_model):
     assert tok.decode(suffix) == EXPECTED_SUFFIX[family]
     for text in TEXTS:
         ids = tok(format_prompt(tok, text), add_special_tokens=False)["input_ids"]
-        assert ids[-len(suffix):] == suffix
+        assert tuple(ids[-len(suffix):]) == suffix
 
 
 def test_template_rows_match_unpadded_forward(family_model):

@@ -3,6 +3,8 @@ down_proj column lies along the refusal direction, and the whole edit round-trip
 
 from __future__ import annotations
 
+import json
+
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -55,11 +57,12 @@ def test_conditional_edit_end_to_end(tiny_qwen2, tmp_path):
                      max_eval_prompts=2, target_langs=["zh", "sw"])
     result = run_edit(cfg, tmp_path / "job", loaded=lm)
     info = result.neurons["2.conditional"]
-    assert info["count"] == 1 and 0.0 <= info["harmful_keys_on"] <= 1.0
-    manifest = (tmp_path / "job" / "manifest.json").read_text()
-    assert "conditional" in manifest
+    assert info["count"] == 1 and info["module"] == "conditional"
+    manifest = json.loads((tmp_path / "job" / "manifest.json").read_text())
+    assert manifest["config"]["module"] == "conditional"
     assert weights_fingerprint(lm.model) == base_hash
     from worker.engine.delta import load_delta
 
     delta = load_delta(tmp_path / "job" / "delta.safetensors")
     assert sorted(e.module for e in delta.edits) == ["down", "gate", "up"]
+    assert {e.layer for e in delta.edits} == {2} and len({tuple(e.indices.tolist()) for e in delta.edits}) == 1

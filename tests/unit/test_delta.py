@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
+from tests.tiny import make_tiny_model
 from worker.engine.delta import (
     DeltaMismatchError,
     LayerEdit,
@@ -23,7 +24,6 @@ from worker.engine.delta import (
     save_delta,
 )
 from worker.engine.errors import UserError
-from worker.engine.tiny import make_tiny_model
 
 FAMILIES = ["qwen2", "llama"]
 D, F = 64, 256  # tiny.py defaults: hidden, intermediate

@@ -21,7 +21,6 @@ from worker.engine.judges import (
     OpenAIJudge,
     RefusalJudge,
     Verdict,
-    attack_success_rate,
     parse_grader_reply,
     parse_guard_output,
 )
@@ -125,12 +124,11 @@ def test_short_normal_answers_are_not_degenerate() -> None:
         assert not judges.is_degenerate(text)
 
 
-def test_asr_and_length_check() -> None:
+def test_verdicts_and_length_check() -> None:
     j = RefusalJudge()
     v = j.judge(["a", "b", "c", "d"], ["I'm sorry, no.", "Sure, step 1...", "", "Certo, ecco come."],
                 ["en", "en", "en", "it"])
-    assert attack_success_rate(v) == 0.5
-    assert attack_success_rate([]) == 0.0
+    assert [x.harmful for x in v] == [False, True, False, True]
     with pytest.raises(ValueError):
         j.judge(["a"], ["b", "c"], ["en"])
 
@@ -185,7 +183,7 @@ def test_parse_guard_output(text: str, expected: tuple) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_guard(tmp_path_factory: pytest.TempPathFactory) -> GuardModelJudge:
-    from worker.engine.tiny import make_tiny_model
+    from tests.tiny import make_tiny_model
 
     path = make_tiny_model(tmp_path_factory.mktemp("guard"), "qwen2")
     return GuardModelJudge(str(path), device="cpu", batch_size=2, max_new_tokens=4)

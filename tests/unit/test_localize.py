@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from worker.engine.errors import UserError
-from worker.engine.localize import jaccard, neuron_scores, overlap_with, select_neurons
+from worker.engine.localize import jaccard, neuron_scores, select_neurons
 
 F = 400
 PLANTED = [7, 42, 199, 300, 371]
@@ -101,12 +101,8 @@ def test_bad_activations_raise() -> None:
         neuron_scores(bad, torch.randn(3, 4))
 
 
-def test_jaccard_and_overlap() -> None:
+def test_jaccard() -> None:
     assert jaccard(torch.tensor([1, 2, 3]), torch.tensor([2, 3, 4])) == 0.5
     assert jaccard([], []) == 1.0
     assert jaccard([1], []) == 0.0
     assert jaccard(torch.tensor([5, 6]), [6, 5]) == 1.0
-    sets = {"en": torch.tensor([1, 2, 3, 4]), "bn": torch.tensor([4, 5]), "zh": torch.tensor([1, 2, 3, 4])}
-    assert overlap_with("en", sets) == {"bn": 0.2, "zh": 1.0}
-    with pytest.raises(UserError):
-        overlap_with("sw", sets)

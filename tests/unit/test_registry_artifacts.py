@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.tiny import make_tiny_model
 from worker.engine.artifacts import base_hub_id, save_registry_model, write_model_card
 from worker.engine.config import EditConfig
 from worker.engine.delta import LayerEdit, SparseDelta
 from worker.engine.models import load_model
 from worker.engine.result import EditResult, LanguageResult
-from worker.engine.tiny import make_tiny_model
 
 
 @pytest.fixture(scope="module")

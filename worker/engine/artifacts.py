@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .delta import SparseDelta, apply_delta, delta_num_params, revert_delta, save_delta
+from .delta import SparseDelta, applied, delta_num_params, save_delta
 from .models import DEMO_MODEL_ID, DEMO_NAME, LoadedModel, weights_fingerprint
 
 ARTIFACT_NAMES = ("model", "delta.safetensors", "manifest.json", "report.json")
@@ -48,11 +48,8 @@ def write_artifacts(out_dir: Path, lm: LoadedModel, delta: SparseDelta, config: 
         reporter.step("save", 0, 3)
         base_hash = weights_fingerprint(lm.model)
         save_delta(delta, tmp / "delta.safetensors", base_fingerprint=base_hash)
-        apply_delta(lm.model, delta)
-        try:
+        with applied(lm.model, delta):
             save_registry_model(lm, tmp / "model")
-        finally:
-            revert_delta(lm.model, delta)
         reporter.step("save", 2, 3)
         report = result.to_dict()
         report.pop("artifacts", None)

@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import SUPPORTED_LANGS, EditConfig
 from .errors import EngineError
+from .methods import MODULE_CHOICES
 
 
 def _langs(value: str) -> list[str]:
@@ -76,7 +77,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--second-test-prompts", type=int, default=d.second_test_prompts,
                    help="prompts per language of the second test set (bundled demo set; 0 to skip)")
     p.add_argument("--layers", type=_layers, default=d.layers, help="'auto' or e.g. 14 or 12,16")
-    p.add_argument("--module", default=d.module, choices=["gate", "up", "gate+up", "down", "conditional"],
+    p.add_argument("--module", default=d.module, choices=list(MODULE_CHOICES),
                    help="conditional: repurpose --neuron-budget (default 1) least-used neurons as a "
                    "harmful-input-gated refusal writer (beyond the paper)")
     p.add_argument("--tau-z", type=float, default=d.tau_z)

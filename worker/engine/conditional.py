@@ -21,12 +21,19 @@ All three solves are closed-form (Cholesky); nothing is trained.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from .delta import LayerEdit, make_layer_edit, neuron_rows
 from .keys import LayerKeys, NeuronActivation, flat_rows, refusal_directions, refusal_gap_attribution
+from .localize import budget_count
 from .solve import cholesky_with_jitter
+
+if TYPE_CHECKING:
+    from .config import EditConfig
+    from .models import LoadedModel
 
 SHARPNESS = 6.0  # silu(6) ≈ 5.99, silu(-6) ≈ -0.015: on vs off for read-outs near +1 / -1
 
@@ -118,3 +125,21 @@ def fit_conditional(
         down_cols=down.float().expand(k, -1).clone(),
         info=info,
     )
+
+
+def fit_layer(
+    lm: LoadedModel, keys: LayerKeys, layer: int, config: EditConfig
+) -> tuple[list[LayerEdit], dict[str, Any]]:
+    """The registered entry (methods.LAYER_METHODS["conditional"]): the gate, up and down_proj edits of the
+    k repurposed neurons of `layer`, and the report's neuron summary."""
+    na = NeuronActivation(lm.model, layer)
+    k = budget_count(config.neuron_budget, na.gate.shape[0]) if config.neuron_budget else 1
+    fit = fit_conditional(na, keys, list(config.target_langs), config.source_lang, k=k, gamma=config.gamma,
+                          lam=config.lam, target_scale=config.target_scale)
+    edits = []
+    for module, rows in (("gate", fit.gate_rows), ("up", fit.up_rows), ("down", fit.down_cols)):
+        old = neuron_rows(lm.model, layer, module, fit.indices).float()
+        edits.append(make_layer_edit(lm.model, layer, module, fit.indices, (rows - old).T))
+    info = {"layer": layer, "module": "conditional", "count": k, "fraction": k / na.gate.shape[0],
+            "selection": "least used on harmless text", "jaccard_with_source": {}, **fit.info}
+    return edits, info

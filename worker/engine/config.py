@@ -1,11 +1,13 @@
-"""Every knob of an edit job, with the defaults of ../shared/method.md (open choices marked)."""
+"""Every knob of an edit job, with the defaults of the paper's method (arXiv:2602.22554; open choices marked)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Module = Literal["gate", "up", "gate+up", "down", "conditional"]  # conditional: beyond the paper
+from .methods import MODULE_CHOICES
+
+Module = Literal[MODULE_CHOICES]  # type: ignore[valid-type]  # closed-form modules, then methods/
 Positions = Literal["template", "last", "all"]
 NullSpace = Literal["soft", "hard"]
 Selection = Literal["contrast", "refusal_gap"]

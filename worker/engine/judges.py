@@ -69,11 +69,6 @@ class JudgeError(UserError):
     code = "judge_failed"
 
 
-def attack_success_rate(verdicts: Sequence[Verdict]) -> float:
-    """Share of verdicts judged harmful (0.0 for no verdicts)."""
-    return sum(v.harmful for v in verdicts) / len(verdicts) if verdicts else 0.0
-
-
 def _check_lengths(prompts: Sequence[str], responses: Sequence[str], langs: Sequence[str]) -> None:
     if not len(prompts) == len(responses) == len(langs):
         raise ValueError(f"prompts, responses and langs differ in length: "

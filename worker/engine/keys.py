@@ -4,7 +4,7 @@ Everything is computed from captured MLP inputs x (and, for the down_proj varian
 entering the MLP block), so one capture pass serves localisation, keys and targets.
 
 - gate / up: keys are x; the target of neuron j is the English prompt's pre-activation W[j]·x_en, so the
-  gap is D = X_en W_S - X_low W_S (method.md, step 3).
+  gap is D = X_en W_S - X_low W_S (the paper's method, step 3).
 - down: keys are the safety neurons' activations a_S(x) = act(gate_S x) * up_S x; the target is the change
   of the block's output that moves the target-language residual stream to the English one along the
   refusal direction (difference of means of English harmful vs harmless at the same template position).
@@ -135,6 +135,12 @@ def refusal_directions(na: NeuronActivation, keys: LayerKeys, source_lang: str) 
     return direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-8)
 
 
+def _require_residual(keys: LayerKeys) -> None:
+    """Gap attribution and down_proj edits read the residual stream: keys captured without it cannot serve."""
+    if keys.tgt_resid is None or keys.src_resid is None:
+        raise ValueError("keys captured without the residual stream (capture_mlp_inputs(..., with_resid=True))")
+
+
 def refusal_gap_attribution(
     na: NeuronActivation, keys: LayerKeys, langs: list[str], source_lang: str, rhat: Tensor | None = None
 ) -> tuple[Tensor, float]:
@@ -147,7 +153,7 @@ def refusal_gap_attribution(
     `rhat`: the refusal directions [T, d] when the caller already has them.
     """
     rhat = refusal_directions(na, keys, source_lang) if rhat is None else rhat
-    assert keys.tgt_resid is not None and keys.src_resid is not None
+    _require_residual(keys)
     write = rhat @ na.down  # [T, f]: each neuron's unit write along r̂ at each position
     a_src = na.neurons(keys.src)  # [n, T, f]
     post_src = keys.src_resid + na.mlp_out(keys.src)
@@ -165,7 +171,7 @@ def _down_problem(
 ) -> EditProblem:
     """Keys a_S(x) of the target languages; gap = the English-minus-target residual stream after the block,
     along the refusal direction, so W_down[:, S] learns to write the missing refusal signal."""
-    assert keys.tgt_resid is not None and keys.src_resid is not None
+    _require_residual(keys)
     post_src = keys.src_resid + na.mlp_out(keys.src)
     x_rows, gaps = [], []
     for lg in langs:

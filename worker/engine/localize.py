@@ -9,7 +9,7 @@ pulls towards the English ones.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -147,10 +147,3 @@ def jaccard(a: Tensor | Iterable[int], b: Tensor | Iterable[int]) -> float:
         return 1.0
     return len(sa & sb) / len(union)
 
-
-def overlap_with(reference: str, sets: Mapping[str, Tensor]) -> dict[str, float]:
-    """Jaccard overlap of every language's neuron set with the reference language's (for the report)."""
-    if reference not in sets:
-        raise UserError(f"no neuron set for the reference language {reference!r}", param="source_lang")
-    ref = sets[reference]
-    return {lang: jaccard(ref, s) for lang, s in sets.items() if lang != reference}

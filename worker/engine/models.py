@@ -61,14 +61,6 @@ def pick_device_dtype(
     return dev, dt
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _demo_part_files() -> list[Path]:
     files = []
     for i, pkg in enumerate(DEMO_PARTS, start=1):

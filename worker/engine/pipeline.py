@@ -16,14 +16,14 @@ import torch
 from . import data as calib
 from .arch import num_layers
 from .capture import capture_mlp_inputs
-from .conditional import fit_conditional
 from .config import SUPPORTED_LANGS, EditConfig
-from .delta import LayerEdit, SparseDelta, applied, apply_delta, make_layer_edit, neuron_rows, revert_delta
+from .delta import LayerEdit, SparseDelta, applied, apply_delta, make_layer_edit, revert_delta
 from .errors import UserError
 from .evaluate import generate, kl_and_perplexity, refusal_scores, refusal_token_ids
 from .judges import make_judge
 from .keys import LayerKeys, NeuronActivation, build_problem, refusal_gap_attribution
 from .localize import budget_count, jaccard, neuron_scores, select_neurons
+from .methods import LAYER_METHODS, MODULE_CHOICES
 from .models import LoadedModel, load_model
 from .progress import Reporter
 from .result import EditResult, LanguageResult
@@ -32,7 +32,6 @@ from .stages import StageTimer
 
 DEFAULT_GAP_BUDGET = 0.05  # refusal_gap selection without a neuron_budget: top 5% of the layer
 SAMPLE_ANSWERS = 3  # evaluation answers per language kept (before/after, with verdicts) for the report
-PHASES = ("load", "capture", "localize", "solve", "apply", "evaluate", "save")
 
 
 @dataclass
@@ -71,11 +70,12 @@ def validate_config(config: EditConfig, n_layers: int | None = None) -> None:
         raise bad("eval_split", "must be in (0, 1)")
     if not 0.0 <= config.val_split < 1.0:
         raise bad("val_split", "must be in [0, 1)")
-    if config.module not in ("gate", "up", "gate+up", "down", "conditional"):
-        raise bad("module", "must be gate, up, gate+up, down or conditional")
+    if config.module not in MODULE_CHOICES:
+        raise bad("module", f"must be {', '.join(MODULE_CHOICES[:-1])} or {MODULE_CHOICES[-1]}")
     if config.positions not in ("template", "last", "all"):
         raise bad("positions", "must be template, last or all")
-    if config.module in ("down", "conditional") and config.positions == "all":
+    method = LAYER_METHODS.get(config.module)
+    if (config.module == "down" or (method and method.fixed_positions)) and config.positions == "all":
         raise bad("positions", f"the {config.module} variant needs fixed positions (template or last)")
     if config.select not in ("contrast", "refusal_gap"):
         raise bad("select", "must be contrast or refusal_gap")
@@ -176,8 +176,9 @@ def candidate_modules(config: EditConfig) -> list[str]:
 
 
 def needs_residual(config: EditConfig) -> bool:
-    """Whether the keys must hold the residual stream too (down_proj, the conditional neuron, gap selection)."""
-    return config.module in ("down", "conditional") or config.select == "refusal_gap"
+    """Whether the keys must hold the residual stream too (down_proj, a registered method, gap selection)."""
+    method = LAYER_METHODS.get(config.module)
+    return config.module == "down" or bool(method and method.needs_residual) or config.select == "refusal_gap"
 
 
 def collect_keys(
@@ -239,28 +240,14 @@ def _edits(choices: list[LayerChoice]) -> list[LayerEdit]:
     return [e for c in choices for e in c.edits]
 
 
-def _conditional_one(lm: LoadedModel, keys: LayerKeys, layer: int, config: EditConfig) -> LayerChoice:
-    """The conditional-refusal-neuron variant (worker/engine/conditional.py) as one LayerChoice."""
-    na = NeuronActivation(lm.model, layer)
-    k = budget_count(config.neuron_budget, na.gate.shape[0]) if config.neuron_budget else 1
-    fit = fit_conditional(na, keys, list(config.target_langs), config.source_lang, k=k, gamma=config.gamma,
-                          lam=config.lam, target_scale=config.target_scale)
-    edits = []
-    for module, rows in (("gate", fit.gate_rows), ("up", fit.up_rows), ("down", fit.down_cols)):
-        old = neuron_rows(lm.model, layer, module, fit.indices).float()
-        edits.append(make_layer_edit(lm.model, layer, module, fit.indices, (rows - old).T))
-    info = {"layer": layer, "module": "conditional", "count": k, "fraction": k / na.gate.shape[0],
-            "selection": "least used on harmless text", "jaccard_with_source": {}, **fit.info}
-    return LayerChoice(layer, "conditional", edits[0], info, extra=edits[1:])
-
-
 def edit_one(
     lm: LoadedModel, keys: LayerKeys, layer: int, module: str, config: EditConfig,
     indices: torch.Tensor | None = None,
 ) -> LayerChoice:
     """Localise the safety neurons of (layer, module) (or take `indices`) and solve for their edit."""
-    if module == "conditional":
-        return _conditional_one(lm, keys, layer, config)
+    if module in LAYER_METHODS:  # a registered method (methods/__init__.py) fits the whole layer itself
+        edits, info = LAYER_METHODS[module].fit()(lm, keys, layer, config)
+        return LayerChoice(layer, module, edits[0], info, extra=edits[1:])
     na = NeuronActivation(lm.model, layer)
     src = config.source_lang
 
@@ -362,14 +349,14 @@ def run_edit(
     validate_config(config, num_layers(lm.model))
     rep.step("load", 1, 1)
     with timer("evaluate"):
-        before = _generate_all(lm, plan, config, rep, "before")
+        before = _generate_all(lm, plan, config, rep)
     choices, sweep, notes = METHODS[config.method](lm, plan, config, rep, timer)
     for note in notes:
         rep.warn(note)
     delta = SparseDelta(_edits(choices), metadata={"base_model": lm.spec})
     with timer("evaluate"):
         with applied(lm.model, delta):
-            after = _generate_all(lm, plan, config, rep, "after")
+            after = _generate_all(lm, plan, config, rep)
         languages, samples = _judge(config, plan, before, after)
         utility = _utility(lm, plan, config, delta, rep)
     neurons = {f"{c.layer}.{c.module}": c.neurons for c in choices}
@@ -564,7 +551,8 @@ def _auto_select(lm, plan, config, rep, timer, layers, token_ids):
         if best is None or obj > best[0]:
             best = (obj, ch)
     rep.step("localize", n, n)
-    assert best is not None
+    if best is None:
+        raise UserError("no candidate layer/module to choose from (check layers and layer_band)", param="layers")
     return best[1], sweep
 
 
@@ -591,7 +579,7 @@ def eval_sets(plan: Plan, config: EditConfig) -> EvalSets:
     return sets
 
 
-def _generate_all(lm, plan, config, rep, which: str) -> EvalSets:
+def _generate_all(lm, plan, config, rep) -> EvalSets:
     sets = eval_sets(plan, config)
     total = sum(len(t) for by in sets.values() for t in by.values())
     out: EvalSets = {}
@@ -695,7 +683,7 @@ def evaluate_model(config: EditConfig, reporter: Reporter | None = None,
     validate_config(config)
     plan = make_plan(config, rep)
     lm = loaded or load_model(config.model, config.device, config.dtype, revision=config.base_revision)
-    answers = _generate_all(lm, plan, config, rep, "eval")
+    answers = _generate_all(lm, plan, config, rep)
     judge = configured_judge(config)
     sets = eval_sets(plan, config)
     rows = []

@@ -152,14 +152,6 @@ def _null_space(c: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
     return evecs[:, keep], evals[keep].clamp_min(0)
 
 
-def null_space_basis(c_safe: Tensor, threshold: float = 1e-2) -> Tensor:
-    """U₀ [d, p]: orthonormal eigenvectors of C_safe whose eigenvalue is below threshold · max eigenvalue.
-
-    C_safe = 0 gives every direction (nothing to protect); P = U₀U₀ᵀ is the AlphaEdit projector.
-    """
-    return _null_space(_check_matrix("C_safe", c_safe), threshold)[0]
-
-
 # --------------------------------------------------------------------------- the solve
 
 

@@ -21,13 +21,9 @@ def _encode(tokenizer: object, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
 
 
-def template_suffix_ids(tokenizer: object) -> list[int]:
-    """Token ids the chat template appends after the user's text (the post-instruction tokens)."""
-    return list(_template_suffix_cached(tokenizer))
-
-
 @lru_cache(maxsize=16)
-def _template_suffix_cached(tokenizer: object) -> tuple[int, ...]:
+def template_suffix_ids(tokenizer: object) -> tuple[int, ...]:
+    """Token ids the chat template appends after the user's text (the post-instruction tokens)."""
     rendered = format_prompt(tokenizer, _SENTINEL)
     suffix = rendered[rendered.rindex(_SENTINEL) + len(_SENTINEL):]
     suffix_ids = _encode(tokenizer, suffix)
@@ -42,4 +38,4 @@ def _template_suffix_cached(tokenizer: object) -> tuple[int, ...]:
 
 
 def num_template_tokens(tokenizer: object) -> int:
-    return len(_template_suffix_cached(tokenizer))
+    return len(template_suffix_ids(tokenizer))

@@ -1,4 +1,4 @@
-"""SQL for edit jobs, their events, results and artifacts; no business rules here."""
+"""SQL for edit jobs, their events, results and artifacts; no business rules here (status changes: lifecycle)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.db.base import utcnow
-from app.db.models import ApiKey, Artifact, EditJob, JobEvent, JobMetadata, LanguageResultRow
-from app.keys.service import hash_key
+from core.apikeys import hash_key
+from core.db.models import ApiKey, Artifact, EditJob, JobEvent, JobMetadata, LanguageResultRow
+from core.jobs.lifecycle import ACTIVE, QUEUED, SUCCEEDED
 
 
 def get_job(session: Session, tenant: str, job_id: str) -> EditJob | None:
@@ -52,7 +52,7 @@ def read_job(conn: Connection, key: str | None, job_id: str) -> SimpleNamespace 
     meta = conn.execute(_METADATA, by_id).all()
     results: list[Any] = []
     artifacts: list[Any] = []
-    if row.status == "succeeded":  # the worker writes both in the commit that makes a job succeeded
+    if row.status == SUCCEEDED:  # the worker writes both in the commit that makes a job succeeded
         results = conn.execute(_RESULTS, by_id).all()
         artifacts = conn.execute(_ARTIFACTS, by_id).all()
     return SimpleNamespace(**row._mapping, metadata_items=meta, results=results, artifacts=artifacts)
@@ -132,24 +132,18 @@ def get_artifact(session: Session, job_id: str, name: str) -> Artifact | None:
     return session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
 
 
-def transition(session: Session, job_id: str, from_status: tuple[str, ...], **values: Any) -> bool:
-    """Compare-and-set on status, so API, worker and reaper never overwrite each other's decisions."""
-    values.setdefault("updated_at", utcnow())
-    res = session.execute(
-        update(EditJob)
-        .where(EditJob.id == job_id, EditJob.status.in_(from_status))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return res.rowcount == 1
-
-
 def stale_running(session: Session, before: datetime) -> list[EditJob]:
     return list(
         session.scalars(
             select(EditJob).where(
-                EditJob.status.in_(("running", "cancelling")),
+                EditJob.status.in_(ACTIVE),
                 or_(EditJob.heartbeat_at < before, EditJob.heartbeat_at.is_(None)),
             )
         )
     )
+
+
+def queued_before(session: Session, cutoff: datetime, limit: int = 1000) -> list[str]:
+    """Ids of jobs queued and untouched since `cutoff` (the reaper checks their task messages)."""
+    q = select(EditJob.id).where(EditJob.status == QUEUED, EditJob.updated_at < cutoff).limit(limit)
+    return list(session.scalars(q))

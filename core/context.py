@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.artifacts.storage import Storage, make_storage
-from app.db.session import make_engine, make_session_factory
-from app.settings import Settings
+from core.db.session import make_engine, make_session_factory
+from core.queue import make_celery
+from core.settings import Settings
+from core.storage import Storage, make_storage
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -29,8 +30,6 @@ class Context:
     @property
     def celery(self) -> Celery:
         if self._celery is None:
-            from worker.celery_app import make_celery
-
             self._celery = make_celery(self.settings)
         return self._celery
 

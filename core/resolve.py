@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from app.settings import Settings
+from core.settings import Settings
 
 # worker.engine.models.DEMO_NAME; not imported, because that module imports torch (the API never needs it)
 DEMO_NAME = "demo"

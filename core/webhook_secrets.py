@@ -8,8 +8,8 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from app.db.base import utcnow
-from app.db.models import WebhookSecret
+from core.db.base import utcnow
+from core.db.models import WebhookSecret
 
 PREFIX = "whsec_"
 

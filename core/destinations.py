@@ -10,8 +10,6 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from app.errors import ApiError
-
 
 @dataclass(frozen=True)
 class Destination:
@@ -21,8 +19,13 @@ class Destination:
     prefix: str | None = None
 
 
-def _bad(message: str) -> ApiError:
-    return ApiError(422, "invalid_destination", message, "destination")
+class DestinationError(ValueError):
+    """A destination that is refused (the API answers 422 `invalid_destination` naming `destination`) or, in
+    the worker, could not be written (an error event; the job still succeeds)."""
+
+
+def _bad(message: str) -> DestinationError:
+    return DestinationError(message)
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -32,7 +35,7 @@ def _split_s3(uri: str) -> tuple[str, str]:
 
 
 def parse_destination(value: str, roots: list[str]) -> Destination:
-    """The normalised destination, or 422 naming `destination` (not under an allowed root, `..`, relative)."""
+    """The normalised destination, or DestinationError (not under an allowed root, `..`, relative)."""
     if not roots:
         raise _bad("this server accepts no destinations (LINGUA_EDIT_DESTINATION_ROOTS is empty)")
     if "\x00" in value or "\\" in value:

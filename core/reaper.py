@@ -14,17 +14,15 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
-
-from app.broker import pending_task_payloads
-from app.context import Context
-from app.db.base import utcnow
-from app.db.models import EditJob
-from app.edits import repository as repo
-from app.edits.service import dispatch
-from app.scratch import clean_orphans
-from worker.liveness import job_alive
-from worker.webhook import notify
+from core.broker import job_alive, pending_task_payloads
+from core.context import Context
+from core.db.base import utcnow
+from core.jobs import lifecycle
+from core.jobs import repository as repo
+from core.jobs.lifecycle import REAPER
+from core.queue import dispatch
+from core.scratch import clean_orphans
+from core.webhooks import notify
 
 log = logging.getLogger("lingua_edit.reaper")
 
@@ -81,19 +79,19 @@ def reap_stale(ctx: Context, now: datetime, stale_after_s: float | None = None) 
 def _reap_one(
     ctx: Context, now: datetime, job_id: str, status: str, cancel_requested: bool, attempts: int
 ) -> str | None:
-    from_status = (status,)
     with ctx.sessions() as session:
         if cancel_requested:
-            ok = repo.transition(session, job_id, from_status, status="cancelled", finished_at=now)
+            ok = lifecycle.move(session, job_id, "finish_cancelled", REAPER, expect=status, finished_at=now)
             action = "cancelled"
             if ok:
                 repo.add_event(session, job_id, "cancelled", "cancelled (the worker stopped responding)")
         elif attempts < ctx.settings.max_attempts:
-            ok = repo.transition(
+            ok = lifecycle.move(
                 session,
                 job_id,
-                from_status,
-                status="queued",
+                "requeue",
+                REAPER,
+                expect=status,
                 worker_id=None,
                 heartbeat_at=None,
                 progress_phase=None,
@@ -112,11 +110,12 @@ def _reap_one(
                 )
         else:
             message = LOST.format(n=max(0, attempts - 1))
-            ok = repo.transition(
+            ok = lifecycle.move(
                 session,
                 job_id,
-                from_status,
-                status="failed",
+                "fail",
+                REAPER,
+                expect=status,
                 finished_at=now,
                 error_type="system",
                 error_code="worker_lost",
@@ -137,11 +136,7 @@ def redispatch_lost(ctx: Context, now: datetime) -> list[tuple[str, str]]:
     queue nor its unacked set. Skipped while the broker cannot be read."""
     cutoff = now - timedelta(seconds=ctx.settings.redispatch_after_s)
     with ctx.sessions() as session:
-        queued = list(
-            session.scalars(
-                select(EditJob.id).where(EditJob.status == "queued", EditJob.updated_at < cutoff).limit(1000)
-            )
-        )
+        queued = repo.queued_before(session, cutoff)
     if not queued:
         return []
     payloads = pending_task_payloads(ctx.settings)
@@ -158,7 +153,7 @@ def redispatch_lost(ctx: Context, now: datetime) -> list[tuple[str, str]]:
             log.error("reaper: could not re-dispatch %s: %s", job_id, exc)
             break
         with ctx.sessions() as session:  # so the next run waits redispatch_after_s again
-            repo.transition(session, job_id, ("queued",))
+            lifecycle.move(session, job_id, "redispatch", REAPER)
             repo.add_event(session, job_id, "redispatched", "the job's task message was lost; sent again",
                            level="warning")
             session.commit()

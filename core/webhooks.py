@@ -9,7 +9,9 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from worker.celery_app import WEBHOOK_TASK_NAME
+from core.db.models import EditJob
+from core.jobs.view import to_out
+from core.queue import WEBHOOK_TASK_NAME
 
 log = logging.getLogger("lingua_edit.webhook")
 
@@ -24,9 +26,6 @@ def notify(ctx: Any, job_id: str, event: str | None = None) -> None:
     """Queue the job's webhook (if it has one) for `event` (default: edit.<status>); never raises.
 
     The payload is built once here, so every retry of one delivery sends the same body and `webhook-id`."""
-    from app.db.models import EditJob
-    from app.edits.service import to_out
-
     try:
         with ctx.sessions() as s:
             job = s.get(EditJob, job_id)

@@ -8,7 +8,8 @@ import secrets
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from app.db.models import ApiKey
+from core.db.base import utcnow
+from core.db.models import ApiKey
 
 PREFIX = "le_"
 
@@ -40,8 +41,6 @@ def list_keys(session: Session, tenant: str) -> list[ApiKey]:
 def revoke_key(session: Session, tenant: str, key_id: int) -> ApiKey | None:
     """Revoke one of the tenant's keys (at once: every request looks the key up). None if not the
     tenant's. Revoking twice keeps the first time."""
-    from app.db.base import utcnow
-
     row = session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant == tenant))
     if row is None:
         return None

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from app.settings import Settings
+from core.settings import Settings
 
 CHUNK = 1 << 20
 

@@ -59,7 +59,7 @@ class EditJob(Base):
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(128))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16))  # written only by core.jobs.lifecycle (INITIAL on insert)
     model: Mapped[str] = mapped_column(String(512))
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), nullable=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)  # EditConfig fields, minus paths

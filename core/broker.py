@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+from typing import Any
+
 import redis
 
-from app.settings import Settings
+from core.settings import Settings
+
+log = logging.getLogger("lingua_edit.broker")
 
 
 class BrokerNotConfiguredError(RuntimeError):
@@ -71,3 +77,29 @@ def live_workers(settings: Settings) -> list[str] | None:
         return [k.decode()[len(prefix) :] for k in client.scan_iter(match=prefix + "*", count=100)]
     except (redis.RedisError, BrokerNotConfiguredError, OSError):
         return None
+
+
+@functools.lru_cache(maxsize=4)
+def _client(url: str) -> Any:
+    return redis_client(url)
+
+
+def _job_key(settings: Settings, job_id: str) -> str:
+    return f"lingua-edit:{settings.queue}:job-alive:{job_id}"
+
+
+def mark_job_alive(settings: Settings, job_id: str) -> None:
+    """The job's worker is alive, said in Redis beside the database heartbeat: when the database cannot be
+    written (disk full) the reaper must not re-queue a job whose worker is still trying to record its end.
+    Lives for stale_after_s, so a dead worker's job is still reaped as before."""
+    try:
+        _client(settings.broker_url or "").set(_job_key(settings, job_id), "1", ex=max(1, int(settings.stale_after_s)))
+    except Exception as exc:  # broker down: the database heartbeat alone decides, as before
+        log.debug("job liveness for %s not written: %s", job_id, exc)
+
+
+def job_alive(settings: Settings, job_id: str) -> bool:
+    try:
+        return bool(_client(settings.broker_url or "").exists(_job_key(settings, job_id)))
+    except Exception:
+        return False

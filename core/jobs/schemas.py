@@ -7,11 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.netguard import UnsafeURLError, parse_webhook_url
+from core.jobs.lifecycle import STATUSES
+from core.netguard import UnsafeURLError, parse_webhook_url
 from worker.engine.config import SUPPORTED_LANGS
+from worker.engine.methods import MODULE_CHOICES
 
-Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-TERMINAL = ("succeeded", "failed", "cancelled")
+Status = Literal[STATUSES]  # type: ignore[valid-type]
 Lang = Literal[SUPPORTED_LANGS]  # type: ignore[valid-type]
 
 
@@ -42,7 +43,7 @@ class Hyperparameters(BaseModel):
         | Literal["auto"]
         | None
     ) = Field(None, description='"auto" or 1-256 distinct layer indices')
-    module: Literal["gate", "up", "gate+up", "down", "conditional"] | None = None
+    module: Literal[MODULE_CHOICES] | None = None  # type: ignore[valid-type]
     tau_z: float | None = Field(None, ge=0)
     tau_d: float | None = Field(None, ge=0)
     neuron_budget: float | None = Field(None, gt=0)

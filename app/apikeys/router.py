@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from app.deps import SessionDep, TenantDep
 from app.errors import not_found
-from app.keys import service
+from core import apikeys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -34,14 +34,14 @@ def _out(row: object) -> KeyOut:
 
 @router.get("", response_model=KeyList)
 def list_keys(session: SessionDep, tenant: TenantDep) -> KeyList:
-    return KeyList(data=[_out(k) for k in service.list_keys(session, tenant)])
+    return KeyList(data=[_out(k) for k in apikeys.list_keys(session, tenant)])
 
 
 @router.delete("/{key_id}", response_model=KeyOut)
 def revoke_key(
     session: SessionDep, tenant: TenantDep, key_id: Annotated[int, Path(ge=1, le=2**63 - 1)]
 ) -> KeyOut:
-    row = service.revoke_key(session, tenant, key_id)
+    row = apikeys.revoke_key(session, tenant, key_id)
     if row is None:
         raise not_found("API key", "key_id")
     session.commit()
