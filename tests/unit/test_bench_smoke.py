@@ -57,7 +57,8 @@ def test_bench_scores_answers_with_a_second_judge_too(tiny_qwen2, tiny_llama, tm
 
 
 def test_bench_rejects_a_second_judge_without_its_model_before_loading_anything(tmp_path):
-    args = bench_run.parse(["--quick", "--model", str(tmp_path / "no-such-model"), "--second-judge", "guard"])
+    args = bench_run.parse(["--quick", "--data", "demo", "--model", str(tmp_path / "no-such-model"),
+                            "--second-judge", "guard"])
     with pytest.raises(SystemExit, match="judge_model|guard model"):
         bench_run.run(args)
 
@@ -99,6 +100,6 @@ def test_gpu_scale_script_runs_shrunken_on_the_cpu():
                                        ('{"module": "attention"}', "module"),
                                        ('[18]', "JSON object")])
 def test_bench_rejects_bad_best_settings_before_loading_anything(tmp_path, best, why):
-    args = bench_run.parse(["--quick", "--model", str(tmp_path / "no-such-model"), "--best", best])
+    args = bench_run.parse(["--quick", "--data", "demo", "--model", str(tmp_path / "no-such-model"), "--best", best])
     with pytest.raises(SystemExit, match=why):
         bench_run.run(args)
