@@ -46,11 +46,16 @@ async def _reaper_loop(ctx: Context) -> None:
             log.exception("retention run failed")
 
 
+# The polling read runs on the event loop (app/edits/router.py): no PostgreSQL statement of the API may hold
+# the loop longer than this (its reaper and retention runs are one small statement per job).
+API_STATEMENT_TIMEOUT_MS = 5000
+
+
 def create_app(
     settings: Settings | None = None, ctx: Context | None = None, check_schema: bool = True
 ) -> FastAPI:
     settings = settings or get_settings()
-    ctx = ctx or make_context(settings, pool_pre_ping=False)
+    ctx = ctx or make_context(settings, pool_pre_ping=False, statement_timeout_ms=API_STATEMENT_TIMEOUT_MS)
     if check_schema:
         check_current(ctx.engine)  # refuse to serve on a database that is behind
 

@@ -34,11 +34,14 @@ class Context:
         return self._celery
 
 
-def make_context(settings: Settings, pool_pre_ping: bool = True) -> Context:
+def make_context(settings: Settings, pool_pre_ping: bool = True, statement_timeout_ms: int | None = None
+                 ) -> Context:
     """`pool_pre_ping=False` (the API) saves a round trip per request; a connection the database dropped
-    then fails once (503) and SQLAlchemy replaces the whole pool. Workers keep the ping."""
+    then fails once (503) and SQLAlchemy replaces the whole pool. Workers keep the ping.
+    `statement_timeout_ms` bounds every PostgreSQL statement (the API's)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url(), pool_pre_ping=pool_pre_ping)
+    engine = make_engine(settings.resolved_database_url(), pool_pre_ping=pool_pre_ping,
+                         statement_timeout_ms=statement_timeout_ms)
     return Context(
         settings=settings,
         engine=engine,

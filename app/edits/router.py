@@ -4,7 +4,6 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from app.deps import BearerDep, PageDep, SessionDep, TenantDep
 from app.edits import service
@@ -61,9 +60,11 @@ def list_edits(
 
 @router.get("/{job_id}", response_model=EditOut)
 async def get_edit(request: Request, credentials: BearerDep, job_id: str) -> Response:
-    """The polling path: authentication, the read and the rendering in one thread-pool call and one
-    session, plain rows instead of ORM objects, and the JSON written once (no response_model pass)."""
-    body = await run_in_threadpool(service.read_edit_json, request.app.state.ctx, credentials, job_id)
+    """The polling path: authentication, the read and the rendering on one autocommit connection, plain rows
+    instead of ORM objects, and the JSON written once (no response_model pass). It runs on the event loop:
+    the read is one indexed query (two once succeeded) and handing it to the thread pool cost more CPU than
+    the read (BENCHMARKS.md §4); the read engine bounds its waits (core/db/session.py)."""
+    body = service.read_edit_json(request.app.state.ctx, credentials, job_id)
     return Response(body, media_type="application/json")
 
 

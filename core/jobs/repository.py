@@ -19,16 +19,18 @@ def get_job(session: Session, tenant: str, job_id: str) -> EditJob | None:
 
 
 # Built once: the polling path pays neither statement construction nor compilation per request.
-_JOB_FOR_KEY = select(EditJob.__table__).where(
-    EditJob.id == bindparam("job_id"),
-    EditJob.tenant
-    == select(ApiKey.tenant)
-    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
-    .scalar_subquery(),
-)
-_METADATA = (
-    select(JobMetadata.key, JobMetadata.value)
-    .where(JobMetadata.job_id == bindparam("job_id"))
+# The job and its metadata pairs in one round trip: one row per pair (a job has at most a few), or one row
+# with NULL key and value when it has none.
+_JOB_WITH_METADATA = (
+    select(EditJob.__table__, JobMetadata.key.label("meta_key"), JobMetadata.value.label("meta_value"))
+    .select_from(EditJob.__table__.outerjoin(JobMetadata, JobMetadata.job_id == EditJob.id))
+    .where(
+        EditJob.id == bindparam("job_id"),
+        EditJob.tenant
+        == select(ApiKey.tenant)
+        .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+        .scalar_subquery(),
+    )
     .order_by(JobMetadata.key)
 )
 _RESULTS = (
@@ -45,17 +47,19 @@ def read_job(conn: Connection, key: str | None, job_id: str) -> SimpleNamespace 
     no ORM: this is the polling path."""
     if not key:
         return None
-    row = conn.execute(_JOB_FOR_KEY, {"job_id": job_id, "key_hash": hash_key(key)}).first()
-    if row is None:
+    rows = conn.execute(_JOB_WITH_METADATA, {"job_id": job_id, "key_hash": hash_key(key)}).all()
+    if not rows:
         return None
+    row = rows[0]
+    meta = [SimpleNamespace(key=r.meta_key, value=r.meta_value) for r in rows if r.meta_key is not None]
     by_id = {"job_id": job_id}
-    meta = conn.execute(_METADATA, by_id).all()
     results: list[Any] = []
     artifacts: list[Any] = []
     if row.status == SUCCEEDED:  # the worker writes both in the commit that makes a job succeeded
         results = conn.execute(_RESULTS, by_id).all()
         artifacts = conn.execute(_ARTIFACTS, by_id).all()
-    return SimpleNamespace(**row._mapping, metadata_items=meta, results=results, artifacts=artifacts)
+    fields = {k: v for k, v in row._mapping.items() if k not in ("meta_key", "meta_value")}
+    return SimpleNamespace(**fields, metadata_items=meta, results=results, artifacts=artifacts)
 
 
 def get_by_idempotency_key(session: Session, tenant: str, key: str) -> EditJob | None:

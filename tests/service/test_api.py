@@ -226,3 +226,36 @@ def test_unhandled_errors_use_the_envelope_without_traceback(pg_stack: Stack) ->
     assert r.status_code == 500
     assert r.json() == {"error": {"code": "internal_error", "message": "internal server error", "param": None}}
     assert "secret" not in r.text and "Traceback" not in r.text
+
+
+def test_polling_read_gives_up_when_the_database_hangs(pg_stack: Stack) -> None:
+    """The polling read runs on the event loop, so a database that hangs (a lock nobody releases) must not
+    hold it: the API's statements are bounded and the client gets the 503 envelope, not a hung request."""
+    import threading
+    import time
+
+    import psycopg
+
+    job = pg_stack.submit(fast_job())
+    url = pg_stack.settings.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with psycopg.connect(url) as conn:
+            conn.execute("LOCK TABLE edit_jobs IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(30)  # the code before the bound answered only once this lock went (after 30 s)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        start = time.monotonic()
+        r = pg_stack.client.get(f"/v1/edits/{job['id']}")
+        elapsed = time.monotonic() - start
+    finally:
+        release.set()
+        holder.join()
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+    assert elapsed < 15
+    assert pg_stack.client.get(f"/v1/edits/{job['id']}").status_code == 200  # and it recovers at once
