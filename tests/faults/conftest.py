@@ -244,15 +244,22 @@ class FaultStack:
 
 
 def job_body(**over: Any) -> dict[str, Any]:
-    """A tiny-model job of a few seconds with every phase (load, evaluate, capture, solve, save)."""
+    """A tiny-model job of a few seconds with every phase of the paper's method (load, evaluate, capture,
+    solve, save); `search_job_body` has the default method's (load, evaluate, search, capture, save)."""
     body: dict[str, Any] = {
         "model": "tiny",
         "target_languages": ["zh"],
-        "hyperparameters": {"layers": [1], "max_new_tokens": 4, "max_eval_prompts": 2, "rank": 4,
-                            "batch_size": 8},
+        "hyperparameters": {"method": "paper", "layers": [1], "max_new_tokens": 4, "max_eval_prompts": 2,
+                            "rank": 4, "batch_size": 8},
     }
     body.update(over)
     return body
+
+
+def search_job_body() -> dict[str, Any]:
+    return job_body(hyperparameters={"method": "search", "search_layers": [1], "search_gains": [1.0],
+                                     "screen_prompts": 2, "confirm_candidates": 1, "confirm_prompts": 1,
+                                     "max_new_tokens": 4, "max_eval_prompts": 2, "batch_size": 8})
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from tests.faults.conftest import (
     RedisServer,
     fill,
     job_body,
+    search_job_body,
     tmpfs,
     umount,
 )
@@ -52,10 +53,10 @@ def _running_in(phase: str):  # noqa: ANN202
     return lambda j: j["status"] == "running" and j["progress"]["phase"] == phase
 
 
-@pytest.mark.parametrize("phase", ["load", "evaluate", "capture", "solve", "save"])
+@pytest.mark.parametrize("phase", ["load", "evaluate", "capture", "solve", "search", "save"])
 def test_worker_sigkill_in_phase(stack: FaultStack, phase: str) -> None:
     doomed = stack.start_worker(LINGUA_EDIT_FAULT_STALL=f"{phase}:120")
-    job = stack.submit(job_body())
+    job = stack.submit(search_job_body() if phase == "search" else job_body())
     stack.wait(job["id"], _running_in(phase), timeout=90)
     doomed.kill()
     killed_at = time.monotonic()
@@ -223,7 +224,7 @@ def test_full_disk(
     tmp_path: Path, shared_pg_url: str, redis_server: RedisServer, fault_tiny_model: Path
 ) -> None:
     data = tmp_path / "data"
-    if not tmpfs(data, "2m"):
+    if not tmpfs(data, "1m"):  # less than the edited tiny model (1.1 MB): the save cannot fit
         pytest.skip("cannot mount a tmpfs here (needs root)")
     s = FaultStack(tmp_path, shared_pg_url, redis_server.url, fault_tiny_model)
     try:
@@ -232,7 +233,7 @@ def test_full_disk(
         s.start_worker()
         job = s.submit(job_body())
         done, seconds = s.wait_terminal(job["id"], timeout=BUDGET_S)
-        record("disk full (2 MB tmpfs) while saving artifacts", done, seconds)
+        record("disk full (1 MB tmpfs) while saving artifacts", done, seconds)
         assert done["status"] == "failed" and done["error"]["code"] == "insufficient_storage", done
         s.check_outcome(done)
         # an upload that does not fit: 507 with the envelope, no partial file
