@@ -10,6 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from worker.engine.cli import add_config_flags
+
+DEMO_FIELDS = ("method", "layers", "max_eval_prompts", "max_harmless_eval", "max_new_tokens", "neuron_budget")
+# unset (None): the engine's default; layers only matters with --method paper
+DEMO_DEFAULTS = {"method": "search", "layers": None, "max_eval_prompts": 4, "max_harmless_eval": 3,
+                 "max_new_tokens": 20, "neuron_budget": None}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="./lingua-edit-demo", help="embedded database, Redis and artifacts")
@@ -23,16 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="all",
         help="comma-separated codes, or 'all' for the nine non-English languages",
     )
-    p.add_argument("--method", default="search", choices=["search", "paper"])
-    p.add_argument(
-        "--layers",
-        default=None,
-        help="(--method paper) 'auto' or comma-separated layer indices",
-    )
-    p.add_argument("--max-eval-prompts", type=int, default=4, help="held-out harmful prompts per language")
-    p.add_argument("--max-harmless-eval", type=int, default=3, help="held-out harmless prompts per language")
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--neuron-budget", type=float, default=None)
+    # method, layers, max_eval_prompts, max_harmless_eval, max_new_tokens, neuron_budget: flags read from
+    # EditConfig (worker/engine/config.py) like `lingua-edit edit`'s, with the demo's smaller defaults
+    add_config_flags(p, only=DEMO_FIELDS, defaults=DEMO_DEFAULTS)
     p.add_argument(
         "--out", default=None, help="where to save the downloads (default: DATA_DIR/download/JOB_ID)"
     )
@@ -56,9 +56,9 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         hp.update(search_gains=[1.0, 3.0], screen_prompts=5, confirm_candidates=1, confirm_prompts=2,
                   max_anchor_prompts=12)
     if args.layers:
-        hp["layers"] = "auto" if args.layers == "auto" else [int(x) for x in args.layers.split(",")]
+        hp["layers"] = args.layers  # "auto" or a list of indices (parsed by the flag)
     if args.neuron_budget is not None:
-        hp["neuron_budget"] = args.neuron_budget
+        hp["neuron_budget"] = float(args.neuron_budget)
     body: dict[str, Any] = {"model": args.model, "hyperparameters": hp, "metadata": {"source": "demo"}}
     if args.target_languages and args.target_languages != "all":
         body["target_languages"] = args.target_languages.split(",")

@@ -16,14 +16,14 @@ import torch
 from . import data as calib
 from .arch import num_layers
 from .capture import capture_mlp_inputs
-from .config import SUPPORTED_LANGS, EditConfig
+from .config import EditConfig, validate_config
 from .delta import LayerEdit, SparseDelta, applied, apply_delta, make_layer_edit, revert_delta
 from .errors import UserError
 from .evaluate import generate, kl_and_perplexity, refusal_scores, refusal_token_ids
 from .judges import make_judge
 from .keys import LayerKeys, NeuronActivation, build_problem, refusal_gap_attribution
 from .localize import budget_count, jaccard, neuron_scores, select_neurons
-from .methods import LAYER_METHODS, MODULE_CHOICES
+from .methods import LAYER_METHODS
 from .models import LoadedModel, load_model
 from .progress import Reporter
 from .result import EditResult, LanguageResult
@@ -50,67 +50,6 @@ class Plan:
     borderline_val: dict[str, list[str]] = field(default_factory=dict)  # lang -> texts (search screen)
     borderline_eval: dict[str, list[str]] = field(default_factory=dict)  # lang -> held-out over-refusal texts
     second_test: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> lang -> harmful text
-
-
-def validate_config(config: EditConfig, n_layers: int | None = None) -> None:
-    """Reject bad hyperparameters before any heavy work (UserError naming the parameter)."""
-    def bad(param: str, why: str) -> UserError:
-        return UserError(f"{param}: {why}", param=param)
-
-    if config.source_lang not in SUPPORTED_LANGS:
-        raise bad("source_lang", f"unsupported language {config.source_lang!r}")
-    if not config.target_langs:
-        raise bad("target_langs", "at least one target language is required")
-    for lg in config.target_langs:
-        if lg not in SUPPORTED_LANGS:
-            raise bad("target_langs", f"unsupported language {lg!r}; supported: {', '.join(SUPPORTED_LANGS)}")
-        if lg == config.source_lang:
-            raise bad("target_langs", "the source language cannot also be a target")
-    if not 0.0 < config.eval_split < 1.0:
-        raise bad("eval_split", "must be in (0, 1)")
-    if not 0.0 <= config.val_split < 1.0:
-        raise bad("val_split", "must be in [0, 1)")
-    if config.module not in MODULE_CHOICES:
-        raise bad("module", f"must be {', '.join(MODULE_CHOICES[:-1])} or {MODULE_CHOICES[-1]}")
-    if config.positions not in ("template", "last", "all"):
-        raise bad("positions", "must be template, last or all")
-    method = LAYER_METHODS.get(config.module)
-    if (config.module == "down" or (method and method.fixed_positions)) and config.positions == "all":
-        raise bad("positions", f"the {config.module} variant needs fixed positions (template or last)")
-    if config.select not in ("contrast", "refusal_gap"):
-        raise bad("select", "must be contrast or refusal_gap")
-    if config.select == "refusal_gap" and config.positions == "all":
-        raise bad("positions", "refusal_gap selection needs fixed positions (template or last)")
-    if config.target_scale <= 0:
-        raise bad("target_scale", "must be > 0")
-    if config.lam <= 0:
-        raise bad("lam", "must be > 0 (without it the edit breaks the model)")
-    if config.gamma < 0:
-        raise bad("gamma", "must be >= 0")
-    if config.rank is not None and config.rank < 1:
-        raise bad("rank", "must be >= 1")
-    if config.null_space not in ("soft", "hard"):
-        raise bad("null_space", "must be soft or hard")
-    if config.max_new_tokens < 1 or config.batch_size < 1:
-        raise bad("max_new_tokens" if config.max_new_tokens < 1 else "batch_size", "must be >= 1")
-    if config.method not in ("search", "paper"):
-        raise bad("method", "must be search or paper")
-    if config.search_layers != "auto":
-        if not isinstance(config.search_layers, list) or not config.search_layers:
-            raise bad("search_layers", "must be 'auto' or a non-empty list of layer indices")
-        if n_layers is not None and any(not 1 <= int(x) < n_layers for x in config.search_layers):
-            raise bad("search_layers", f"layer indices must be in [1, {n_layers})")
-    if not config.search_gains or any(not 0 < g <= 100 for g in config.search_gains):
-        raise bad("search_gains", "must be a non-empty list of multipliers in (0, 100]")
-    if config.confirm_candidates < 0 or config.confirm_prompts < 1 or config.screen_prompts < 1:
-        bad_name = ("confirm_candidates" if config.confirm_candidates < 0 else
-                    "confirm_prompts" if config.confirm_prompts < 1 else "screen_prompts")
-        raise bad(bad_name, "out of range")
-    if config.layers != "auto":
-        if not isinstance(config.layers, list) or not config.layers:
-            raise bad("layers", "must be 'auto' or a non-empty list of layer indices")
-        if n_layers is not None and any(not 0 <= int(x) < n_layers for x in config.layers):
-            raise bad("layers", f"layer indices must be in [0, {n_layers})")
 
 
 def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
