@@ -100,9 +100,51 @@ class ProgressBar:
         self.bar.close()
 
 
+def submit_and_download(client: Any, args: argparse.Namespace, data_dir: Path) -> int:
+    """Submit the demo job, follow it with a progress bar, print its table and download its artifacts."""
+    from lingua_edit_client import APIError
+
+    try:
+        job = client.create_edit(**build_request(args))
+    except APIError as exc:
+        print(f"submit failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"submitted {job.id} on model {job.model} "
+        f"({len(job.target_languages)} target languages); first run prepares the demo model"
+    )
+    bar = ProgressBar()
+    try:
+        job = client.wait(job.id, poll_interval=1.0, on_progress=bar, timeout=args.timeout)
+    except TimeoutError:
+        client.cancel_edit(job.id)
+        print(f"job {job.id} did not finish in {args.timeout:.0f}s; cancelled", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+    if job.status != "succeeded":
+        err = job.error
+        print(
+            f"job {job.status}: {err.code if err else None}: {err.message if err else None}",
+            file=sys.stderr,
+        )
+        return 1
+    print_table(job.model_dump(mode="json"))
+    out = Path(args.out) if args.out else data_dir / "download" / job.id
+    for a in job.artifacts:  # delta, manifest, report
+        if a.kind in ("delta", "manifest", "report"):
+            client.download_artifact(job.id, a.name, out / a.name, artifact=a)
+            print(f"downloaded {a.name:<28} {a.size:>12,} bytes  sha256 ok")
+    if not args.skip_model_download:  # the model folder in Hugging Face layout, file by file
+        model_dir = client.download_model(job.id, out / "model")
+        print(f"edited model in {model_dir} (model card, sharded safetensors; loads with from_pretrained)")
+    print(f"\nartifacts in {out}")
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import uvicorn
-    from lingua_edit_client import APIError, Client
+    from lingua_edit_client import Client
 
     from app.embedded import prepare_embedded, start_worker, stop_redis, stop_worker
     from app.main import create_app
@@ -130,42 +172,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 if client.ready():
                     break
                 time.sleep(0.2)
-            try:
-                job = client.create_edit(**build_request(args))
-            except APIError as exc:
-                print(f"submit failed: {exc}", file=sys.stderr)
-                return 1
-            print(
-                f"submitted {job.id} on model {job.model} "
-                f"({len(job.target_languages)} target languages); first run prepares the demo model"
-            )
-            bar = ProgressBar()
-            try:
-                job = client.wait(job.id, poll_interval=1.0, on_progress=bar, timeout=args.timeout)
-            except TimeoutError:
-                client.cancel_edit(job.id)
-                print(f"job {job.id} did not finish in {args.timeout:.0f}s; cancelled", file=sys.stderr)
-                return 1
-            finally:
-                bar.close()
-            if job.status != "succeeded":
-                err = job.error
-                print(
-                    f"job {job.status}: {err.code if err else None}: {err.message if err else None}",
-                    file=sys.stderr,
-                )
-                return 1
-            print_table(job.model_dump(mode="json"))
-            out = Path(args.out) if args.out else data_dir / "download" / job.id
-            for a in job.artifacts:  # delta, manifest, report
-                if a.kind in ("delta", "manifest", "report"):
-                    client.download_artifact(job.id, a.name, out / a.name, artifact=a)
-                    print(f"downloaded {a.name:<28} {a.size:>12,} bytes  sha256 ok")
-            if not args.skip_model_download:  # the model folder in Hugging Face layout, file by file
-                model_dir = client.download_model(job.id, out / "model")
-                print(f"edited model in {model_dir} (model card, sharded safetensors; loads with from_pretrained)")
-            print(f"\nartifacts in {out}")
-        return 0
+            return submit_and_download(client, args, data_dir)
     finally:
         server.should_exit = True
         thread.join(10)

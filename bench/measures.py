@@ -10,10 +10,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.engine.arch import mlp_of
-from worker.engine.capture import capture_mlp_inputs, tokenize_chat
-from worker.engine.evaluate import generate, kl_and_perplexity
-from worker.engine.judges import Judge, Verdict, make_judge
+from worker.engine import (
+    Judge,
+    Verdict,
+    capture_mlp_inputs,
+    generate,
+    kl_and_perplexity,
+    make_judge,
+    mlp_of,
+    tokenize_chat,
+)
 
 from . import arith
 from .context import Context

@@ -84,16 +84,9 @@ def _same_or_conflict(job: EditJob, digest: str) -> EditJob:
     return job
 
 
-def create_edit(
-    ctx: Context, session: Session, tenant: str, body: EditCreate, idempotency_key: str | None
-) -> tuple[EditJob, bool]:
-    """Return (job, created). Validation happens before anything is stored or queued."""
-    digest = request_hash(body)
-    if idempotency_key:
-        existing = repo.get_by_idempotency_key(session, tenant, idempotency_key)
-        if existing is not None:
-            return _same_or_conflict(existing, digest), False
-    config = build_config(body)
+def check_request(ctx: Context, session: Session, tenant: str, body: EditCreate) -> str | None:
+    """The rules that need the settings or the database: model name, queue quota, webhook address,
+    base_revision, destination. Returns the destination's location (None without one)."""
     check_model(ctx.settings, body.model)
     check_tenant_quota(session, ctx.settings, tenant)
     if body.webhook_url:
@@ -106,23 +99,41 @@ def create_edit(
             422, "invalid_request", "base_revision applies to hub models only (not demo or registered names)",
             "base_revision",
         )
-    destination = None
-    if body.destination:
-        try:
-            destination = parse_destination(body.destination, ctx.settings.destination_roots).location
-        except DestinationError as exc:
-            raise ApiError(422, "invalid_destination", str(exc), "destination") from None
-    dataset_id = None
+    if not body.destination:
+        return None
+    try:
+        return parse_destination(body.destination, ctx.settings.destination_roots).location
+    except DestinationError as exc:
+        raise ApiError(422, "invalid_destination", str(exc), "destination") from None
+
+
+def calibration_dataset(ctx: Context, session: Session, tenant: str, body: EditCreate) -> str | None:
+    """The job's dataset id (an uploaded one, or the inline rows stored as one), its languages checked; None:
+    the bundled demo set."""
     if body.dataset_id:
         ds = datasets.get_dataset(session, tenant, body.dataset_id)
         datasets.check_dataset_languages(ctx, ds, body.source_language, body.target_languages)
-        dataset_id = ds.id
-    elif body.calibration_rows:
-        dataset_id = datasets.create_inline(
+        return ds.id
+    if body.calibration_rows:
+        return datasets.create_inline(
             ctx, session, tenant, body.calibration_rows, body.source_language, body.target_languages
         ).id
-    else:
-        datasets.check_bundled_languages(body.source_language, body.target_languages)
+    datasets.check_bundled_languages(body.source_language, body.target_languages)
+    return None
+
+
+def create_edit(
+    ctx: Context, session: Session, tenant: str, body: EditCreate, idempotency_key: str | None
+) -> tuple[EditJob, bool]:
+    """Return (job, created). Validation happens before anything is stored or queued."""
+    digest = request_hash(body)
+    if idempotency_key:
+        existing = repo.get_by_idempotency_key(session, tenant, idempotency_key)
+        if existing is not None:
+            return _same_or_conflict(existing, digest), False
+    config = build_config(body)
+    destination = check_request(ctx, session, tenant, body)
+    dataset_id = calibration_dataset(ctx, session, tenant, body)
     job = EditJob(
         id=new_id("edit"),
         tenant=tenant,

@@ -11,19 +11,22 @@ from typing import Any
 
 import torch
 
-from worker.engine.config import EditConfig
-from worker.engine.delta import (
+from worker.engine import (
+    EditConfig,
+    LayerChoice,
+    NeuronActivation,
     SparseDelta,
+    anchor_change,
     applied,
     apply_delta,
+    build_problem,
     delta_num_params,
+    edit_one,
     make_layer_edit,
     revert_delta,
     save_delta,
+    solve_edit,
 )
-from worker.engine.keys import NeuronActivation, build_problem
-from worker.engine.pipeline import LayerChoice, edit_one
-from worker.engine.solve import anchor_change, solve_edit
 
 from ..context import Context
 from . import Fitted

@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from worker.engine.config import EditConfig
-from worker.engine.delta import SparseDelta, apply_delta, revert_delta
-from worker.engine.pipeline import LayerChoice, collect_keys, edit_one
+from worker.engine import EditConfig, LayerChoice, SparseDelta, apply_delta, collect_keys, edit_one, revert_delta
 
 from ..context import Context
 from . import Fitted

@@ -13,9 +13,7 @@ import time
 import torch
 from torch import nn
 
-from worker.engine.arch import decoder_layers
-from worker.engine.capture import tokenize_chat
-from worker.engine.templates import num_template_tokens
+from worker.engine import decoder_layers, num_template_tokens, tokenize_chat
 
 from ..context import Context
 from . import Fitted
