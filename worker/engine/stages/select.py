@@ -8,6 +8,7 @@ Each returns (layer choices, the search or sweep table, notes).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -63,22 +64,34 @@ def paper_method(lm, plan, config, rep, timer) -> tuple[list[LayerChoice], list[
     if config.layers == "auto":
         choice, sweep = auto_select(lm, plan, config, rep, timer, layers, token_ids)
         return [choice], sweep, []
+    return fit_in_sequence(lm, plan, config, layers, rep, timer), [], []
+
+
+def fit_in_sequence(lm: LoadedModel, plan: Plan, config: EditConfig, layers: list[int], rep: Reporter,
+                    timer: StageTimer, first_keys: LayerKeys | None = None) -> list[LayerChoice]:
+    """Each layer's edit in turn, its keys captured with the earlier layers' edits applied (`first_keys`: the
+    first layer's keys, already captured on the base model). The model is back to its base weights on return,
+    also when cancelled mid-sequence."""
+    modules = candidate_modules(config)
     choices: list[LayerChoice] = []
     try:
-        for layer in layers:  # in sequence, keys recomputed with the earlier edits applied
-            with timer("capture"):
-                keys = collect_keys(lm, plan, [layer], config, rep)[layer]
-            for module in candidate_modules(config):
-                rep.step("solve", len(choices), len(layers) * len(candidate_modules(config)))
+        for i, layer in enumerate(layers):
+            if i == 0 and first_keys is not None:
+                keys = first_keys
+            else:
+                with timer("capture"):
+                    keys = collect_keys(lm, plan, [layer], config, rep)[layer]
+            for module in modules:
+                rep.step("solve", len(choices), len(layers) * len(modules))
                 with timer("solve"):
                     ch = edit_one(lm, keys, layer, module, config)
                 with timer("apply"):
                     apply_delta(lm.model, SparseDelta(ch.edits))
                 choices.append(ch)
-    finally:  # back to the base weights, also when cancelled mid-sequence
+    finally:
         with timer("apply"):
             revert_delta(lm.model, SparseDelta(list(reversed(edits_of(choices)))))
-    return choices, [], []
+    return choices
 
 
 # layers="auto" of the search: 65%, 80% and 92% of the depth (layers 16, 19 and 22 of 24). Below about 55% a
@@ -211,17 +224,28 @@ def validation_refusal_openings(lm, plan, config) -> list[str]:
 
 
 def auto_select(lm, plan, config, rep, timer, layers, token_ids):
+    """layers="auto": the candidate (layer, module) whose edit scores best on the layer screen."""
     with timer("capture"):
         all_keys = collect_keys(lm, plan, layers, config, rep)
     screen = LayerScreen(lm, plan, config, token_ids)
+    modules = candidate_modules(config) if config.module != "gate" else ["gate", "up"]
+    return screen_candidates(lm, all_keys.__getitem__, [(ly, m) for ly in layers for m in modules], config,
+                             screen, rep, timer)
+
+
+def screen_candidates(lm: LoadedModel, keys_of: Callable[[int], LayerKeys], candidates: list[tuple[int, str]],
+                      config: EditConfig, screen: LayerScreen, rep: Reporter | None = None,
+                      timer: StageTimer | None = None) -> tuple[LayerChoice, list[dict[str, Any]]]:
+    """Fit each (layer, module) candidate (`keys_of(layer)`: its keys), measure the screen's gain with its edit
+    applied, and return the best objective's choice with the sweep (one row per candidate)."""
+    rep, timer = rep or Reporter(), timer or StageTimer()
     best: tuple[float, LayerChoice] | None = None
     sweep = []
-    modules = candidate_modules(config) if config.module != "gate" else ["gate", "up"]
-    n = len(layers) * len(modules)
-    for i, (layer, module) in enumerate((ly, m) for ly in layers for m in modules):
+    n = len(candidates)
+    for i, (layer, module) in enumerate(candidates):
         rep.step("localize", i, n, f"layer {layer} {module}")
         with timer("solve"):
-            ch = edit_one(lm, all_keys[layer], layer, module, config)
+            ch = edit_one(lm, keys_of(layer), layer, module, config)
         d = SparseDelta(ch.edits)
         with timer("apply"):
             apply_delta(lm.model, d)
