@@ -23,7 +23,8 @@ def _items(item: Any, choices: tuple[Any, ...] | None) -> Any:
         try:
             out = [item(x.strip()) for x in value.split(",") if x.strip()]
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"takes comma-separated {item.__name__}s, e.g. 3,6,12") from exc
+            what = {int: "integers", float: "numbers"}.get(item, "values")
+            raise argparse.ArgumentTypeError(f"takes comma-separated {what}, e.g. 3,6,12") from exc
         bad = [x for x in out if choices is not None and x not in choices]
         if bad:
             raise argparse.ArgumentTypeError(f"unsupported value(s) {', '.join(map(str, bad))}; "
