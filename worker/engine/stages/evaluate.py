@@ -18,6 +18,7 @@ SAMPLE_ANSWERS = 3  # evaluation answers per language kept (before/after, with v
 
 
 def generate_all(lm, plan, config, rep) -> EvalSets:
+    """The model's answers to every held-out prompt (eval_sets), as the model stands (base or edited)."""
     sets = eval_sets(plan, config)
     total = sum(len(t) for by in sets.values() for t in by.values())
     out: EvalSets = {}
@@ -31,6 +32,7 @@ def generate_all(lm, plan, config, rep) -> EvalSets:
 
 
 def configured_judge(config: EditConfig):
+    """The judge the config names (offline refusal matcher, guard model or OpenAI-compatible API)."""
     return make_judge(config.judge, model_path=config.judge_model, url=config.judge_url,
                       api_model=config.judge_api_model)
 
