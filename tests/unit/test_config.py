@@ -238,3 +238,18 @@ def test_api_request_maps_onto_the_config_and_names_errors_as_the_api_does() -> 
     assert api_param("source_lang") == "source_language" and api_param("rank") == "hyperparameters.rank"
     assert set(server_only_names()) == {"calibration", "judge_model", "judge_url", "judge_api_model", "device",
                                         "dtype"}
+
+
+def test_demo_flags_are_editconfig_flags_with_the_demo_defaults() -> None:
+    from app.demo import DEMO_DEFAULTS, DEMO_FIELDS, add_arguments, build_request
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    demo = {a.dest: a for a in p._actions}
+    edit = _actions()
+    for name in DEMO_FIELDS:
+        assert demo[name].help == edit[name].help and demo[name].choices == edit[name].choices
+        assert demo[name].default == DEMO_DEFAULTS[name]
+    body = build_request(p.parse_args(["--method", "paper", "--layers", "1,2", "--neuron-budget", "8"]))
+    assert body["hyperparameters"]["layers"] == [1, 2] and body["hyperparameters"]["neuron_budget"] == 8.0
+    Hyperparameters(**body["hyperparameters"])  # the demo's request passes the API's schema
