@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -222,18 +223,8 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lingua-edit", description="Sparse closed-form safety edits for multilingual chat LLMs."
-    )
-    p.add_argument(
-        "--log-format",
-        choices=["text", "json"],
-        default=os.environ.get("LINGUA_EDIT_LOG_FORMAT", "text"),
-        help="json: one object per line with the job id (env LINGUA_EDIT_LOG_FORMAT)",
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_process_commands(sub: Any) -> None:
+    """serve (API, and a worker unless --no-worker) and worker."""
     s = sub.add_parser(
         "serve", help="API + one worker (embedded SQLite and Redis unless URLs are configured)"
     )
@@ -257,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--name", help="Celery node name (default NAME-PID@HOST); healthchecks ping it by name")
     w.set_defaults(func=_worker)
 
+
+def _add_admin_commands(sub: Any) -> None:
+    """keys, webhooks, db, openapi."""
     k = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     kc = k.add_parser("create", help="create an API key and print it (shown once)")
     kc.add_argument("--tenant", required=True)
@@ -288,6 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
     o = sub.add_parser("openapi", help="write the API's OpenAPI JSON (no servers, no database)")
     o.add_argument("--out", help="file to write (default: stdout)")
     o.set_defaults(func=_openapi, log_level="WARNING")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lingua-edit", description="Sparse closed-form safety edits for multilingual chat LLMs."
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("LINGUA_EDIT_LOG_FORMAT", "text"),
+        help="json: one object per line with the job id (env LINGUA_EDIT_LOG_FORMAT)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _add_process_commands(sub)
+    _add_admin_commands(sub)
 
     from app.demo import add_arguments
 

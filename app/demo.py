@@ -10,6 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from worker.engine.cli import add_config_flags
+
+DEMO_FIELDS = ("method", "layers", "max_eval_prompts", "max_harmless_eval", "max_new_tokens", "neuron_budget")
+# unset (None): the engine's default; layers only matters with --method paper
+DEMO_DEFAULTS = {"method": "search", "layers": None, "max_eval_prompts": 4, "max_harmless_eval": 3,
+                 "max_new_tokens": 20, "neuron_budget": None}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="./lingua-edit-demo", help="embedded database, Redis and artifacts")
@@ -23,16 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="all",
         help="comma-separated codes, or 'all' for the nine non-English languages",
     )
-    p.add_argument("--method", default="search", choices=["search", "paper"])
-    p.add_argument(
-        "--layers",
-        default=None,
-        help="(--method paper) 'auto' or comma-separated layer indices",
-    )
-    p.add_argument("--max-eval-prompts", type=int, default=4, help="held-out harmful prompts per language")
-    p.add_argument("--max-harmless-eval", type=int, default=3, help="held-out harmless prompts per language")
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--neuron-budget", type=float, default=None)
+    # method, layers, max_eval_prompts, max_harmless_eval, max_new_tokens, neuron_budget: flags read from
+    # EditConfig (worker/engine/config.py) like `lingua-edit edit`'s, with the demo's smaller defaults
+    add_config_flags(p, only=DEMO_FIELDS, defaults=DEMO_DEFAULTS)
     p.add_argument(
         "--out", default=None, help="where to save the downloads (default: DATA_DIR/download/JOB_ID)"
     )
@@ -56,9 +56,9 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         hp.update(search_gains=[1.0, 3.0], screen_prompts=5, confirm_candidates=1, confirm_prompts=2,
                   max_anchor_prompts=12)
     if args.layers:
-        hp["layers"] = "auto" if args.layers == "auto" else [int(x) for x in args.layers.split(",")]
+        hp["layers"] = args.layers  # "auto" or a list of indices (parsed by the flag)
     if args.neuron_budget is not None:
-        hp["neuron_budget"] = args.neuron_budget
+        hp["neuron_budget"] = float(args.neuron_budget)
     body: dict[str, Any] = {"model": args.model, "hyperparameters": hp, "metadata": {"source": "demo"}}
     if args.target_languages and args.target_languages != "all":
         body["target_languages"] = args.target_languages.split(",")
@@ -100,9 +100,51 @@ class ProgressBar:
         self.bar.close()
 
 
+def submit_and_download(client: Any, args: argparse.Namespace, data_dir: Path) -> int:
+    """Submit the demo job, follow it with a progress bar, print its table and download its artifacts."""
+    from lingua_edit_client import APIError
+
+    try:
+        job = client.create_edit(**build_request(args))
+    except APIError as exc:
+        print(f"submit failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"submitted {job.id} on model {job.model} "
+        f"({len(job.target_languages)} target languages); first run prepares the demo model"
+    )
+    bar = ProgressBar()
+    try:
+        job = client.wait(job.id, poll_interval=1.0, on_progress=bar, timeout=args.timeout)
+    except TimeoutError:
+        client.cancel_edit(job.id)
+        print(f"job {job.id} did not finish in {args.timeout:.0f}s; cancelled", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+    if job.status != "succeeded":
+        err = job.error
+        print(
+            f"job {job.status}: {err.code if err else None}: {err.message if err else None}",
+            file=sys.stderr,
+        )
+        return 1
+    print_table(job.model_dump(mode="json"))
+    out = Path(args.out) if args.out else data_dir / "download" / job.id
+    for a in job.artifacts:  # delta, manifest, report
+        if a.kind in ("delta", "manifest", "report"):
+            client.download_artifact(job.id, a.name, out / a.name, artifact=a)
+            print(f"downloaded {a.name:<28} {a.size:>12,} bytes  sha256 ok")
+    if not args.skip_model_download:  # the model folder in Hugging Face layout, file by file
+        model_dir = client.download_model(job.id, out / "model")
+        print(f"edited model in {model_dir} (model card, sharded safetensors; loads with from_pretrained)")
+    print(f"\nartifacts in {out}")
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import uvicorn
-    from lingua_edit_client import APIError, Client
+    from lingua_edit_client import Client
 
     from app.embedded import prepare_embedded, start_worker, stop_redis, stop_worker
     from app.main import create_app
@@ -130,42 +172,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 if client.ready():
                     break
                 time.sleep(0.2)
-            try:
-                job = client.create_edit(**build_request(args))
-            except APIError as exc:
-                print(f"submit failed: {exc}", file=sys.stderr)
-                return 1
-            print(
-                f"submitted {job.id} on model {job.model} "
-                f"({len(job.target_languages)} target languages); first run prepares the demo model"
-            )
-            bar = ProgressBar()
-            try:
-                job = client.wait(job.id, poll_interval=1.0, on_progress=bar, timeout=args.timeout)
-            except TimeoutError:
-                client.cancel_edit(job.id)
-                print(f"job {job.id} did not finish in {args.timeout:.0f}s; cancelled", file=sys.stderr)
-                return 1
-            finally:
-                bar.close()
-            if job.status != "succeeded":
-                err = job.error
-                print(
-                    f"job {job.status}: {err.code if err else None}: {err.message if err else None}",
-                    file=sys.stderr,
-                )
-                return 1
-            print_table(job.model_dump(mode="json"))
-            out = Path(args.out) if args.out else data_dir / "download" / job.id
-            for a in job.artifacts:  # delta, manifest, report
-                if a.kind in ("delta", "manifest", "report"):
-                    client.download_artifact(job.id, a.name, out / a.name, artifact=a)
-                    print(f"downloaded {a.name:<28} {a.size:>12,} bytes  sha256 ok")
-            if not args.skip_model_download:  # the model folder in Hugging Face layout, file by file
-                model_dir = client.download_model(job.id, out / "model")
-                print(f"edited model in {model_dir} (model card, sharded safetensors; loads with from_pretrained)")
-            print(f"\nartifacts in {out}")
-        return 0
+            return submit_and_download(client, args, data_dir)
     finally:
         server.should_exit = True
         thread.join(10)

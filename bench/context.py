@@ -6,15 +6,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.engine.capture import capture_mlp_inputs
-from worker.engine.config import EditConfig
-from worker.engine.evaluate import BaseReference, base_reference, refusal_token_ids
-from worker.engine.judges import Judge
-from worker.engine.keys import LayerKeys
-from worker.engine.models import LoadedModel
-from worker.engine.pipeline import Plan, Screen, collect_keys, needs_residual
-from worker.engine.progress import Reporter
-from worker.engine.stages import StageTimer
+from worker.engine import (
+    BaseReference,
+    EditConfig,
+    Judge,
+    LayerKeys,
+    LayerScreen,
+    LoadedModel,
+    Plan,
+    Reporter,
+    StageTimer,
+    base_reference,
+    capture_mlp_inputs,
+    collect_keys,
+    needs_residual,
+    refusal_token_ids,
+)
 
 QUICK = "quick"
 FULL = "full"
@@ -78,7 +85,7 @@ class Context:
     token_ids: list[int] = field(default_factory=list)
     _keys: dict[tuple[int, str, bool], LayerKeys] = field(default_factory=dict)
     capture_seconds: dict[tuple[int, str, bool], float] = field(default_factory=dict)  # for the fit times
-    _screen: Screen | None = None
+    _screen: LayerScreen | None = None
     _kl_refs: dict[str, BaseReference | None] = field(default_factory=dict)
     second_judge: Judge | None = None  # --second-judge: scored beside the offline judge, with agreement
     notes: list[str] = field(default_factory=list)
@@ -86,7 +93,7 @@ class Context:
 
     @property
     def n_layers(self) -> int:
-        from worker.engine.arch import num_layers
+        from worker.engine import num_layers
 
         return num_layers(self.lm.model)
 
@@ -137,10 +144,10 @@ class Context:
                 self._kl_refs[lang] = None
         return self._kl_refs[lang]
 
-    def screen(self) -> Screen:
+    def screen(self) -> LayerScreen:
         """The engine's first-token refusal screen on the validation slice (base scores measured once)."""
         if self._screen is None:
-            self._screen = Screen(self.lm, self.plan, self.config, self.token_ids)
+            self._screen = LayerScreen(self.lm, self.plan, self.config, self.token_ids)
         return self._screen
 
     def set_refusal_tokens(self, english_refusals: list[str]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.variants import to_markdown
-from worker.engine.report.markdown import run_markdown as report_markdown
+from worker.engine import run_markdown as report_markdown
 
 
 def run_markdown(run_dir: Path) -> str:
@@ -49,7 +49,7 @@ def main() -> None:
     if a.run:
         print(run_markdown(a.run))
     if a.variants:
-        from worker.engine.config import EditConfig
+        from worker.engine import EditConfig
 
         print(to_markdown(merge_variant_rows(a.variants), EditConfig().target_langs))
 

@@ -2,9 +2,9 @@
 and how much a write of the English harmful-minus-harmless difference raises the first-token refusal
 probability, per language and prompt group (harmful, plain harmless, borderline harmless).
 
-This is the diagnostic behind the search's automatic layers (`pipeline.SEARCH_DEPTHS`). It fits each layer's
-neuron on calibration ids (`worker/engine/methods/gated.py`), applies it with one gain for every language
-(English included) and screens it on validation prompts with the engine's screen: no evaluation prompt is
+This is the diagnostic behind the search's automatic layers (`SEARCH_DEPTHS`, worker/engine/stages/select.py).
+It fits each layer's neuron on calibration ids (`worker/engine/methods/gated.py`), applies it with one gain for
+every language (English included) and screens it on validation prompts with the engine's screen: no evaluation prompt is
 read. Slow on CPU (the screen is a forward pass over every validation prompt per candidate).
 
     python -m bench.gated_depth --data PATH/multijail-dev.csv --layers 10,13,16,19,22 --gains 1,3 \
@@ -21,16 +21,21 @@ from pathlib import Path
 
 import torch
 
-from worker.engine.capture import capture_mlp_inputs
-from worker.engine.config import EditConfig
-from worker.engine.evaluate import refusal_token_ids
-from worker.engine.keys import NeuronActivation
-from worker.engine.methods.gated import gated_basis
-from worker.engine.models import load_model
-from worker.engine.pipeline import collect_keys, make_plan, validation_refusal_openings
-from worker.engine.progress import Reporter
-from worker.engine.screen import Screen, ScreenPrompts
-from worker.engine.search import gated_candidate
+from worker.engine import (
+    EditConfig,
+    FirstTokenScreen,
+    NeuronActivation,
+    Reporter,
+    ScreenPrompts,
+    capture_mlp_inputs,
+    collect_keys,
+    gated_basis,
+    gated_candidate,
+    load_model,
+    make_plan,
+    refusal_token_ids,
+    validation_refusal_openings,
+)
 
 
 def _rounded(d: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     last = {g: {lg: capture_mlp_inputs(lm.model, lm.tokenizer, texts, layers, "last", config.batch_size)
                 for lg, texts in by.items()} for g, by in val.items()}
     tokens = refusal_token_ids(lm.tokenizer, validation_refusal_openings(lm, plan, config))
-    screen = Screen(lm.model, lm.tokenizer, ScreenPrompts(**val), tokens, layers, config.batch_size, rep)
+    screen = FirstTokenScreen(lm.model, lm.tokenizer, ScreenPrompts(**val), tokens, layers, config.batch_size, rep)
     out: dict[str, object] = {"validation_ids": len(plan.val_ids), "calibration_ids": len(plan.cal_ids),
                               "base": _rounded(screen.summarize(screen.base)), "layers": {}}
     everyone = {lg: 1.0 for lg in plan.langs}

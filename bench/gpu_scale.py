@@ -17,11 +17,18 @@ from typing import Any
 import torch
 
 from tests.tiny import llama_8b_config, make_tokenizer
-from worker.engine.config import EditConfig
-from worker.engine.delta import SparseDelta, apply_delta, revert_delta, save_delta
-from worker.engine.models import LoadedModel
-from worker.engine.pipeline import collect_keys, edit_one, make_plan
-from worker.engine.progress import Reporter
+from worker.engine import (
+    EditConfig,
+    LoadedModel,
+    Reporter,
+    SparseDelta,
+    apply_delta,
+    collect_keys,
+    edit_one,
+    make_plan,
+    revert_delta,
+    save_delta,
+)
 
 from . import measures, solve_scaling
 

@@ -19,11 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from worker.engine.config import EditConfig
-from worker.engine.models import load_model
-from worker.engine.pipeline import make_plan, run_search, search_setup
-from worker.engine.progress import Reporter
-from worker.engine.stages import StageTimer
+from worker.engine import EditConfig, Reporter, StageTimer, load_model, make_plan, run_search, search_setup
 
 
 def main(argv: list[str] | None = None) -> int:

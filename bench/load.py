@@ -117,7 +117,7 @@ def _pin(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus] if cpus and shutil.which("taskset") else []
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     ap.add_argument("--server-cpus", help="taskset CPU list for the API (e.g. 0)")
@@ -130,11 +130,78 @@ def main(argv: list[str] | None = None) -> int:
     # Production (docker-compose.yml): JSON logs at INFO, so uvicorn writes one access-log line per request.
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--log-format", default="json", choices=["json", "text"])
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+CLI = [sys.executable, "-m", "app.cli"]
+
+
+def start_server(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> tuple[subprocess.Popen, str, str]:
+    """Migrate, create a key, start `lingua-edit serve --no-worker` and wait for /healthz: (server, base, key)."""
+    subprocess.run([*CLI, "db", "upgrade"], env=env, cwd=args.code, check=True, capture_output=True)
+    key = subprocess.run(
+        [*CLI, "keys", "create", "--tenant", "bench"], env=env, cwd=args.code, check=True, capture_output=True,
+        text=True,
+    ).stdout.strip()
+    port = _port()
+    server = subprocess.Popen(
+        [*_pin(args.server_cpus), *CLI, "serve", "--no-worker", "--port", str(port),
+         *(["--workers", str(args.workers)] if args.workers > 1 else []), "--log-level", args.log_level,
+         "--log-format", args.log_format],
+        env=env, cwd=args.code, stdout=open(tmp / "serve.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz").status_code == 200:
+                return server, base, key
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.terminate()
+            raise RuntimeError((tmp / "serve.log").read_text()[-2000:])
+        time.sleep(0.2)
+
+
+def drive(args: argparse.Namespace, server: subprocess.Popen, key: str, target: str) -> list[dict[str, float]]:
+    """Warm up (and profile, if asked), then one wrk run per concurrency, printed as a table row each."""
+    wrk = [*_pin(args.wrk_cpus), "wrk"]
+    auth = ["-H", f"Authorization: Bearer {key}"]
+    cores = len(args.server_cpus.split(",")) if args.server_cpus else os.cpu_count() or 1
+    subprocess.run([*wrk, "-t1", "-c10", "-d2s", *auth, target], capture_output=True)  # pools, imports
+    if args.profile:
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "-d", "10", "-r", "200",
+                                "--format", "raw", "-o", args.profile, "--subprocesses", "--gil"])
+        time.sleep(1)
+        subprocess.run([*wrk, "-t1", "-c10", "-d12s", *auth, target], capture_output=True)
+        spy.wait(30)
+    print("| concurrency | req/s | req/s per server core | requests per API CPU-second | p50 ms | p99 ms "
+          "| errors / requests |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
+    for c in args.concurrency:
+        cpu0 = _tree_cpu_s(server.pid)
+        out = subprocess.run(
+            [*wrk, f"-t{min(c, 2)}", f"-c{c}", f"-d{args.duration}s", "--latency", "--timeout", "5s", *auth,
+             target],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        cpu = _tree_cpu_s(server.pid) - cpu0
+        r = parse_wrk(out)
+        # Requests per CPU-second of the API processes: comparable on a shared, loaded machine.
+        r.update(concurrency=c, per_core=r["rps"] / cores, per_cpu_s=r["requests"] / cpu if cpu else 0.0)
+        rows.append(r)
+        print(f"| {c} | {r['rps']:.0f} | {r['per_core']:.0f} | {r['per_cpu_s']:.0f} | {r['p50_ms']:.2f} "
+              f"| {r['p99_ms']:.2f} | {r['errors']:.0f} / {r['requests']:.0f} |", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     if not shutil.which("wrk"):
         print("bench.load: wrk not found (apt-get install wrk)", file=sys.stderr)
         return 2
-
     db = f"le_bench_{secrets.token_hex(4)}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
@@ -147,66 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         LINGUA_EDIT_QUEUE=f"bench-{secrets.token_hex(4)}",
         LINGUA_EDIT_DATA_DIR=str(tmp),
     )
-    cli = [sys.executable, "-m", "app.cli"]
     server = None
-    rows = []
     try:
-        subprocess.run([*cli, "db", "upgrade"], env=env, cwd=args.code, check=True, capture_output=True)
-        key = subprocess.run(
-            [*cli, "keys", "create", "--tenant", "bench"], env=env, cwd=args.code, check=True, capture_output=True,
-            text=True,
-        ).stdout.strip()
-        port = _port()
-        server = subprocess.Popen(
-            [*_pin(args.server_cpus), *cli, "serve", "--no-worker", "--port", str(port),
-             *(["--workers", str(args.workers)] if args.workers > 1 else []), "--log-level", args.log_level,
-             "--log-format", args.log_format],
-            env=env, cwd=args.code, stdout=open(tmp / "serve.log", "wb"), stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        headers = {"Authorization": f"Bearer {key}"}
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError((tmp / "serve.log").read_text()[-2000:])
-            time.sleep(0.2)
+        server, base, key = start_server(args, env, tmp)
         job_id = _insert_job(url)  # a queued job written directly: the benchmark needs no broker or worker
         target = f"{base}/v1/edits/{job_id}"
-        assert httpx.get(target, headers=headers).status_code == 200
-        cores = len(args.server_cpus.split(",")) if args.server_cpus else os.cpu_count() or 1
-        # warm-up: connection pools, imports
-        subprocess.run([*_pin(args.wrk_cpus), "wrk", "-t1", "-c10", "-d2s", "-H",
-                        f"Authorization: Bearer {key}", target], capture_output=True)
-        if args.profile:
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "-d", "10", "-r", "200",
-                                    "--format", "raw", "-o", args.profile, "--subprocesses", "--gil"])
-            time.sleep(1)
-            subprocess.run([*_pin(args.wrk_cpus), "wrk", "-t1", "-c10", "-d12s", "-H",
-                            f"Authorization: Bearer {key}", target], capture_output=True)
-            spy.wait(30)
-        print("| concurrency | req/s | req/s per server core | requests per API CPU-second | p50 ms | p99 ms "
-              "| errors / requests |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
-        for c in args.concurrency:
-            threads = min(c, 2)
-            cpu0 = _tree_cpu_s(server.pid)
-            out = subprocess.run(
-                [*_pin(args.wrk_cpus), "wrk", f"-t{threads}", f"-c{c}", f"-d{args.duration}s", "--latency",
-                 "--timeout", "5s", "-H", f"Authorization: Bearer {key}", target],
-                capture_output=True, text=True, check=True,
-            ).stdout
-            cpu = _tree_cpu_s(server.pid) - cpu0
-            r = parse_wrk(out)
-            # Requests per CPU-second of the API processes: comparable on a shared, loaded machine.
-            r.update(concurrency=c, per_core=r["rps"] / cores, per_cpu_s=r["requests"] / cpu if cpu else 0.0)
-            rows.append(r)
-            print(f"| {c} | {r['rps']:.0f} | {r['per_core']:.0f} | {r['per_cpu_s']:.0f} | {r['p50_ms']:.2f} "
-                  f"| {r['p99_ms']:.2f} | {r['errors']:.0f} / {r['requests']:.0f} |", flush=True)
+        assert httpx.get(target, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        rows = drive(args, server, key, target)
     finally:
         if server is not None:
             server.terminate()

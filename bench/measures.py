@@ -10,10 +10,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.engine.arch import mlp_of
-from worker.engine.capture import capture_mlp_inputs, tokenize_chat
-from worker.engine.evaluate import generate, kl_and_perplexity
-from worker.engine.judges import Judge, Verdict, make_judge
+from worker.engine import (
+    Judge,
+    StopForward,
+    Verdict,
+    capture_mlp_inputs,
+    forward_until_stop,
+    generate,
+    kl_and_perplexity,
+    make_judge,
+    mlp_of,
+    tokenize_chat,
+)
 
 from . import arith
 from .context import Context
@@ -139,28 +147,20 @@ def summary(asr_by_lang: dict[str, dict[str, float]], source: str) -> dict[str, 
 # --------------------------------------------------------------------------- capture overhead
 
 
-class _Stop(Exception):
-    pass
-
-
 @torch.no_grad()
 def _plain_forward(model: nn.Module, tokenizer: object, texts: list[str], layer: int, batch_size: int) -> None:
     """The same batches and layers as capture_mlp_inputs, stopping at the same point, storing nothing."""
     device = next(model.parameters()).device
 
     def hook(_m: nn.Module, _a: tuple) -> None:
-        raise _Stop
+        raise StopForward
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     texts = [texts[i] for i in order]
     handle = mlp_of(model, layer).register_forward_pre_hook(hook)
     try:
         for start in range(0, len(texts), batch_size):
-            enc = tokenize_chat(tokenizer, texts[start:start + batch_size], device)
-            try:
-                model(**enc, use_cache=False)
-            except _Stop:
-                pass
+            forward_until_stop(model, tokenize_chat(tokenizer, texts[start:start + batch_size], device))
     finally:
         handle.remove()
 

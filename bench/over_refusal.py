@@ -14,13 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from worker.engine.config import EditConfig
-from worker.engine.delta import applied, load_delta
-from worker.engine.evaluate import generate
-from worker.engine.judges import make_judge
-from worker.engine.models import load_model
-from worker.engine.pipeline import make_plan
-from worker.engine.progress import Reporter
+from worker.engine import EditConfig, Reporter, applied, generate, load_delta, load_model, make_judge, make_plan
 
 
 def main() -> None:

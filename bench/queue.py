@@ -81,6 +81,20 @@ def account(stack: Any, ids: list[str], database_url: str) -> dict[str, Any]:
     }
 
 
+def drain(stack: Any, ids: list[str], deadline: float) -> set[str]:
+    """Poll until every job is terminal or the monotonic clock passes `deadline`; the ids still not terminal."""
+    pending = set(ids)
+    while pending and time.monotonic() < deadline:
+        with stack.client() as c:
+            for jid in list(pending):
+                if c.get(f"/v1/edits/{jid}").json()["status"] in ("succeeded", "failed", "cancelled"):
+                    pending.discard(jid)
+                else:
+                    break  # one worker runs them in order: the rest are still waiting too
+        time.sleep(1)
+    return pending
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=200)
@@ -117,15 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         assert len(set(ids)) == args.jobs
         t1 = time.monotonic()
         stack.start_worker()
-        pending = set(ids)
-        while pending and time.monotonic() - t1 < args.timeout:
-            with stack.client() as c:
-                for jid in list(pending):
-                    if c.get(f"/v1/edits/{jid}").json()["status"] in ("succeeded", "failed", "cancelled"):
-                        pending.discard(jid)
-                    else:
-                        break  # one worker runs them in order: the rest are still waiting too
-            time.sleep(1)
+        pending = drain(stack, ids, t1 + args.timeout)
         drain_s = time.monotonic() - t1
         report: dict[str, Any] = {
             "jobs": args.jobs, "submit_s": round(submit_s, 1),

@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from worker.engine.report.charts import before_after_bars, pyplot
-from worker.engine.report.fmt import md_table, mib, num, pct, pooled_se, short, wrap
+from worker.engine import before_after_bars, md_table, mib, num, pct, pooled_se, pyplot, short, wrap
 
 
 def _se(asr_by_lang: dict[str, dict[str, float]], source: str) -> float:

@@ -22,13 +22,19 @@ from typing import Any
 
 import torch
 
-from worker.engine.config import EditConfig
-from worker.engine.errors import UserError
-from worker.engine.judges import Judge, make_judge
-from worker.engine.models import load_model
-from worker.engine.pipeline import make_plan, needs_residual, validate_config, validation_refusal_openings
-from worker.engine.progress import Reporter
-from worker.engine.stages import StageTimer
+from worker.engine import (
+    EditConfig,
+    Judge,
+    Reporter,
+    StageTimer,
+    UserError,
+    load_model,
+    make_judge,
+    make_plan,
+    needs_residual,
+    validate_config,
+    validation_refusal_openings,
+)
 
 from . import measures, report, solve_scaling
 from .context import FULL, QUICK, Context, Settings

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from worker.engine.solve import second_moment, solve_edit
+from worker.engine import second_moment, solve_edit
 
 
 def _sync(device: str) -> None:

@@ -1,7 +1,7 @@
 """Variant study of the sparse edit on validation prompts only (the cheap first-token refusal screen).
 
 Every variant is closed-form and sparse and goes through the engine's own functions (make_plan,
-collect_keys, edit_one, Screen), so what is measured is what `lingua-edit edit` runs. Keys are captured once
+collect_keys, edit_one, LayerScreen), so what is measured is what `lingua-edit edit` runs. Keys are captured once
 per (positions, layer set); sequential multi-layer variants recapture the later layer with the earlier edit
 applied. A random-neuron control with the same neuron count accompanies the chosen variants.
 
@@ -20,13 +20,24 @@ from typing import Any
 
 import torch
 
-from worker.engine.config import EditConfig
-from worker.engine.delta import SparseDelta, applied, apply_delta, revert_delta
-from worker.engine.evaluate import refusal_token_ids
-from worker.engine.keys import NeuronActivation, refusal_gap_attribution
-from worker.engine.models import load_model
-from worker.engine.pipeline import LayerChoice, Screen, candidate_modules, collect_keys, edit_one, make_plan
-from worker.engine.progress import Reporter
+from worker.engine import (
+    EditConfig,
+    LayerChoice,
+    LayerScreen,
+    NeuronActivation,
+    Reporter,
+    SparseDelta,
+    applied,
+    apply_delta,
+    candidate_modules,
+    collect_keys,
+    edit_one,
+    load_model,
+    make_plan,
+    refusal_gap_attribution,
+    refusal_token_ids,
+    revert_delta,
+)
 
 # name -> (layers, overrides). Layers listed together are edited in sequence, keys recomputed after each.
 VARIANTS: dict[str, tuple[list[int], dict[str, Any]]] = {
@@ -97,7 +108,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     lm = load_model(base_cfg.model, base_cfg.device, base_cfg.dtype)
     token_ids = refusal_token_ids(lm.tokenizer, ["I'm sorry", "Sorry", "I cannot", "I can't"])
     t0 = time.perf_counter()
-    screen = Screen(lm, plan, base_cfg, token_ids)
+    screen = LayerScreen(lm, plan, base_cfg, token_ids)
     rows: list[dict[str, Any]] = [{"variant": "no edit", "screen": screen.base,
                                    "screen_s": time.perf_counter() - t0}]
     print(json.dumps(rows[0]), flush=True)

@@ -20,6 +20,7 @@ from core.destinations import DestinationError, parse_destination
 from core.ids import new_id
 from core.jobs import lifecycle
 from core.jobs import repository as repo
+from core.jobs.config_schema import ConfigInvalid, check_config, server_only_names, to_config
 from core.jobs.lifecycle import ACTIVE, API, INITIAL, QUEUED, TERMINAL
 from core.jobs.schemas import EditCreate
 from core.jobs.view import to_out
@@ -28,7 +29,6 @@ from core.queue import dispatch
 from core.resolve import UnknownModelError, resolve_model
 from core.retention import purge_job
 from core.settings import Settings
-from worker.engine.config import EditConfig
 
 log = logging.getLogger("lingua_edit.edits")
 
@@ -60,17 +60,15 @@ def request_hash(body: EditCreate) -> str:
 
 
 def build_config(body: EditCreate) -> dict[str, Any]:
-    fields: dict[str, Any] = {"model": body.model, "source_lang": body.source_language, "judge": body.judge}
-    if body.base_revision:
-        fields["base_revision"] = body.base_revision
-    if body.target_languages:
-        fields["target_langs"] = list(body.target_languages)
-    if body.eval_split is not None:
-        fields["eval_split"] = body.eval_split
-    fields.update(body.hyperparameters.model_dump(exclude_none=True))
-    cfg = EditConfig(**fields).to_dict()
-    # Paths and devices are the worker's business, never the client's.
-    for k in ("calibration", "device", "dtype", "judge_model", "judge_url", "judge_api_model"):
+    """The job's stored config: the request mapped onto EditConfig and checked by the engine's validator (the
+    CLI's and the worker's), errors named as the request names the field; never the worker's own settings."""
+    config = to_config(body)
+    try:
+        check_config(config)
+    except ConfigInvalid as exc:
+        raise ApiError(422, "invalid_request", exc.message, exc.param) from None
+    cfg = config.to_dict()
+    for k in server_only_names():  # paths, devices and judge endpoints are the worker's business
         cfg.pop(k, None)
     return cfg
 
@@ -86,15 +84,9 @@ def _same_or_conflict(job: EditJob, digest: str) -> EditJob:
     return job
 
 
-def create_edit(
-    ctx: Context, session: Session, tenant: str, body: EditCreate, idempotency_key: str | None
-) -> tuple[EditJob, bool]:
-    """Return (job, created). Validation happens before anything is stored or queued."""
-    digest = request_hash(body)
-    if idempotency_key:
-        existing = repo.get_by_idempotency_key(session, tenant, idempotency_key)
-        if existing is not None:
-            return _same_or_conflict(existing, digest), False
+def check_request(ctx: Context, session: Session, tenant: str, body: EditCreate) -> str | None:
+    """The rules that need the settings or the database: model name, queue quota, webhook address,
+    base_revision, destination. Returns the destination's location (None without one)."""
     check_model(ctx.settings, body.model)
     check_tenant_quota(session, ctx.settings, tenant)
     if body.webhook_url:
@@ -107,24 +99,41 @@ def create_edit(
             422, "invalid_request", "base_revision applies to hub models only (not demo or registered names)",
             "base_revision",
         )
-    destination = None
-    if body.destination:
-        try:
-            destination = parse_destination(body.destination, ctx.settings.destination_roots).location
-        except DestinationError as exc:
-            raise ApiError(422, "invalid_destination", str(exc), "destination") from None
-    config = build_config(body)
-    dataset_id = None
+    if not body.destination:
+        return None
+    try:
+        return parse_destination(body.destination, ctx.settings.destination_roots).location
+    except DestinationError as exc:
+        raise ApiError(422, "invalid_destination", str(exc), "destination") from None
+
+
+def calibration_dataset(ctx: Context, session: Session, tenant: str, body: EditCreate) -> str | None:
+    """The job's dataset id (an uploaded one, or the inline rows stored as one), its languages checked; None:
+    the bundled demo set."""
     if body.dataset_id:
         ds = datasets.get_dataset(session, tenant, body.dataset_id)
         datasets.check_dataset_languages(ctx, ds, body.source_language, body.target_languages)
-        dataset_id = ds.id
-    elif body.calibration_rows:
-        dataset_id = datasets.create_inline(
+        return ds.id
+    if body.calibration_rows:
+        return datasets.create_inline(
             ctx, session, tenant, body.calibration_rows, body.source_language, body.target_languages
         ).id
-    else:
-        datasets.check_bundled_languages(body.source_language, body.target_languages)
+    datasets.check_bundled_languages(body.source_language, body.target_languages)
+    return None
+
+
+def create_edit(
+    ctx: Context, session: Session, tenant: str, body: EditCreate, idempotency_key: str | None
+) -> tuple[EditJob, bool]:
+    """Return (job, created). Validation happens before anything is stored or queued."""
+    digest = request_hash(body)
+    if idempotency_key:
+        existing = repo.get_by_idempotency_key(session, tenant, idempotency_key)
+        if existing is not None:
+            return _same_or_conflict(existing, digest), False
+    config = build_config(body)
+    destination = check_request(ctx, session, tenant, body)
+    dataset_id = calibration_dataset(ctx, session, tenant, body)
     job = EditJob(
         id=new_id("edit"),
         tenant=tenant,

@@ -11,19 +11,23 @@ from typing import Any
 
 import torch
 
-from worker.engine.config import EditConfig
-from worker.engine.delta import (
+from worker.engine import (
+    EditConfig,
+    LayerChoice,
+    NeuronActivation,
     SparseDelta,
+    anchor_change,
     applied,
     apply_delta,
+    build_problem,
     delta_num_params,
+    edit_one,
     make_layer_edit,
     revert_delta,
     save_delta,
+    screen_candidates,
+    solve_edit,
 )
-from worker.engine.keys import NeuronActivation, build_problem
-from worker.engine.pipeline import LayerChoice, edit_one
-from worker.engine.solve import anchor_change, solve_edit
 
 from ..context import Context
 from . import Fitted
@@ -53,24 +57,14 @@ def screen_delta(ctx: Context, delta: SparseDelta) -> tuple[float, dict[str, flo
 
 def choose_layer(ctx: Context, config: EditConfig, layers: list[int], modules: list[str]
                  ) -> tuple[LayerChoice, list[dict[str, Any]]]:
-    """The engine's layers="auto" rule (best refusal-screen objective on validation ids), over the
-    candidates of this run; a single candidate is taken without screening."""
+    """The engine's layers="auto" rule (best refusal-screen objective on validation ids: the engine's
+    screen_candidates), over the candidates of this run with its shared keys; a single candidate is taken
+    without screening."""
     cands = [(ly, m) for ly in layers for m in modules]
     if len(cands) == 1:
         ly, m = cands[0]
         return edit_one(ctx.lm, ctx.keys(ly, config), ly, m, config), []
-    best: tuple[float, LayerChoice] | None = None
-    sweep = []
-    for ly, m in cands:
-        ch = edit_one(ctx.lm, ctx.keys(ly, config), ly, m, config)
-        obj, gain = screen_delta(ctx, SparseDelta(ch.edits))
-        sweep.append({"layer": ly, "module": m, "objective": obj, "neurons": ch.neurons["count"],
-                      "fit_residual": ch.neurons["fit_residual"], "gain": gain})
-        if best is None or obj > best[0]:
-            best = (obj, ch)
-    if best is None:
-        raise ValueError("no candidate layer/module")
-    return best[1], sweep
+    return screen_candidates(ctx.lm, lambda ly: ctx.keys(ly, config), cands, config, ctx.screen())
 
 
 def delta_size(delta: SparseDelta) -> dict[str, Any]:

@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from worker.engine.evaluate import generate
-from worker.engine.templates import format_prompt
+from worker.engine import format_prompt, generate
 
 from ..context import Context
 from ..refusals import refusal_for

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.engine.pipeline import edit_one
+from worker.engine import edit_one
 
 from ..context import Context
 from . import Fitted

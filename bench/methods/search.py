@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import time
 
-from worker.engine.delta import SparseDelta, apply_delta, revert_delta
-from worker.engine.pipeline import run_search, search_setup
+from worker.engine import SparseDelta, apply_delta, revert_delta, run_search, search_setup
 
 from ..context import Context
 from . import Fitted

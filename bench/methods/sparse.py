@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from worker.engine.config import EditConfig
-from worker.engine.delta import SparseDelta, apply_delta, revert_delta
-from worker.engine.pipeline import LayerChoice, collect_keys, edit_one
+from worker.engine import EditConfig, SparseDelta, StageTimer, apply_delta, fit_in_sequence, revert_delta
 
 from ..context import Context
 from . import Fitted
@@ -32,19 +30,9 @@ def fit(ctx: Context, name: str = "sparse edit (default)", overrides: dict[str, 
 
 def _sequential(ctx: Context, name: str, config: EditConfig) -> Fitted:
     layers = sorted({int(x) for x in config.layers})  # type: ignore[union-attr]
-    modules = ["gate", "up"] if config.module == "gate+up" else [config.module]
     first = ctx.keys(layers[0], config)  # the shared base-model capture; later layers see the earlier edits
     start = time.perf_counter()
-    choices: list[LayerChoice] = []
-    try:
-        for i, layer in enumerate(layers):
-            keys = first if i == 0 else collect_keys(ctx.lm, ctx.plan, [layer], config, ctx.reporter)[layer]
-            for module in modules:
-                ch = edit_one(ctx.lm, keys, layer, module, config)
-                apply_delta(ctx.lm.model, SparseDelta(ch.edits))
-                choices.append(ch)
-    finally:
-        revert_delta(ctx.lm.model, SparseDelta([e for c in reversed(choices) for e in reversed(c.edits)]))
+    choices = fit_in_sequence(ctx.lm, ctx.plan, config, layers, ctx.reporter, StageTimer(), first_keys=first)
     seconds = time.perf_counter() - start + ctx.capture_time(layers[0], config)
     if len(choices) == 1:
         return fitted_from_choice(ctx, name, choices[0], config, seconds)

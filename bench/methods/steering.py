@@ -13,16 +13,10 @@ import time
 import torch
 from torch import nn
 
-from worker.engine.arch import decoder_layers
-from worker.engine.capture import tokenize_chat
-from worker.engine.templates import num_template_tokens
+from worker.engine import StopForward, decoder_layers, forward_until_stop, num_template_tokens, tokenize_chat
 
 from ..context import Context
 from . import Fitted
-
-
-class _Stop(Exception):
-    pass
 
 
 @torch.no_grad()
@@ -35,15 +29,12 @@ def layer_outputs(model: nn.Module, tokenizer: object, texts: list[str], layer: 
     def hook(_m: nn.Module, _args: tuple, out: object) -> None:
         h = out[0] if isinstance(out, tuple) else out
         rows.append(h[:, -t:, :].float().cpu())
-        raise _Stop
+        raise StopForward
 
     handle = decoder_layers(model)[layer].register_forward_hook(hook)
     try:
         for start in range(0, len(texts), batch_size):
-            try:
-                model(**tokenize_chat(tokenizer, texts[start:start + batch_size], device), use_cache=False)
-            except _Stop:
-                pass
+            forward_until_stop(model, tokenize_chat(tokenizer, texts[start:start + batch_size], device))
     finally:
         handle.remove()
     return torch.cat(rows)

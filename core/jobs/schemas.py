@@ -3,82 +3,36 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.jobs.config_schema import config_help, config_type, hyperparameters_model
 from core.jobs.lifecycle import STATUSES
 from core.netguard import UnsafeURLError, parse_webhook_url
-from worker.engine.config import SUPPORTED_LANGS
-from worker.engine.methods import MODULE_CHOICES
 
 Status = Literal[STATUSES]  # type: ignore[valid-type]
-Lang = Literal[SUPPORTED_LANGS]  # type: ignore[valid-type]
 
 
-class Hyperparameters(BaseModel):
-    """Unset fields take the engine's defaults (worker/engine/config.py)."""
-
-    # strict: no coercion ("rank": true or "4" is an error, not 1 or 4); numbers must be finite.
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-    method: Literal["search", "paper"] | None = Field(
-        None, description="search (default): rank sparse closed-form candidates on validation prompts and ship "
-        "the winner; paper: the paper's closed form as configured by layers/module/solve knobs",
-    )
-    search_layers: Literal["auto"] | list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
-        None, description='layers the search tries ("auto": 65%, 80%, 92% of the depth)', max_length=8
-    )
-    search_gains: list[Annotated[float, Field(gt=0, le=100)]] | None = Field(
-        None, min_length=1, max_length=8, description="gain multipliers the search tries"
-    )
-    confirm_candidates: int | None = Field(None, ge=0, le=8)
-    confirm_prompts: int | None = Field(None, ge=1, le=256)
-    screen_prompts: int | None = Field(None, ge=1, le=256)
-    max_harmless_eval: int | None = Field(None, ge=1)
-    max_anchor_prompts: int | None = Field(None, ge=1)
-    max_calibration_ids: int | None = Field(None, ge=1)
-    second_test_prompts: int | None = Field(None, ge=0)
-    layers: (
-        Annotated[list[Annotated[int, Field(ge=0, le=1024)]], Field(min_length=1, max_length=256)]
-        | Literal["auto"]
-        | None
-    ) = Field(None, description='"auto" or 1-256 distinct layer indices')
-    module: Literal[MODULE_CHOICES] | None = None  # type: ignore[valid-type]
-    tau_z: float | None = Field(None, ge=0)
-    tau_d: float | None = Field(None, ge=0)
-    neuron_budget: float | None = Field(None, gt=0)
-    positions: Literal["template", "last", "all"] | None = None
-    select: Literal["contrast", "refusal_gap"] | None = Field(
-        None, description="neuron selection: the spec's z/d contrast or refusal-gap attribution"
-    )
-    target_scale: float | None = Field(None, gt=0, le=100)
-    rank: int | None = Field(None, ge=1, le=65536)
-    gamma: float | None = Field(None, ge=0)
-    lam: float | None = Field(None, gt=0)
-    null_space: Literal["soft", "hard"] | None = None
-    max_new_tokens: int | None = Field(None, ge=1, le=2048)
-    batch_size: int | None = Field(None, ge=1, le=512)
-    max_eval_prompts: int | None = Field(None, ge=1)
-    seed: int | None = Field(None, ge=0)
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: Any) -> Any:
-        if isinstance(v, list) and (not v or len(set(v)) != len(v) or len(v) > 256):
-            raise ValueError("layers must be 'auto' or a non-empty list of distinct layer indices")
-        return v
+# Generated from EditConfig (worker/engine/config.py): every field the API takes in `hyperparameters`, with
+# its help, choices and bounds. Rules between fields are the engine's validator's (app/edits/service.py).
+Hyperparameters = hyperparameters_model()
+SourceLanguage = config_type("source_lang")
+TargetLanguages = config_type("target_langs")
+EvalSplit = config_type("eval_split")
+JudgeName = config_type("judge")
 
 
 class EditCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model: str = Field(min_length=1, max_length=512)
-    source_language: Lang = "en"
-    target_languages: list[Lang] | None = Field(None, min_length=1, max_length=len(SUPPORTED_LANGS))
+    source_language: SourceLanguage = Field("en", description=config_help("source_lang"))
+    target_languages: TargetLanguages | None = Field(None, description=config_help("target_langs"))
     dataset_id: str | None = Field(None, max_length=64)
     calibration_rows: list[dict[str, Any]] | None = Field(None, min_length=1)
-    eval_split: float | None = Field(None, gt=0, lt=1, strict=True)
+    eval_split: EvalSplit | None = Field(None, strict=True, description=config_help("eval_split"))
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    judge: Literal["refusal", "guard", "openai"] = "refusal"
+    judge: JudgeName = Field("refusal", description=config_help("judge"))
     metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
     webhook_url: str | None = Field(None, max_length=2048)
     base_revision: str | None = Field(
@@ -122,19 +76,10 @@ class EditCreate(BaseModel):
                 raise ValueError(str(exc)) from None
         return v
 
-    @field_validator("target_languages")
-    @classmethod
-    def _unique(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError("target_languages must not repeat a language")
-        return v
-
     @model_validator(mode="after")
     def _consistent(self) -> EditCreate:
         if self.dataset_id and self.calibration_rows:
             raise ValueError("give dataset_id or calibration_rows, not both")
-        if self.target_languages and self.source_language in self.target_languages:
-            raise ValueError("target_languages must not contain source_language")
         return self
 
 

@@ -59,7 +59,7 @@ def test_round_trip(module: str, positions: str, layers: object, loaded, tiny_qw
     if layers != "auto":
         assert edited_layers == set(layers)  # type: ignore[arg-type]
     touched = {e.module for e in delta.edits}
-    if layers == "auto" and module == "gate":  # the layer screen also tries up_proj (pipeline._auto_select)
+    if layers == "auto" and module == "gate":  # the layer screen also tries up_proj (stages/select.py: auto_select)
         assert touched in ({"gate"}, {"up"})
     else:
         assert touched == ({"gate", "up", "down"} if module in LAYER_METHODS else set(WEIGHT_MODULES[module]))

@@ -8,12 +8,12 @@ import json
 import torch
 from transformers import AutoModelForCausalLM
 
+from worker.engine import make_plan, run_edit
 from worker.engine.config import EditConfig
 from worker.engine.delta import SparseDelta
 from worker.engine.keys import LayerKeys, NeuronActivation
 from worker.engine.methods.gated import english_push, gated_basis
 from worker.engine.models import load_model
-from worker.engine.pipeline import make_plan, run_edit
 from worker.engine.progress import Reporter
 from worker.engine.screen import Screen, ScreenPrompts
 from worker.engine.search import gated_edits, per_language_gains

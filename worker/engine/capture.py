@@ -18,8 +18,16 @@ from .progress import Reporter
 from .templates import format_prompt, num_template_tokens
 
 
-class _StopForward(Exception):
-    pass
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass early (nothing after the deepest layer needed runs)."""
+
+
+def forward_until_stop(model: nn.Module, enc: dict[str, torch.Tensor]) -> None:
+    """One forward pass (no cache) that a hook may end early by raising StopForward."""
+    try:
+        model(**enc, use_cache=False)
+    except StopForward:
+        pass
 
 
 @dataclass
@@ -61,66 +69,62 @@ def capture_mlp_inputs(
     """
     if positions not in ("template", "last", "all"):
         raise ValueError(f"unknown positions {positions!r}")
-    n_fixed = num_template_tokens(tokenizer) if positions == "template" else 1
+    rec = _Recorder(positions, num_template_tokens(tokenizer) if positions == "template" else 1, layers)
     device = next(model.parameters()).device
-    deepest = max(layers)
-    store: dict[int, list] = {layer: [] for layer in layers}
-    resid_store: dict[int, list] = {layer: [] for layer in layers}
-    current_mask: list[torch.Tensor] = []
-
-    def keep(bucket: list, x: torch.Tensor) -> None:
-        if positions == "all":
-            mask = current_mask[0].bool()
-            bucket.extend(x[i][mask[i]].float().cpu() for i in range(x.shape[0]))
-        else:
-            bucket.append(x[:, -n_fixed:, :].float().cpu())
-
-    def make_hook(layer: int):
-        def hook(_module: nn.Module, args: tuple) -> None:
-            keep(store[layer], args[0].detach())
-            if layer == deepest:
-                raise _StopForward
-
-        return hook
-
-    def make_resid_hook(layer: int):
-        def hook(_module: nn.Module, args: tuple) -> None:
-            keep(resid_store[layer], args[0].detach())
-
-        return hook
-
     # Batches of similar length waste little compute on padding; results are put back in input order.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     texts = [texts[i] for i in order]
-    handles = [mlp_of(model, layer).register_forward_pre_hook(make_hook(layer)) for layer in layers]
+    handles = [mlp_of(model, layer).register_forward_pre_hook(rec.hook(rec.keys, layer)) for layer in layers]
     if with_resid:
         handles += [
-            decoder_layers(model)[layer].post_attention_layernorm.register_forward_pre_hook(make_resid_hook(layer))
+            decoder_layers(model)[layer].post_attention_layernorm.register_forward_pre_hook(
+                rec.hook(rec.resid, layer, stop=False))
             for layer in layers
         ]
     total = total if total is not None else len(texts)
     try:
         for start in range(0, len(texts), batch_size):
             enc = tokenize_chat(tokenizer, texts[start:start + batch_size], device)
-            current_mask[:] = [enc["attention_mask"]]
-            try:
-                model(**enc, use_cache=False)
-            except _StopForward:
-                pass
+            rec.mask = enc["attention_mask"]
+            forward_until_stop(model, enc)
             if reporter is not None:
                 reporter.step(phase, done_offset + min(start + batch_size, len(texts)), total)
     finally:
         for h in handles:
             h.remove()
     inverse = sorted(range(len(order)), key=lambda j: order[j])
+    return Captured(keys=rec.gather(rec.keys, inverse), positions=positions, n_prompts=len(texts),
+                    resid=rec.gather(rec.resid, inverse) if with_resid else None)
 
-    def gather(buckets: dict[int, list]) -> dict[int, torch.Tensor | list[torch.Tensor]]:
-        if positions == "all":
-            return {layer: [b[j] for j in inverse] for layer, b in buckets.items()}
-        return {layer: torch.cat(b, dim=0)[inverse] for layer, b in buckets.items()}
 
-    return Captured(keys=gather(store), positions=positions, n_prompts=len(texts),
-                    resid=gather(resid_store) if with_resid else None)
+class _Recorder:
+    """The hooks' side of a capture: per layer, the batches' inputs at the chosen positions."""
+
+    def __init__(self, positions: str, n_fixed: int, layers: list[int]) -> None:
+        self.positions, self.n_fixed, self.deepest = positions, n_fixed, max(layers)
+        self.keys: dict[int, list] = {layer: [] for layer in layers}
+        self.resid: dict[int, list] = {layer: [] for layer in layers}
+        self.mask: torch.Tensor | None = None  # the current batch's attention mask
+
+    def keep(self, bucket: list, x: torch.Tensor) -> None:
+        if self.positions == "all":
+            mask = self.mask.bool()  # type: ignore[union-attr]
+            bucket.extend(x[i][mask[i]].float().cpu() for i in range(x.shape[0]))
+        else:
+            bucket.append(x[:, -self.n_fixed:, :].float().cpu())
+
+    def hook(self, store: dict[int, list], layer: int, stop: bool = True):  # noqa: ANN201
+        def pre_hook(_module: nn.Module, args: tuple) -> None:
+            self.keep(store[layer], args[0].detach())
+            if stop and layer == self.deepest:
+                raise StopForward
+
+        return pre_hook
+
+    def gather(self, store: dict[int, list], inverse: list[int]) -> dict[int, torch.Tensor | list[torch.Tensor]]:
+        if self.positions == "all":
+            return {layer: [b[j] for j in inverse] for layer, b in store.items()}
+        return {layer: torch.cat(b, dim=0)[inverse] for layer, b in store.items()}
 
 
 def pooled(keys: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:

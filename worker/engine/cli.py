@@ -8,99 +8,97 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .config import SUPPORTED_LANGS, EditConfig
+from .config import EditConfig, accepts_auto, choices_of, config_fields, field_types
 from .errors import EngineError
-from .methods import MODULE_CHOICES
 
 
-def _langs(value: str) -> list[str]:
-    langs = [x.strip() for x in value.split(",") if x.strip()]
-    bad = [x for x in langs if x not in SUPPORTED_LANGS]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unsupported language(s) {', '.join(bad)}; "
-                                         f"supported: {','.join(SUPPORTED_LANGS)}")
-    return langs
+def _items(item: Any, choices: tuple[Any, ...] | None) -> Any:
+    """A parser of comma-separated values of type `item` (one of `choices` when given)."""
+    def parse(value: str) -> list[Any]:
+        try:
+            out = [item(x.strip()) for x in value.split(",") if x.strip()]
+        except ValueError as exc:
+            what = {int: "integers", float: "numbers"}.get(item, "values")
+            raise argparse.ArgumentTypeError(f"takes comma-separated {what}, e.g. 3,6,12") from exc
+        bad = [x for x in out if choices is not None and x not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unsupported value(s) {', '.join(map(str, bad))}; "
+                                             f"supported: {','.join(map(str, choices or ()))}")
+        return out
+    return parse
 
 
-def _layers(value: str) -> list[int] | str:
-    if value == "auto":
-        return "auto"
-    try:
-        return [int(x) for x in value.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("--layers takes 'auto' or comma-separated integers") from exc
-
-
-def _floats(value: str) -> list[float]:
-    try:
-        return [float(x) for x in value.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("takes comma-separated numbers, e.g. 3,6,12") from exc
+def _or_auto(parse: Any) -> Any:
+    def parse_or_auto(value: str) -> Any:
+        return "auto" if value == "auto" else parse(value)
+    return parse_or_auto
 
 
 def _budget(value: str) -> float | int:
+    """A fraction (<1) stays a float, a count (>=1) becomes an int."""
     try:
         v = float(value)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError("--neuron-budget takes a fraction (<1) or a count") from exc
+        raise argparse.ArgumentTypeError("takes a fraction (<1) or a count") from exc
     return int(v) if v >= 1 else v
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    d = EditConfig()
-    p.add_argument("--model", default=d.model, help="hub id, local directory, .gguf file, or 'demo'")
-    p.add_argument("--calibration", default=None, help="JSONL or CSV calibration file (default: bundled demo)")
-    p.add_argument("--source-lang", default=d.source_lang, choices=SUPPORTED_LANGS)
-    p.add_argument("--target-langs", type=_langs, default=d.target_langs, help="comma-separated codes")
-    p.add_argument("--eval-split", type=float, default=d.eval_split, help="share of harmful ids held out")
-    p.add_argument("--val-split", type=float, default=d.val_split)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--max-calibration-ids", type=int, default=None, help="cap harmful calibration ids")
-    p.add_argument("--max-anchor-prompts", type=int, default=None,
-                   help="cap per language on harmless anchor prompts (plain and borderline each)")
-    p.add_argument("--method", default=d.method, choices=["search", "paper"],
-                   help="search (default): rank sparse closed-form candidates on validation prompts and ship the "
-                   "winner; paper: the paper's closed form exactly as --layers/--module/... say")
-    p.add_argument("--search-layers", type=_layers, default=d.search_layers,
-                   help="layers the search tries: 'auto' (60%%, 75%%, 90%% of the depth) or e.g. 14,18,22")
-    p.add_argument("--search-gains", type=_floats, default=d.search_gains,
-                   help="gain multipliers the search tries, e.g. 3,6,12")
-    p.add_argument("--confirm-candidates", type=int, default=d.confirm_candidates,
-                   help="best candidates confirmed by generation on validation prompts (0: screen only)")
-    p.add_argument("--confirm-prompts", type=int, default=d.confirm_prompts,
-                   help="validation ids per language generated on in the confirmation")
-    p.add_argument("--max-harmless-eval", type=int, default=d.max_harmless_eval,
-                   help="held-out plain and borderline harmless prompts per language")
-    p.add_argument("--second-test-prompts", type=int, default=d.second_test_prompts,
-                   help="prompts per language of the second test set (bundled demo set; 0 to skip)")
-    p.add_argument("--layers", type=_layers, default=d.layers, help="'auto' or e.g. 14 or 12,16")
-    p.add_argument("--module", default=d.module, choices=list(MODULE_CHOICES),
-                   help="conditional: repurpose --neuron-budget (default 1) least-used neurons as a "
-                   "harmful-input-gated refusal writer (beyond the paper)")
-    p.add_argument("--tau-z", type=float, default=d.tau_z)
-    p.add_argument("--tau-d", type=float, default=d.tau_d)
-    p.add_argument("--neuron-budget", type=_budget, default=None)
-    p.add_argument("--positions", default=d.positions, choices=["template", "last", "all"])
-    p.add_argument("--select", default=d.select, choices=["contrast", "refusal_gap"],
-                   help="neuron selection: the spec's z/d contrast, or top neurons by refusal-gap attribution")
-    p.add_argument("--rank", type=int, default=d.rank)
-    p.add_argument("--gamma", type=float, default=d.gamma)
-    p.add_argument("--lam", type=float, default=d.lam)
-    p.add_argument("--null-space", default=d.null_space, choices=["soft", "hard"])
-    p.add_argument("--target-scale", type=float, default=d.target_scale)
-    p.add_argument("--judge", default=d.judge, choices=["refusal", "guard", "openai"])
-    p.add_argument("--judge-model", default=None, help="guard model path (--judge guard)")
-    p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL (--judge openai)")
-    p.add_argument("--judge-api-model", default=None)
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-eval-prompts", type=int, default=None, help="cap held-out prompts per language")
-    p.add_argument("--screen-prompts", type=int, default=d.screen_prompts)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
+PARSERS: dict[str, Any] = {"neuron_budget": _budget}  # fields whose flag parses otherwise than their type says
+
+
+def _flag_kwargs(name: str, tp: Any) -> dict[str, Any]:
+    """argparse's type and choices for a field of type `tp`."""
+    if name in PARSERS:
+        return {"type": PARSERS[name]}
+    members = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (
+        typing.Union, types.UnionType) else [tp]
+    auto = accepts_auto(tp)
+    members = [m for m in members if not (typing.get_origin(m) is Literal and "auto" in typing.get_args(m))]
+    (base,) = members  # every field is one type, optionally None or "auto"
+    origin = typing.get_origin(base)
+    if origin is Literal:
+        return {"choices": list(typing.get_args(base))}
+    if origin in (list, tuple):
+        item = typing.get_args(base)[0]
+        parse = _items(str if typing.get_origin(item) is Literal else item, choices_of(item))
+        if origin is tuple:
+            parse = _as_tuple(parse)
+        return {"type": _or_auto(parse) if auto else parse}
+    return {} if base is str else {"type": base}
+
+
+def _as_tuple(parse: Any) -> Any:
+    def parse_tuple(value: str) -> tuple[Any, ...]:
+        return tuple(parse(value))
+    return parse_tuple
+
+
+def add_config_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
+                     defaults: dict[str, Any] | None = None) -> None:
+    """One flag per EditConfig field (`--field-name`), its type, choices, default and help read from the
+    field (worker/engine/config.py); `only`: these fields alone; `defaults`: other defaults (the demo's)."""
+    d, types_, defaults = EditConfig(), field_types(), defaults or {}
+    for f in config_fields():
+        if only is not None and f.name not in only:
+            continue
+        default = defaults.get(f.name, getattr(d, f.name))
+        p.add_argument("--" + f.name.replace("_", "-"), default=default, help=flag_help(f, types_[f.name]),
+                       **_flag_kwargs(f.name, types_[f.name]))
+
+
+def flag_help(f: Any, tp: Any) -> str:
+    """The field's help with its bounds (and, for a list, how to write one), escaped for argparse."""
+    meta = f.metadata
+    notes = [f"{op} {meta[k]:g}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if k in meta]
+    if any(typing.get_origin(a) in (list, tuple) for a in (tp, *typing.get_args(tp))):
+        notes.insert(0, "comma-separated")
+    text = meta["help"] + (f" ({'; '.join(notes)})" if notes else "")
+    return text.replace("%", "%%")
 
 
 def config_from_args(a: argparse.Namespace) -> EditConfig:

@@ -1,0 +1,62 @@
+"""Stage 2, capture: the calibration keys (MLP inputs, and the residual stream where the method needs it) of
+the harmful prompts in every language and of the harmless anchor, per layer."""
+
+from __future__ import annotations
+
+import torch
+
+from ..capture import capture_mlp_inputs
+from ..config import EditConfig
+from ..keys import LayerKeys
+from ..methods import LAYER_METHODS
+from ..models import LoadedModel
+from ..progress import Reporter
+from .plan import Plan
+
+
+def needs_residual(config: EditConfig) -> bool:
+    """Whether the keys must hold the residual stream too (down_proj, a registered method, gap selection)."""
+    method = LAYER_METHODS.get(config.module)
+    return config.module == "down" or bool(method and method.needs_residual) or config.select == "refusal_gap"
+
+
+def collect_keys(
+    lm: LoadedModel, plan: Plan, layers: list[int], config: EditConfig, reporter: Reporter,
+    with_resid: bool | None = None,
+) -> dict[int, LayerKeys]:
+    """One capture pass per prompt group, stopping after the deepest layer needed. `with_resid` keeps the
+    residual stream even where `config` does not need it (keys shared by several variants)."""
+    want_resid = needs_residual(config) if with_resid is None else with_resid
+    positions = config.positions
+    groups = {lg: [plan.harmful[i][lg] for i in plan.cal_ids] for lg in plan.langs}
+    total = sum(len(v) for v in groups.values()) + sum(len(v) for v in plan.anchor.values())
+    done = 0
+    harm = {}
+    for lg, texts in groups.items():
+        harm[lg] = capture_mlp_inputs(lm.model, lm.tokenizer, texts, layers, positions, config.batch_size,
+                                      reporter, "capture", done, total, with_resid=want_resid)
+        done += len(texts)
+    safe = {}
+    for lg, texts in plan.anchor.items():
+        safe[lg] = capture_mlp_inputs(lm.model, lm.tokenizer, texts, layers, "all", config.batch_size,
+                                      reporter, "capture", done, total, with_resid=want_resid)
+        done += len(texts)
+    from ..templates import num_template_tokens
+
+    t = num_template_tokens(lm.tokenizer) if positions == "template" else 1
+    out: dict[int, LayerKeys] = {}
+    src = config.source_lang
+    for layer in layers:
+        safe_tmpl = {lg: torch.stack([k[-t:] for k in safe[lg].keys[layer]]) for lg in plan.langs}
+        keys = LayerKeys(
+            src=harm[src].keys[layer],
+            tgt={lg: harm[lg].keys[layer] for lg in config.target_langs},
+            safe_tmpl=safe_tmpl,
+            safe_all=torch.cat([torch.cat(safe[lg].keys[layer]) for lg in plan.langs]),
+        )
+        if want_resid:
+            keys.src_resid = harm[src].resid[layer]
+            keys.tgt_resid = {lg: harm[lg].resid[layer] for lg in config.target_langs}
+            keys.safe_resid_tmpl = torch.stack([r[-t:] for r in safe[src].resid[layer]])
+        out[layer] = keys
+    return out
