@@ -15,7 +15,7 @@ from worker.engine.cli import add_config_flags
 DEMO_FIELDS = ("method", "layers", "max_eval_prompts", "max_harmless_eval", "max_new_tokens", "neuron_budget")
 # unset (None): the engine's default; layers only matters with --method paper
 DEMO_DEFAULTS = {"method": "search", "layers": None, "max_eval_prompts": 4, "max_harmless_eval": 3,
-                 "max_new_tokens": 20, "neuron_budget": None}
+                 "max_new_tokens": 16, "neuron_budget": None}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,8 +52,10 @@ def _free_port() -> int:
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
     hp: dict[str, Any] = {"max_eval_prompts": args.max_eval_prompts, "max_new_tokens": args.max_new_tokens,
                           "max_harmless_eval": args.max_harmless_eval, "method": args.method}
-    if args.method == "search":  # a small search: two gain multipliers, one confirmed candidate
-        hp.update(search_gains=[1.0, 3.0], screen_prompts=5, confirm_candidates=1, confirm_prompts=2,
+    # a small search, sized for about 15 minutes on 2 CPU cores: one gain multiplier (per language 0 or 1; on
+    # the demo set every x3 candidate was rejected, BENCHMARKS.md §1c), one confirmed candidate
+    if args.method == "search":
+        hp.update(search_gains=[1.0], screen_prompts=5, confirm_candidates=1, confirm_prompts=2,
                   max_anchor_prompts=12)
     if args.layers:
         hp["layers"] = args.layers  # "auto" or a list of indices (parsed by the flag)

@@ -89,3 +89,24 @@ def test_no_reference_for_a_model_whose_logits_are_not_its_heads_output(tiny_qwe
             base_reference(lm.model, lm.tokenizer, TEXTS, batch_size=2)
     finally:
         handle.remove()
+
+
+
+def test_generate_sets_answers_each_prompt_in_its_own_place(monkeypatch):
+    """One pass over every set must hand each prompt its own answer back, in its group and language. The
+    tiny random model answers every prompt alike, so the model is replaced by an answer that names the
+    prompt: what is checked is the flattening and the regrouping."""
+    import worker.engine.evaluate as ev
+
+    calls = []
+
+    def fake_generate(model, tokenizer, texts, max_new_tokens, batch_size, reporter=None, phase=""):
+        calls.append(list(texts))
+        return [f"answer to {t}" for t in texts]
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+    sets = {"harmful": {"en": ["a", "bb"], "sw": ["c"]}, "plain": {"zh": ["dd", "e"], "sw": []}}
+    got = ev.generate_sets(None, None, sets)
+    assert got == {g: {lg: [f"answer to {t}" for t in texts] for lg, texts in by.items()}
+                   for g, by in sets.items()}
+    assert len(calls) == 1 and sorted(calls[0]) == ["a", "bb", "c", "dd", "e"]  # one pass, every prompt once

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config import EditConfig, validate_config
 from ..delta import apply_delta, revert_delta
-from ..evaluate import generate, kl_and_perplexity
+from ..evaluate import generate_sets, kl_and_perplexity
 from ..judges import make_judge
 from ..models import LoadedModel, load_model
 from ..progress import Reporter
@@ -19,16 +19,8 @@ SAMPLE_ANSWERS = 3  # evaluation answers per language kept (before/after, with v
 
 def generate_all(lm, plan, config, rep) -> EvalSets:
     """The model's answers to every held-out prompt (eval_sets), as the model stands (base or edited)."""
-    sets = eval_sets(plan, config)
-    total = sum(len(t) for by in sets.values() for t in by.values())
-    out: EvalSets = {}
-    done = 0
-    for group, by_lang in sets.items():
-        for lg, texts in by_lang.items():
-            out.setdefault(group, {})[lg] = generate(lm.model, lm.tokenizer, texts, config.max_new_tokens,
-                                                     config.batch_size, rep, "evaluate", done, total)
-            done += len(texts)
-    return out
+    return generate_sets(lm.model, lm.tokenizer, eval_sets(plan, config), config.max_new_tokens,
+                         config.batch_size, rep, "evaluate")
 
 
 def configured_judge(config: EditConfig):

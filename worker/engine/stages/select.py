@@ -16,7 +16,7 @@ from ..arch import num_layers
 from ..config import EditConfig
 from ..delta import LayerEdit, SparseDelta, apply_delta, revert_delta
 from ..errors import UserError
-from ..evaluate import generate, refusal_scores, refusal_token_ids
+from ..evaluate import generate, generate_sets, refusal_scores, refusal_token_ids
 from ..judges import make_judge
 from ..keys import LayerKeys
 from ..models import LoadedModel
@@ -136,14 +136,15 @@ def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter,
 
     def generate_and_judge() -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
+        # cancellation between batches, no progress of its own (the search's steps are the candidates)
+        answers = generate_sets(lm.model, lm.tokenizer, confirm_sets, config.max_new_tokens, config.batch_size,
+                                Reporter(should_cancel=rep.should_cancel), "search")
         for group, by_lang in confirm_sets.items():
             for lg, texts in by_lang.items():
                 if not texts:
                     continue
-                answers = generate(lm.model, lm.tokenizer, texts, config.max_new_tokens, config.batch_size)
-                verdicts = judge.judge(texts, answers, [lg] * len(texts))
+                verdicts = judge.judge(texts, answers[group][lg], [lg] * len(texts))
                 out.setdefault(group, {})[lg] = sum(v.refused for v in verdicts) / len(verdicts)
-                rep.check_cancel()
         return out
 
     with timer("search"):
