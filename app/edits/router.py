@@ -60,10 +60,11 @@ def list_edits(
 
 @router.get("/{job_id}", response_model=EditOut)
 async def get_edit(request: Request, credentials: BearerDep, job_id: str) -> Response:
-    """The polling path: authentication, the read and the rendering on one autocommit connection, plain rows
-    instead of ORM objects, and the JSON written once (no response_model pass). It runs on the event loop:
-    the read is one indexed query (two once succeeded) and handing it to the thread pool cost more CPU than
-    the read (BENCHMARKS.md §4); the read engine bounds its waits (core/db/session.py)."""
+    """Read one edit: its status, progress, results and links. Poll this until the status is terminal."""
+    # The polling path: authentication, the read and the rendering on one autocommit connection, plain
+    # rows instead of ORM objects, the JSON written once (no response_model pass). It runs on the event
+    # loop: the read is one indexed query and handing it to the thread pool cost more CPU than the read
+    # (BENCHMARKS.md §4); the read engine bounds its waits (core/db/session.py).
     body = service.read_edit_json(request.app.state.ctx, credentials, job_id)
     return Response(body, media_type="application/json")
 
