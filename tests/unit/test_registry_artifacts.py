@@ -47,8 +47,12 @@ def test_model_card_parses(tiny, tmp_path: Path) -> None:  # noqa: ANN001
     assert base_hub_id(tiny) == "org/base-model"
     config = EditConfig(model="tiny", target_langs=["zh", "sw"], base_revision="v1.2", layers=[1])
     result = EditResult(
-        languages=[LanguageResult("en", 4, 0.25, 0.0, 0.1, 0.1), LanguageResult("zh", 4, 0.75, 0.25, 0.0, 0.05)],
+        languages=[LanguageResult("en", 4, 0.25, 0.0, 0.75, 1.0),
+                   LanguageResult("zh", 4, 0.75, 0.25, 0.25, 0.5, degenerate_after=0.25, harmless_n=3,
+                                  harmless_refusal_before=0.0, harmless_refusal_after=1 / 3, borderline_n=2,
+                                  borderline_refusal_before=0.5, borderline_refusal_after=0.5)],
         utility={"kl_mean": 0.0123}, neurons={}, timings={}, peak_memory_mb={}, artifacts={},
+        warnings=["search winner: gated L1 uniform ×1"], method="search",
     )
     edit = LayerEdit(
         layer=1, module="gate", indices=torch.tensor([0, 3, 5]), delta=torch.zeros(3, 8), original=torch.zeros(3, 8)
@@ -59,7 +63,11 @@ def test_model_card_parses(tiny, tmp_path: Path) -> None:  # noqa: ANN001
     assert card.data.language == ["en", "zh", "sw"] and card.data.license == "other"
     assert card.data.base_model_revision == "v1.2"
     assert "lingua-edit" in card.data.tags
-    assert "| zh | 4 | 0.750 | 0.250 | 0.000 | 0.050 |" in card.text
+    # over-refusal is the harmless prompts' refusal, not the harmful prompts' (0.25 -> 0.5 here)
+    assert "| zh | 4 | 75% → 25% | 0% → 25% | 3 | 0% → 33% | 2 | 50% → 50% |" in card.text
+    assert "| en | 4 | 25% → 0% | 0% → 0% | 0 | – → – | 0 | – → – |" in card.text
+    assert "**gated L1 uniform ×1**" in card.text
+    assert "`search_gains` | `[1.0, 2.0, 4.0]`" in card.text and "`judge_url`" not in card.text
     assert "`rank`" in card.text and "24 weights changed (1,234 bytes" in card.text
     assert "| 1 | gate | 3 |" in card.text and "revision `v1.2`" in card.text
 

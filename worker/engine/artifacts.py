@@ -163,34 +163,75 @@ def _base_license(lm: LoadedModel) -> str:
     return "other"
 
 
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.0f}%"
+
+
+def _card_results(result: Any) -> str:
+    """Per-language results, before → after: harmful ASR, degenerate answers on harmful prompts, and refusal
+    of plain and of borderline harmless prompts (over-refusal)."""
+    head = ("| language | harmful n | ASR | degenerate | harmless n | harmless refused | borderline n | "
+            "borderline refused |\n|---|---|---|---|---|---|---|---|")
+    rows = [
+        f"| {r.lang} | {r.n} | {_pct(r.asr_before)} → {_pct(r.asr_after)} | "
+        f"{_pct(r.degenerate_before)} → {_pct(r.degenerate_after)} | {r.harmless_n} | "
+        f"{_pct(r.harmless_refusal_before)} → {_pct(r.harmless_refusal_after)} | {r.borderline_n} | "
+        f"{_pct(r.borderline_refusal_before)} → {_pct(r.borderline_refusal_after)} |"
+        for r in result.languages
+    ]
+    return "\n".join([head, *rows])
+
+
+def _card_method(result: Any, source_lang: str) -> str:
+    if result.method == "search":
+        winner = next((w.removeprefix("search winner: ") for w in result.warnings
+                       if w.startswith("search winner: ")), None)
+        shipped = f"The shipped candidate: **{winner}**." if winner else "No candidate was shipped."
+        return f"""The default search: a small family of sparse closed-form candidates (a repurposed MLP neuron per
+layer whose gate reads harmful intent and whose down_proj column writes the {source_lang} refusal direction,
+at several layers and gains, and the paper's closed form) was ranked on validation prompts by selectivity
+(harmful refusal gain minus harmless refusal gain, with a penalty on the worst language); the best were
+confirmed by generation on validation prompts. {shipped} No evaluation prompt reached any choice."""
+    return """The paper's closed form:
+
+1. Capture MLP activations on harmful and harmless prompts in the source and target languages.
+2. Localise neurons whose activations separate harmful from harmless prompts (`select`, `tau_z`/`tau_d`
+   or `neuron_budget`).
+3. Solve one ridge-regularised least-squares problem per edited module in closed form: target-language
+   harmful keys map to the source language's refusal outputs, harmless keys keep their outputs (`gamma`),
+   optionally in the null space of the harmless keys (`null_space`).
+4. Apply the solution as a sparse delta to the selected rows/columns only."""
+
+
+def _card_hyperparameters(config: Any) -> str:
+    """Every knob a client can set (EditConfig's fields; the worker's own paths and URLs are left out)."""
+    from .config import config_fields
+
+    cfg = config.to_dict()
+    rows = [f"| `{f.name}` | `{json.dumps(cfg.get(f.name))}` |" for f in config_fields()
+            if f.metadata.get("api") != "server" and f.name != "model"]
+    return "\n".join(["| name | value |", "|---|---|", *rows])
+
+
 def write_model_card(model_dir: Path, lm: LoadedModel, config: Any, result: Any, delta: SparseDelta,
                      delta_bytes: int) -> Path:
     """README.md with YAML front matter (base_model, base_model_relation, license, language, tags) and a
     body with the per-language results, the method, the hyperparameters and the sparse delta's size."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    cfg = config.to_dict()
     hub_id = base_hub_id(lm)
-    revision = cfg.get("base_revision")
-    languages = [cfg["source_lang"], *[lg for lg in cfg["target_langs"] if lg != cfg["source_lang"]]]
+    revision = config.base_revision
+    source = config.source_lang
     data = ModelCardData(
         base_model=hub_id,
         base_model_relation="finetune" if hub_id else None,
         license=_base_license(lm),
-        language=languages,
+        language=[source, *[lg for lg in config.target_langs if lg != source]],
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=CARD_TAGS,
         base_model_revision=revision,
     )
-    rows = "\n".join(
-        f"| {r.lang} | {r.n} | {r.asr_before:.3f} | {r.asr_after:.3f} | {r.refusal_before:.3f} | "
-        f"{r.refusal_after:.3f} |"
-        for r in result.languages
-    )
-    hyper_keys = ("layers", "module", "positions", "select", "tau_z", "tau_d", "neuron_budget", "rank", "gamma",
-                  "lam", "null_space", "target_scale", "judge", "eval_split", "max_new_tokens", "seed")
-    hyper = "\n".join(f"| `{k}` | `{json.dumps(cfg.get(k))}` |" for k in hyper_keys if k in cfg)
     edits = "\n".join(f"| {e.layer} | {e.module} | {int(e.indices.numel())} |" for e in delta.edits)
     kl = (result.utility or {}).get("kl_mean")
     base_line = f"`{hub_id}`" if hub_id else f"`{lm.spec}` (a model registered with the service)"
@@ -203,36 +244,28 @@ def write_model_card(model_dir: Path, lm: LoadedModel, config: Any, result: Any,
 # {lm.spec} + lingua-edit multilingual safety edit
 
 This model is {base_line} with a training-free, closed-form sparse weight edit applied by
-[lingua-edit](https://github.com/lingua-edit/lingua-edit): a few MLP neurons per edited layer get a
-low-rank update so that harmful prompts in the target languages are refused as in the source language
-(`{cfg["source_lang"]}`), while harmless prompts are anchored to the base model's behaviour.
+[lingua-edit](https://github.com/lingua-edit/lingua-edit): a few MLP neurons per edited layer are changed
+so that harmful prompts in the target languages are refused as in the source language (`{source}`), while
+harmless prompts keep the base model's behaviour.
 
 ## Results (held-out prompts)
 
-ASR is the attack success rate on harmful prompts (lower is safer); over-refusal is the refusal rate on
-harmless prompts (lower is better).
+ASR: the attack success rate on harmful prompts (lower is safer). Degenerate: blank, looping or echoed
+answers to harmful prompts (neither an attack nor a refusal). Harmless and borderline refused: over-refusal
+of plain questions and of safe questions that only look alarming (lower is better). Small n: read the
+numbers with their binomial standard errors (`report.json`).
 
-| language | n | ASR before | ASR after | over-refusal before | over-refusal after |
-|---|---|---|---|---|---|
-{rows}
+{_card_results(result)}
 
-Mean KL divergence from the base model on harmless prompts: {kl if kl is None else f"{kl:.4g}"}.
+Mean KL divergence from the base model on harmless prompts: {kl if kl is None else f"{kl:.4g}"} nats/token.
 
 ## Method
 
-1. Capture MLP activations on harmful and harmless prompts in the source and target languages.
-2. Localise neurons whose activations separate harmful from harmless prompts (`select`, `tau_z`/`tau_d`
-   or `neuron_budget`).
-3. Solve one ridge-regularised least-squares problem per edited module in closed form: target-language
-   harmful keys map to the source language's refusal outputs, harmless keys keep their outputs (`gamma`),
-   optionally in the null space of the harmless keys (`null_space`).
-4. Apply the solution as a sparse delta to the selected rows/columns only.
+{_card_method(result, source)}
 
 ## Hyperparameters
 
-| name | value |
-|---|---|
-{hyper}
+{_card_hyperparameters(config)}
 
 ## Sparse delta
 
