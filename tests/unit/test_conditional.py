@@ -8,9 +8,9 @@ import json
 import torch
 from transformers import AutoModelForCausalLM
 
-from worker.engine.conditional import fit_conditional, least_used_neurons
 from worker.engine.config import EditConfig
 from worker.engine.keys import LayerKeys, NeuronActivation, refusal_directions
+from worker.engine.methods.conditional import fit_conditional, least_used_neurons
 from worker.engine.models import load_model, weights_fingerprint
 from worker.engine.pipeline import run_edit
 

@@ -32,8 +32,8 @@ class LayerMethod:
 
 
 LAYER_METHODS: dict[str, LayerMethod] = {
-    # one repurposed neuron per layer with one global gain (conditional.py; the gated neuron's ancestor)
-    "conditional": LayerMethod("worker.engine.conditional:fit_layer"),
+    # one repurposed neuron per layer with one global gain (methods/conditional.py; the gated neuron's ancestor)
+    "conditional": LayerMethod("worker.engine.methods.conditional:fit_layer"),
 }
 
 MODULE_CHOICES: tuple[str, ...] = (*CLOSED_FORM_MODULES, *LAYER_METHODS)

@@ -14,7 +14,7 @@ Each edited layer gets one repurposed neuron (the least used on harmless text), 
 
 A language's gain is a multiplier chosen per language on validation prompts (search.py), so each language
 gets the push that helps it and a language whose refusal score falls with any push gets gain 0: the edit
-cannot move it on purpose. English gets gain 0 (it is the reference). `worker/engine/conditional.py` is the
+cannot move it on purpose. English gets gain 0 (it is the reference). `worker/engine/methods/conditional.py` is the
 single-gain ancestor (one scale for all).
 
 Why not size the write by each language's gap to English along the refusal direction (the first version):
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..conditional import SHARPNESS, _ridge, least_used_neurons
 from ..keys import LayerKeys, NeuronActivation, flat_rows, refusal_directions
+from .conditional import SHARPNESS, _ridge, least_used_neurons
 
 
 @dataclass

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .delta import LayerEdit, make_layer_edit, neuron_rows
-from .keys import LayerKeys, NeuronActivation, flat_rows, refusal_directions, refusal_gap_attribution
-from .localize import budget_count
-from .solve import cholesky_with_jitter
+from ..delta import LayerEdit, make_layer_edit, neuron_rows
+from ..keys import LayerKeys, NeuronActivation, flat_rows, refusal_directions, refusal_gap_attribution
+from ..localize import budget_count
+from ..solve import cholesky_with_jitter
 
 if TYPE_CHECKING:
-    from .config import EditConfig
-    from .models import LoadedModel
+    from ..config import EditConfig
+    from ..models import LoadedModel
 
 SHARPNESS = 6.0  # silu(6) ≈ 5.99, silu(-6) ≈ -0.015: on vs off for read-outs near +1 / -1
 
