@@ -49,7 +49,7 @@ class ConditionalFit:
     info: dict[str, float]
 
 
-def _ridge(x: Tensor, y: Tensor, weights: Tensor, lam: float) -> Tensor:
+def weighted_ridge(x: Tensor, y: Tensor, weights: Tensor, lam: float) -> Tensor:
     """argmin_w Σ_i weights_i (x_i·w - y_i)² + λ' ||w||², with λ' = λ · trace(weighted XᵀX) / d (float64)."""
     x, y, weights = x.double(), y.double(), weights.double()
     a = (x * weights[:, None]).T @ x
@@ -83,8 +83,8 @@ def fit_conditional(
     y = torch.cat([torch.ones(len(pos)), -torch.ones(len(neg_all) + len(neg_tmpl))])
     w = torch.cat([torch.full((len(pos),), 1.0 / len(pos)), torch.full((len(neg_all),), gamma / 2 / len(neg_all)),
                    torch.full((len(neg_tmpl),), gamma / 2 / len(neg_tmpl))])
-    readout = _ridge(x, y, w, lam)
-    gain = _ridge(pos, torch.ones(len(pos)), torch.full((len(pos),), 1.0 / len(pos)), lam)
+    readout = weighted_ridge(x, y, w, lam)
+    gain = weighted_ridge(pos, torch.ones(len(pos)), torch.full((len(pos),), 1.0 / len(pos)), lam)
 
     rhat_t = refusal_directions(na, keys, source_lang)  # [T, d]
     _, gap = refusal_gap_attribution(na, keys, langs, source_lang, rhat_t)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..keys import LayerKeys, NeuronActivation, flat_rows, refusal_directions
-from .conditional import SHARPNESS, _ridge, least_used_neurons
+from .conditional import SHARPNESS, least_used_neurons, weighted_ridge
 
 
 @dataclass
@@ -66,7 +66,7 @@ class GatedBasis:
     def fit(self, gains: dict[str, float]) -> GatedFit:
         """The up row for `gains` (language -> multiple of the down column; missing languages 0)."""
         y = torch.tensor([gains.get(lg, 0.0) if lg else 0.0 for lg in self.up_lang], dtype=torch.float64)
-        up = _ridge(self.up_x, y, self.up_w, self.lam).float()
+        up = weighted_ridge(self.up_x, y, self.up_w, self.lam).float()
         return GatedFit(self.index, self.gate_row[None].clone(), up[None], self.down_col[None].clone(),
                         dict(gains), dict(self.info))
 
@@ -107,7 +107,7 @@ def gated_basis(
     x = torch.cat([pos, neg_all, neg_tmpl])
     w = torch.cat([pos_w, neg_w])
     y = torch.cat([torch.ones(len(pos)), -torch.ones(len(neg_all) + len(neg_tmpl))])
-    readout = _ridge(x, y, w, lam)
+    readout = weighted_ridge(x, y, w, lam)
 
     gaps = _lang_gaps(na, keys, langs, refusal_directions(na, keys, source_lang))
     mean_gap = sum(gaps.values()) / len(gaps)
