@@ -96,6 +96,21 @@ def test_gpu_scale_script_runs_shrunken_on_the_cpu():
     assert res["conditional_params"] == 3 * res["hidden_size"]  # gate row, up row, down column of one neuron
 
 
+@pytest.mark.slow
+def test_gpu_default_script_runs_the_default_edit_shrunken_on_the_cpu(tmp_path):
+    """bench/gpu.sh's step 0 with a shrunken Llama config and the bundled demo set: run_edit's stages are timed,
+    the search table is reported and one confirmation pass is timed on its own."""
+    from bench import gpu_default
+    from tests.tiny import make_tokenizer
+
+    make_tokenizer("qwen2").save_pretrained(tmp_path / "tok")
+    res = gpu_default.run(None, str(tmp_path / "tok"), small=True, max_calibration_ids=2)
+    assert {"capture", "search", "evaluate", "save"} <= set(res["stage_seconds"])
+    assert res["search"] and all("eligible" in row for row in res["search"])
+    assert res["confirmation_pass_prompts"] > 0 and res["confirmation_pass_seconds"] > 0
+    assert res["artifact_bytes"] > 0 and res["layers"] == 4
+
+
 @pytest.mark.parametrize("best, why", [('{"modul": "gate"}', "unknown EditConfig fields"),
                                        ('{"module": "attention"}', "module"),
                                        ('[18]', "JSON object")])

@@ -119,19 +119,24 @@ class SearchSetup:
     paper: Any
 
 
+def confirmation_sets(plan: Plan, config: EditConfig) -> dict[str, dict[str, list[str]]]:
+    """The validation prompts a candidate is generated on before it ships (harmful, plain and borderline)."""
+    confirm_ids = plan.val_ids[: config.confirm_prompts]
+    n_harmless = min(4, config.confirm_prompts)
+    return {
+        "harmful": {lg: [plan.harmful[i][lg] for i in confirm_ids] for lg in plan.langs},
+        "plain": {lg: plan.harmless_val[lg][:n_harmless] for lg in plan.langs},
+        "borderline": {lg: plan.borderline_val[lg][:n_harmless] for lg in plan.langs},
+    }
+
+
 def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter, timer: StageTimer) -> SearchSetup:
     from ..screen import Screen as FirstTokenScreen
     from ..screen import ScreenPrompts
     from ..search import Candidate, confirm_with
 
     layers = search_layers(config, num_layers(lm.model))
-    confirm_ids = plan.val_ids[: config.confirm_prompts]
-    n_harmless = min(4, config.confirm_prompts)
-    confirm_sets = {
-        "harmful": {lg: [plan.harmful[i][lg] for i in confirm_ids] for lg in plan.langs},
-        "plain": {lg: plan.harmless_val[lg][:n_harmless] for lg in plan.langs},
-        "borderline": {lg: plan.borderline_val[lg][:n_harmless] for lg in plan.langs},
-    }
+    confirm_sets = confirmation_sets(plan, config)
     judge = configured_judge(config)
 
     def generate_and_judge() -> dict[str, dict[str, float]]:
