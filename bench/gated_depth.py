@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     everyone = {lg: 1.0 for lg in plan.langs}
     for layer in layers:
         basis = gated_basis(NeuronActivation(lm.model, layer), keys[layer], layer, list(config.target_langs),
-                            config.source_lang, config.gamma, config.lam)
+                            config.source_lang, config.readout_gamma, config.readout_lam)
         readout = basis.gate_row / basis.gate_row.norm() * 1.0  # only the sign matters for "fires"
         fires = {g: {lg: float(((c.keys[layer][:, -1, :].float() @ readout) > 0).float().mean())
                      for lg, c in by.items()} for g, by in last.items()}

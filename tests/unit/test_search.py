@@ -12,7 +12,7 @@ from worker.engine import make_plan, run_edit
 from worker.engine.config import EditConfig
 from worker.engine.delta import SparseDelta
 from worker.engine.keys import LayerKeys, NeuronActivation
-from worker.engine.methods.gated import english_push, gated_basis
+from worker.engine.methods.gated import english_push, gated_basis, harmfulness_readout
 from worker.engine.models import load_model
 from worker.engine.progress import Reporter
 from worker.engine.screen import Screen, ScreenPrompts
@@ -130,3 +130,24 @@ def test_evaluation_prompts_reach_no_choice(tiny_qwen2, tmp_path):
     assert [w for w in a["warnings"] if "winner" in w] == [w for w in b["warnings"] if "winner" in w]
     # the poisoned prompts did reach the evaluation (so the test can tell)
     assert a["samples"]["zh"][0]["prompt"] != b["samples"]["zh"][0]["prompt"]
+
+
+def test_a_heavier_harmless_weight_makes_the_read_out_fire_on_fewer_harmless_and_fewer_harmful_keys():
+    """readout_gamma trades recall for selectivity (BENCHMARKS §1f): with overlapping classes the read-out's
+    on-rate (score > 0) falls on both as the harmless weight grows."""
+    keys = _language_keys(24, n=64, seed=3)
+    g = torch.Generator().manual_seed(1)
+    for rows in [keys.src, *keys.tgt.values(), *keys.safe_tmpl.values(), keys.safe_all]:
+        # harmful +0.3, harmless -0.3 along the harm axis, with noise 0.4 there: the classes overlap
+        rows[..., 0] = 0.1 * rows[..., 0] + 0.4 * torch.randn(rows.shape[:-1], generator=g)
+    harmful = torch.cat([keys.src.reshape(-1, 24), *(t.reshape(-1, 24) for t in keys.tgt.values())])
+    harmless = torch.cat([keys.safe_all, *(t.reshape(-1, 24) for t in keys.safe_tmpl.values())])
+
+    def on_rates(gamma: float) -> tuple[float, float]:
+        readout, _ = harmfulness_readout(keys, ["sw", "bn"], "en", gamma=gamma, lam=0.01)
+        return (float(((harmful.double() @ readout) > 0).float().mean()),
+                float(((harmless.double() @ readout) > 0).float().mean()))
+
+    (harm1, safe1), (harm4, safe4) = on_rates(1.0), on_rates(4.0)
+    assert safe4 < safe1 and harm4 < harm1
+    assert harm4 > 3 * safe4  # still a read-out of harm, not a switch that is always off

@@ -89,6 +89,11 @@ class EditConfig:
         2, ge=0, le=8, help="best search candidates confirmed by generation on validation prompts (0: screen only)")
     confirm_prompts: int = knob(8, ge=1, le=256,
                                 help="validation ids per language generated on in the confirmation")
+    readout_gamma: float = knob(
+        1.0, gt=0, le=100, help="weight of harmless prompts in the gated neurons' harmfulness read-out: higher fires "
+        "on fewer harmless prompts and on fewer harmful ones (4 with readout_lam 0.01 did not cut more on held-out "
+        "prompts: BENCHMARKS.md §1f)")
+    readout_lam: float = knob(0.1, gt=0, le=100, help="ridge weight (normalised) of that read-out")
     # localisation (method="paper")
     layers: list[int] | Literal["auto"] = knob(
         "auto", ge=0, le=1024, min_items=1, max_items=256, unique=True,

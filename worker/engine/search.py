@@ -156,7 +156,7 @@ ConfirmFn = Callable[[SparseDelta | None], dict[str, dict[str, float]]]
 def search(
     model: nn.Module, keys: dict[int, LayerKeys], layers: list[int], screen: Screen, targets: list[str],
     source: str, multipliers: list[float], confirm: ConfirmFn | None, n_confirm: int,
-    paper: Callable[[int, str], Candidate] | None, reporter: Reporter, gamma: float = 1.0, lam: float = 0.1,
+    paper: Callable[[int, str], Candidate] | None, reporter: Reporter, *, readout_gamma: float, readout_lam: float,
 ) -> SearchResult:
     cands: list[Candidate] = []
     notes: list[str] = []
@@ -174,7 +174,8 @@ def search(
         return c
 
     for layer in layers:
-        basis = gated_basis(NeuronActivation(model, layer), keys[layer], layer, targets, source, gamma, lam)
+        basis = gated_basis(NeuronActivation(model, layer), keys[layer], layer, targets, source, readout_gamma,
+                            readout_lam)
         uniform = []
         for mult in multipliers:
             c = screened(gated_candidate(model, f"gated L{layer} uniform x{mult:g}",

@@ -4,7 +4,9 @@ Each edited layer gets one repurposed neuron (the least used on harmless text), 
 
 - gate row g: a ridge read-out of the MLP input, +1 on harmful keys of every language (template positions)
   and -1 on every harmless token and on harmless prompts' template tokens (plain and borderline anchor
-  prompts), sharpened so that silu(g·x) is "on" for harmful input and about 0 otherwise;
+  prompts), sharpened so that silu(g·x) is "on" for harmful input and about 0 otherwise.
+  Its two weights are `readout_gamma` (harmless) and `readout_lam` (ridge): heavier harmless weight fires on
+  fewer harmless prompts and fewer harmful ones (BENCHMARKS.md §1f);
 - up row u: a second ridge read-out, equal to the language's *gain* on that language's harmful keys and 0 on
   harmless ones, so the neuron fires only where both read-outs agree, with an amplitude that depends on
   the language (language identity is linear in the MLP input);
@@ -26,6 +28,7 @@ nothing there; the full difference gives those layers a push of the right size (
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -90,11 +93,23 @@ def english_push(na: NeuronActivation, keys: LayerKeys, source_lang: str) -> Ten
     return harm.mean(0) - safe.mean(0)
 
 
-def gated_basis(
-    na: NeuronActivation, keys: LayerKeys, layer: int, langs: list[str], source_lang: str,
-    gamma: float = 1.0, lam: float = 0.1, sharpness: float = SHARPNESS,
-) -> GatedBasis:
-    """Fit the gate read-out, pick the neuron and size its down column (see the module docstring)."""
+class ReadoutRows(NamedTuple):
+    """The read-out regression's rows: positives by language, negatives, and the stacked x, weights, targets."""
+
+    by_lang: dict[str, Tensor]
+    pos: Tensor
+    neg_all: Tensor
+    neg_tmpl: Tensor
+    x: Tensor
+    w: Tensor
+    y: Tensor
+
+
+def harmfulness_readout(keys: LayerKeys, langs: list[str], source_lang: str, gamma: float = 1.0, lam: float = 0.1
+                        ) -> tuple[Tensor, ReadoutRows]:
+    """The gate's linear read-out of the MLP input: +1 on harmful keys of every language (template positions),
+    -1 on every harmless token and harmless template token. Returns it and the regression's rows (the up-row
+    regression reuses them)."""
     by_lang = {source_lang: flat_rows(keys.src), **{lg: flat_rows(keys.tgt[lg]) for lg in langs}}
     pos = torch.cat(list(by_lang.values()))
     neg_all = keys.safe_all
@@ -107,7 +122,16 @@ def gated_basis(
     x = torch.cat([pos, neg_all, neg_tmpl])
     w = torch.cat([pos_w, neg_w])
     y = torch.cat([torch.ones(len(pos)), -torch.ones(len(neg_all) + len(neg_tmpl))])
-    readout = weighted_ridge(x, y, w, lam)
+    return weighted_ridge(x, y, w, lam), ReadoutRows(by_lang, pos, neg_all, neg_tmpl, x, w, y)
+
+
+def gated_basis(
+    na: NeuronActivation, keys: LayerKeys, layer: int, langs: list[str], source_lang: str,
+    gamma: float = 1.0, lam: float = 0.1, sharpness: float = SHARPNESS,
+) -> GatedBasis:
+    """Fit the gate read-out, pick the neuron and size its down column (see the module docstring)."""
+    readout, rows = harmfulness_readout(keys, langs, source_lang, gamma, lam)
+    by_lang, pos, neg_all, neg_tmpl, x, w, y = rows
 
     gaps = _lang_gaps(na, keys, langs, refusal_directions(na, keys, source_lang))
     mean_gap = sum(gaps.values()) / len(gaps)
