@@ -25,9 +25,15 @@ from typing import Any
 import torch
 
 from tests.tiny import llama_8b_config
-from worker.engine import EditConfig, LoadedModel, Reporter, make_plan, run_edit
-from worker.engine.evaluate import generate_sets
-from worker.engine.stages.select import confirmation_sets
+from worker.engine import (
+    EditConfig,
+    LoadedModel,
+    Reporter,
+    confirmation_sets,
+    generate_sets,
+    make_plan,
+    run_edit,
+)
 
 # BENCHMARKS.md §1a's command line, as EditConfig fields
 SECTION_1A = dict(

@@ -16,9 +16,15 @@ from typing import Any
 
 import torch
 
-from worker.engine import EditConfig, Reporter, collect_keys, load_model, make_plan
-from worker.engine.capture import capture_mlp_inputs
-from worker.engine.methods.gated import harmfulness_readout
+from worker.engine import (
+    EditConfig,
+    Reporter,
+    capture_mlp_inputs,
+    collect_keys,
+    harmfulness_readout,
+    load_model,
+    make_plan,
+)
 
 LAMS = (0.01, 0.03, 0.1, 0.3, 1.0)
 GAMMAS = (0.5, 1.0, 2.0, 4.0)
