@@ -7,9 +7,10 @@
 #   2. the demo model's full benchmark (python -m bench.run --full), with the step-1 numbers in its report.
 # Outputs go to $OUT (the device runner's folder) when set, else bench/results/gpu.
 # Env: PYTHON (interpreter), DATA (MultiJail CSV), TOKENIZER (a saved tokenizer directory for step 0:
-# `python -m bench.gpu_default --save-demo-tokenizer DIR` writes the demo model's), STEPS ("default scale full" by default; the device runner allows 600 s per
-# command, so run `STEPS=scale bash bench/gpu.sh` and `STEPS=full bash bench/gpu.sh` as two calls there),
-# DEFAULT_TIMEOUT / SCALE_TIMEOUT / FULL_TIMEOUT (seconds; results.json is written after every method, so a timeout keeps what ran).
+# `python -m bench.gpu_default --save-demo-tokenizer DIR` writes the demo model's), STEPS ("default scale full" by
+# default; the device runner allows 600 s per command, so run `STEPS="default scale"` and `STEPS=full` as two
+# calls there), DEFAULT_TIMEOUT / SCALE_TIMEOUT / FULL_TIMEOUT (seconds; results.json is written after every
+# method, so a timeout keeps what ran).
 # Extra arguments go to bench.run (e.g. --best '{"layers": [18], "lam": 0.01}' or --model /path/to/model).
 set -euo pipefail
 cd "$(dirname "$0")/.."

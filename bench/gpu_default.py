@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from tests.tiny import llama_8b_config
 from worker.engine import (
     EditConfig,
     LoadedModel,
@@ -34,6 +33,8 @@ from worker.engine import (
     make_plan,
     run_edit,
 )
+
+from . import gpu_scale
 
 # BENCHMARKS.md §1a's command line, as EditConfig fields
 SECTION_1A = dict(
@@ -47,23 +48,11 @@ SECTION_1A = dict(
 
 
 def build(tokenizer_dir: str, small: bool, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     tok.padding_side = "left"
-    cfg = llama_8b_config(num_layers=4 if small else None)
-    if small:
-        cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads = 128, 384, 4, 2
-    cfg.vocab_size = len(tok)
-    cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    model.eval()
-    model.requires_grad_(False)
-    return LoadedModel(
-        model=model, tokenizer=tok, spec="llama-3-8b-shaped (random)", path="", device=device, dtype=dtype
-    )
+    return gpu_scale.build(small, device, dtype, tokenizer=tok)
 
 
 def _phase_printer() -> Reporter:

@@ -46,14 +46,18 @@ def _timed(fn: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t
 
 
-def build(small: bool, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def build(small: bool, device: torch.device, dtype: torch.dtype, tokenizer: Any = None) -> LoadedModel:
+    """The Llama-3-8B-shaped random model (`small`: 4 tiny layers). `tokenizer`: a real one, whose vocabulary
+    sizes the embedding (bench.gpu_default); default a tiny Llama-3-style one."""
     from transformers import AutoModelForCausalLM
 
     cfg = llama_8b_config(num_layers=4 if small else None)
     if small:
         cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads = 256, 896, 4, 2
         cfg.vocab_size = 1024
-    tok = make_tokenizer("llama")
+    tok = tokenizer if tokenizer is not None else make_tokenizer("llama")
+    if tokenizer is not None:
+        cfg.vocab_size = len(tok)
     cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
     torch.manual_seed(0)
     with torch.device(device):

@@ -39,7 +39,7 @@ def run(data: str, layer: int, max_calibration_ids: int | None = None) -> dict[s
     t0 = time.perf_counter()
     config = EditConfig(model="demo", calibration=data, max_calibration_ids=max_calibration_ids)
     plan = make_plan(config, Reporter())
-    lm = load_model(config.model, "cpu")
+    lm = load_model(config.model, config.device, config.dtype)
     keys = collect_keys(lm, plan, [layer], config, Reporter(), with_resid=False)[layer]
     val_ids = plan.val_ids[: config.screen_prompts]
     val = {
