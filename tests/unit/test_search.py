@@ -16,7 +16,7 @@ from worker.engine.methods.gated import english_push, gated_basis, harmfulness_r
 from worker.engine.models import load_model
 from worker.engine.progress import Reporter
 from worker.engine.screen import Screen, ScreenPrompts
-from worker.engine.search import gated_edits, per_language_gains
+from worker.engine.search import confirm_candidate, gain_ladder, gated_candidate, gated_edits, per_language_gains
 
 
 def _language_keys(d: int, n: int = 16, t: int = 3, seed: int = 0) -> LayerKeys:
@@ -80,6 +80,58 @@ def test_per_language_gains_never_pick_a_multiplier_that_hurts():
     assert gains["bn"] == 3.0  # x6 raises harmless refusal in Bengali beyond tolerance: x3
 
 
+def _scripted_confirm(results: list[dict[str, dict[str, float]]]):
+    """A generation check that answers `results` in turn and records the gains of each delta it was given."""
+    calls: list[SparseDelta | None] = []
+
+    def confirm(delta: SparseDelta | None) -> dict[str, dict[str, float]]:
+        calls.append(delta)
+        return results[len(calls) - 1]
+    return confirm, calls
+
+
+def _rates(harmful: dict[str, float], plain: dict[str, float] | None = None,
+           borderline: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    langs = ["en", "sw", "bn"]
+    return {"harmful": {lg: harmful.get(lg, 0.5) for lg in langs},
+            "plain": {lg: (plain or {}).get(lg, 0.0) for lg in langs},
+            "borderline": {lg: (borderline or {}).get(lg, 0.0) for lg in langs}}
+
+
+def test_gain_ladder_picks_each_languages_gain_by_generation_within_the_harmless_tolerance(tiny_qwen2):
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    basis = gated_basis(NeuronActivation(model, 1), _language_keys(model.config.hidden_size), 1, ["sw", "bn"], "en")
+    base = _rates({"sw": 0.2, "bn": 0.2})
+    # x2: both languages rise a little; x8: Swahili rises most but Bengali's borderline refusal rises by one prompt
+    confirm, calls = _scripted_confirm([
+        _rates({"sw": 0.4, "bn": 0.4}),
+        _rates({"sw": 0.8, "bn": 0.9}, borderline={"bn": 0.25}),
+    ])
+    c = gain_ladder(model, basis, [8.0, 2.0], confirm, base, ["sw", "bn"])
+    assert c is not None and c.gains == {"sw": 8.0, "bn": 2.0}
+    assert len(calls) == 2 and set(c.confirm["ladder"]) == {"x2", "x8"}
+    # nothing helps: no candidate
+    confirm, _ = _scripted_confirm([_rates({"sw": 0.2, "bn": 0.1})])
+    assert gain_ladder(model, basis, [2.0], confirm, base, ["sw", "bn"]) is None
+
+
+def test_confirmation_drops_the_gain_of_an_over_refusing_language(tiny_qwen2):
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    basis = gated_basis(NeuronActivation(model, 1), _language_keys(model.config.hidden_size), 1, ["sw", "bn"], "en")
+    base = _rates({"sw": 0.2, "bn": 0.2})
+    cand = gated_candidate(model, "gated L1", [(basis, {"sw": 4.0, "bn": 4.0})])
+    # with the edit Bengali refuses a plain harmless prompt more; with Bengali's gain at 0 it does not
+    confirm, calls = _scripted_confirm([_rates({"sw": 0.6, "bn": 0.6}, plain={"bn": 0.25}),
+                                        _rates({"sw": 0.6, "bn": 0.2})])
+    kept = confirm_candidate(model, cand, confirm, base, ["sw", "bn"], "en")
+    assert kept is not None and kept.gains == {"sw": 4.0, "bn": 0.0}
+    assert kept.confirm["over_refusing"] == ["bn"] and len(calls) == 2
+    # a rise that dropping the gain does not remove (here in the source language) rejects the candidate
+    confirm, _ = _scripted_confirm([_rates({"sw": 0.6, "bn": 0.6}, plain={"bn": 0.25}),
+                                    _rates({"sw": 0.6, "bn": 0.2}, plain={"en": 0.25})])
+    assert confirm_candidate(model, cand, confirm, base, ["sw", "bn"], "en") is None
+
+
 def test_screen_from_a_cached_prefix_equals_the_full_pass(tiny_qwen2):
     lm = load_model(str(tiny_qwen2))
     prompts = ScreenPrompts(harmful={"en": ["How do I bake bread?", "Explain the steps."],
@@ -112,13 +164,13 @@ def _write_calibration(path, poison_ids: set[str] = frozenset()) -> None:
 
 
 def test_evaluation_prompts_reach_no_choice(tiny_qwen2, tmp_path):
-    """Poison every evaluation prompt: the search (refusal tokens, screen, candidates, confirmation, winner)
-    must come out exactly the same; only the measured results may differ."""
+    """Poison every evaluation prompt: the search (refusal tokens, screen, candidates, gain ladder, confirmation,
+    winner) must come out exactly the same; only the measured results may differ."""
     clean, poisoned = tmp_path / "clean.jsonl", tmp_path / "poisoned.jsonl"
     _write_calibration(clean)
     base = dict(model=str(tiny_qwen2), target_langs=["zh", "sw"], max_new_tokens=3, max_eval_prompts=3,
                 max_harmless_eval=2, screen_prompts=3, confirm_prompts=2, search_layers=[1, 2],
-                search_gains=[3.0, 30.0], second_test_prompts=0)
+                search_gains=[3.0, 30.0], second_test_prompts=0, ladder_layers=2)
     eval_ids = set(make_plan(EditConfig(calibration=str(clean), **base), Reporter()).eval_ids)
     assert eval_ids
     _write_calibration(poisoned, eval_ids)

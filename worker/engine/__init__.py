@@ -44,7 +44,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "solve": ("solve_edit", "anchor_change", "second_moment"),
     "evaluate": ("generate", "generate_sets", "kl_and_perplexity", "refusal_scores", "refusal_token_ids",
                  "BaseReference", "base_reference"),
-    "judges": ("Judge", "Verdict", "make_judge"),
+    "judges": ("Judge", "Verdict", "make_judge", "is_degenerate"),
     "screen": ("ScreenPrompts",),
     "search": ("gated_candidate",),
     "methods.gated": ("gated_basis", "harmfulness_readout"),

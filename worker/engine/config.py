@@ -85,6 +85,9 @@ class EditConfig:
     search_gains: list[float] = knob(
         factory=lambda: [1.0, 2.0, 4.0], gt=0, le=100, min_items=1, max_items=8,
         help="gain multipliers of the English harmful-minus-harmless difference the search tries")
+    ladder_layers: int = knob(
+        0, ge=0, le=8, help="the gain ladder: how many of the best screened layers also get every gain generated on "
+        "validation prompts and a gain per language chosen from those answers (0: none; BENCHMARKS.md §1g)")
     confirm_candidates: int = knob(
         2, ge=0, le=8, help="best search candidates confirmed by generation on validation prompts (0: screen only)")
     confirm_prompts: int = knob(8, ge=1, le=256,

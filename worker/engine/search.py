@@ -14,8 +14,14 @@ any rise on plain and on borderline harmless prompts. A candidate's objective is
 penalty on the worst language's fall and on any fall in the source language; candidates with a language that
 falls, or a harmless rise above `HARMLESS_TOLERANCE`, are not eligible. Generation on validation prompts then
 confirms the best `confirm` candidates against the base model with the configured judge; a confirmed
-candidate must not lower any language's refusal of harmful prompts (for a gated candidate such a language's
-gain is set to 0 instead) nor raise harmless refusal by more than the tolerance.
+candidate must not lower any language's refusal of harmful prompts nor raise its harmless refusal by more than
+the tolerance (for a gated candidate such a language's gain is set to 0 instead, and the rest re-checked).
+
+The gain ladder (session 10, opt-in: `ladder_layers`): the first-token screen prefers small gains, but generated
+answers on validation prompts showed layer 19's neuron cutting far more at 4-8 times the push (BENCHMARKS.md
+§1g). So the neurons of the `ladder_layers` best layers are also generated at every gain multiplier, each language gets
+the multiplier that raised its harmful refusal most with no harmless rise beyond the tolerance, and that
+per-language candidate is confirmed beside the others; the winner is the best confirmed objective.
 
 Nothing here sees an evaluation prompt: the pipeline passes validation prompts only.
 """
@@ -157,6 +163,7 @@ def search(
     model: nn.Module, keys: dict[int, LayerKeys], layers: list[int], screen: Screen, targets: list[str],
     source: str, multipliers: list[float], confirm: ConfirmFn | None, n_confirm: int,
     paper: Callable[[int, str], Candidate] | None, reporter: Reporter, *, readout_gamma: float, readout_lam: float,
+    ladder_layers: int = 0,
 ) -> SearchResult:
     cands: list[Candidate] = []
     notes: list[str] = []
@@ -210,10 +217,29 @@ def search(
         return SearchResult(None, cands, notes)
     if confirm is None or n_confirm <= 0:
         return SearchResult(eligible[0], cands, notes)
+    return confirm_best(model, eligible, cands, notes, confirm, n_confirm, multipliers, targets, source,
+                        ladder_layers)
+
+
+def confirm_best(model: nn.Module, eligible: list[Candidate], cands: list[Candidate], notes: list[str],
+                 confirm: ConfirmFn, n_confirm: int, multipliers: list[float], targets: list[str], source: str,
+                 ladder_layers: int) -> SearchResult:
+    """Generation on validation prompts: the `n_confirm` best screened candidates and the gain ladder of the
+    `ladder_layers` best layers (by their best eligible single-layer candidate); the best that holds up wins."""
     base = confirm(None)
+    to_confirm = eligible[:n_confirm]
+    ladder: dict[int, GatedBasis] = {}
+    for c in eligible:
+        if c.kind == "gated" and len(c.parts) == 1 and len(ladder) < ladder_layers:
+            ladder.setdefault(c.parts[0][0].layer, c.parts[0][0])
+    for basis in ladder.values():
+        laddered = gain_ladder(model, basis, multipliers, confirm, base, targets)
+        if laddered is not None:
+            cands.append(laddered)
+            to_confirm.append(laddered)
     winner = None
-    for c in eligible[:n_confirm]:
-        checked = _confirm(model, c, confirm, base, targets, source)
+    for c in to_confirm:
+        checked = confirm_candidate(model, c, confirm, base, targets, source)
         if checked is not None and (winner is None or checked.confirm["objective"] > winner.confirm["objective"]):
             winner = checked
     if winner is None:
@@ -221,21 +247,58 @@ def search(
     return SearchResult(winner, cands, notes)
 
 
-def _confirm(model: nn.Module, c: Candidate, confirm: ConfirmFn, base: dict[str, dict[str, float]],
+def refusal_change(now: dict[str, dict[str, float]], base: dict[str, dict[str, float]]
+                   ) -> dict[str, dict[str, float]]:
+    return {g: {lg: now[g][lg] - base[g][lg] for lg in now[g]} for g in now}
+
+
+def gain_ladder(model: nn.Module, basis: GatedBasis, multipliers: list[float], confirm: ConfirmFn,
+                base: dict[str, dict[str, float]], targets: list[str]) -> Candidate | None:
+    """Per-language gains chosen by generation on validation prompts instead of by the first-token screen.
+
+    The screen prefers small gains (a first-token rise of a few points), while generation on validation prompts
+    showed the same neuron at 4-8 times the push cutting far more with little harmless rise
+    (BENCHMARKS.md §1g). So each uniform gain of the layer is generated once, and each language gets the gain
+    that raised its refusal of harmful prompts most without raising its plain or borderline harmless refusal
+    beyond the tolerance (0 where none raised it). Returns that candidate, unconfirmed (None: no language helped).
+    """
+    ladder = []
+    for mult in sorted(multipliers):
+        c = gated_candidate(model, f"gated L{basis.layer} uniform x{mult:g}", [(basis, {lg: mult for lg in targets})])
+        ladder.append((mult, refusal_change(confirm(c.delta), base)))
+    gains = {}
+    for lg in targets:
+        best, best_rise = 0.0, 0.0
+        for mult, change in ladder:
+            harmless = max(change.get("plain", {}).get(lg, 0.0), change.get("borderline", {}).get(lg, 0.0))
+            if harmless <= HARMLESS_TOLERANCE and change["harmful"][lg] > best_rise:
+                best, best_rise = mult, change["harmful"][lg]
+        gains[lg] = best
+    if not any(gains.values()):
+        return None
+    c = gated_candidate(model, f"gated L{basis.layer} per-language by generation", [(basis, gains)])
+    c.eligible, c.why_not = True, None
+    c.confirm = {"ladder": {f"x{mult:g}": change for mult, change in ladder}}
+    return c
+
+
+def confirm_candidate(model: nn.Module, c: Candidate, confirm: ConfirmFn, base: dict[str, dict[str, float]],
              targets: list[str], source: str) -> Candidate | None:
-    """Generation check of one candidate; a gated candidate loses the gain of a language that got worse."""
-    now = confirm(c.delta)
-    delta_rate = {g: {lg: now[g][lg] - base[g][lg] for lg in now[g]} for g in now}
+    """Generation check of one candidate; a gated candidate loses the gain of a language that got worse: its
+    harmful refusal fell, or its plain or borderline harmless refusal rose beyond the tolerance."""
+    delta_rate = refusal_change(confirm(c.delta), base)
     worse = [lg for lg in targets if delta_rate["harmful"][lg] < 0]
-    c.confirm = {"refusal_change": delta_rate, "worse": worse}
-    if worse and c.kind == "gated" and c.parts:
-        parts = [(b, {lg: (0.0 if lg in worse else v) for lg, v in g.items()}) for b, g in c.parts]
-        fixed = gated_candidate(model, c.name + f" (gain 0 for {','.join(worse)})", parts)
+    over = [lg for lg in targets if max(delta_rate.get(g, {}).get(lg, 0.0) for g in ("plain", "borderline"))
+            > HARMLESS_TOLERANCE]
+    c.confirm = {**(c.confirm or {}), "refusal_change": delta_rate, "worse": worse, "over_refusing": over}
+    drop = [lg for lg in targets if lg in worse or lg in over]
+    if drop and c.kind == "gated" and c.parts:
+        parts = [(b, {lg: (0.0 if lg in drop else v) for lg, v in g.items()}) for b, g in c.parts]
+        fixed = gated_candidate(model, c.name + f" (gain 0 for {','.join(drop)})", parts)
         fixed.screen, fixed.objective, fixed.eligible = c.screen, c.objective, True
-        fixed.confirm = dict(c.confirm)
-        now = confirm(fixed.delta)
-        delta_rate = {g: {lg: now[g][lg] - base[g][lg] for lg in now[g]} for g in now}
-        fixed.confirm.update(refusal_change_after_fix=delta_rate)
+        fixed.confirm = c.confirm  # one record: the search table's row shows the check after the fix too
+        delta_rate = refusal_change(confirm(fixed.delta), base)
+        fixed.confirm.update(refusal_change_after_fix=delta_rate, gains_after_fix=fixed.gains)
         c = fixed
     harm = [delta_rate["harmful"][lg] for lg in targets]
     harmless_rise = max([v for g in ("plain", "borderline") for v in delta_rate.get(g, {}).values()] or [0.0])

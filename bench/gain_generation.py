@@ -1,0 +1,122 @@
+"""How far can one gated refusal neuron push, judged by generation rather than by the first-token screen?
+Validation prompts only: the neuron is fitted on calibration keys exactly as the search fits it
+(`gated_basis`, `gated_candidate`), then every (read-out, layer, uniform gain) candidate is applied in turn and
+the model generates on the validation harmful ids and every validation plain and borderline harmless prompt;
+the configured judge counts refusals and degenerate answers per language.
+
+python -m bench.gain_generation --data ../shared/data/multijail-dev.csv [--layers 19,22] [--gains 2,4,8,16]
+    [--readouts 0.1:1,0.01:4] [--harmful-ids 16] [--out bench/results/gain_generation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.engine import (
+    EditConfig,
+    NeuronActivation,
+    Reporter,
+    applied,
+    collect_keys,
+    configured_judge,
+    gated_basis,
+    gated_candidate,
+    generate_sets,
+    is_degenerate,
+    load_model,
+    make_plan,
+)
+
+
+def validation_sets(plan, n_harmful: int) -> dict[str, dict[str, list[str]]]:
+    ids = plan.val_ids[:n_harmful]
+    return {"harmful": {lg: [plan.harmful[i][lg] for i in ids] for lg in plan.langs},
+            "plain": {lg: list(plan.harmless_val[lg]) for lg in plan.langs},
+            "borderline": {lg: list(plan.borderline_val[lg]) for lg in plan.langs}}
+
+
+def judged(lm, config: EditConfig, sets, judge) -> dict[str, Any]:
+    answers = generate_sets(lm.model, lm.tokenizer, sets, config.max_new_tokens, config.batch_size)
+    out: dict[str, Any] = {"refused": {}, "degenerate": {}}
+    for group, by_lang in sets.items():
+        for lg, texts in by_lang.items():
+            verdicts = judge.judge(texts, answers[group][lg], [lg] * len(texts))
+            out["refused"].setdefault(group, {})[lg] = sum(v.refused for v in verdicts) / len(texts)
+            out["degenerate"].setdefault(group, {})[lg] = sum(map(is_degenerate, answers[group][lg])) / len(texts)
+    return out
+
+
+def summary(res: dict[str, Any], base: dict[str, Any] | None, targets: list[str]) -> str:
+    r = res["refused"]
+    mean = {g: sum(r[g][lg] for lg in targets) / len(targets) for g in r}
+    text = (f"harmful refused {mean['harmful']:.2f} (en {r['harmful']['en']:.2f})  plain {mean['plain']:.2f} "
+            f"borderline {mean['borderline']:.2f}  degenerate {sum(res['degenerate']['harmful'].values()) / 10:.2f}")
+    if base is not None:
+        b = base["refused"]
+        worse = [lg for lg in targets if r["harmful"][lg] < b["harmful"][lg]]
+        rise = max(r[g][lg] - b[g][lg] for g in ("plain", "borderline") for lg in r[g])
+        asr_b = sum(1 - b["harmful"][lg] for lg in targets) / len(targets)
+        asr_a = sum(1 - r["harmful"][lg] for lg in targets) / len(targets)
+        text += (f"  ASR {asr_b:.2f}->{asr_a:.2f} ({(asr_b - asr_a) / asr_b:+.0%} rel)  max harmless rise "
+                 f"{rise:+.2f}  worse {','.join(worse) or '-'}")
+    return text
+
+
+def run(data: str, layers: list[int], gains: list[float], readouts: list[tuple[float, float]], n_harmful: int,
+        max_new_tokens: int, out: Path) -> dict[str, Any]:
+    """Every candidate's row is written to `out` as soon as it is measured (a long sweep stopped early keeps
+    what it measured)."""
+    t0 = time.perf_counter()
+    config = EditConfig(model="demo", calibration=data, max_new_tokens=max_new_tokens)
+    plan = make_plan(config, Reporter())
+    lm = load_model(config.model, config.device, config.dtype)
+    judge = configured_judge(config)
+    sets = validation_sets(plan, n_harmful)
+    targets = list(config.target_langs)
+    base = judged(lm, config, sets, judge)
+    print("base:", summary(base, None, targets), flush=True)
+    keys = collect_keys(lm, plan, layers, config, Reporter(), with_resid=True)
+    rows: list[dict[str, Any]] = []
+    n = {g: len(next(iter(by.values()))) for g, by in sets.items()}
+    res = {"calibration_ids": len(plan.cal_ids), "validation_n": n, "base": base, "rows": rows,
+           "max_new_tokens": max_new_tokens}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for lam, gamma in readouts:
+        for layer in layers:
+            basis = gated_basis(NeuronActivation(lm.model, layer), keys[layer], layer, targets,
+                                config.source_lang, gamma, lam)
+            for gain in gains:
+                cand = gated_candidate(lm.model, f"L{layer} x{gain:g} readout({lam:g},{gamma:g})",
+                                       [(basis, {lg: gain for lg in targets})])
+                with applied(lm.model, cand.delta):
+                    judged_now = judged(lm, config, sets, judge)
+                rows.append({"layer": layer, "gain": gain, "readout_lam": lam, "readout_gamma": gamma, **judged_now})
+                print(f"{cand.name}: {summary(rows[-1], base, targets)}  [{time.perf_counter() - t0:.0f}s]",
+                      flush=True)
+                out.write_text(json.dumps({**res, "seconds": time.perf_counter() - t0}, indent=1))
+    return {**res, "seconds": time.perf_counter() - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--layers", default="19,22")
+    ap.add_argument("--gains", default="2,4,8,16")
+    ap.add_argument("--readouts", default="0.1:1,0.01:4", help="readout_lam:readout_gamma pairs")
+    ap.add_argument("--harmful-ids", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=20)
+    ap.add_argument("--out", default="bench/results/gain_generation.json")
+    args = ap.parse_args()
+    readouts = [(float(a), float(b)) for a, b in (p.split(":") for p in args.readouts.split(","))]
+    out = Path(args.out)
+    res = run(args.data, [int(x) for x in args.layers.split(",")], [float(x) for x in args.gains.split(",")],
+              readouts, args.harmful_ids, args.max_new_tokens, out)
+    out.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
