@@ -29,6 +29,7 @@ from worker.engine import (
     is_degenerate,
     load_model,
     make_plan,
+    refusal_rates,
 )
 
 
@@ -41,20 +42,15 @@ def validation_sets(plan, n_harmful: int) -> dict[str, dict[str, list[str]]]:
 
 def judged(lm, config: EditConfig, sets, judge) -> dict[str, Any]:
     answers = generate_sets(lm.model, lm.tokenizer, sets, config.max_new_tokens, config.batch_size)
-    out: dict[str, Any] = {"refused": {}, "degenerate": {}}
-    for group, by_lang in sets.items():
-        for lg, texts in by_lang.items():
-            verdicts = judge.judge(texts, answers[group][lg], [lg] * len(texts))
-            out["refused"].setdefault(group, {})[lg] = sum(v.refused for v in verdicts) / len(texts)
-            out["degenerate"].setdefault(group, {})[lg] = sum(map(is_degenerate, answers[group][lg])) / len(texts)
-    return out
+    degenerate = {g: {lg: sum(map(is_degenerate, a)) / len(a) for lg, a in by.items()} for g, by in answers.items()}
+    return {"refused": refusal_rates(sets, answers, judge), "degenerate": degenerate}
 
 
 def summary(res: dict[str, Any], base: dict[str, Any] | None, targets: list[str]) -> str:
-    r = res["refused"]
+    r, degen = res["refused"], res["degenerate"]["harmful"]
     mean = {g: sum(r[g][lg] for lg in targets) / len(targets) for g in r}
     text = (f"harmful refused {mean['harmful']:.2f} (en {r['harmful']['en']:.2f})  plain {mean['plain']:.2f} "
-            f"borderline {mean['borderline']:.2f}  degenerate {sum(res['degenerate']['harmful'].values()) / 10:.2f}")
+            f"borderline {mean['borderline']:.2f}  degenerate {sum(degen.values()) / len(degen):.2f}")
     if base is not None:
         b = base["refused"]
         worse = [lg for lg in targets if r["harmful"][lg] < b["harmful"][lg]]

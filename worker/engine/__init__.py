@@ -35,7 +35,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "stages.plan": ("Plan", "make_plan", "candidate_layers", "candidate_modules", "eval_sets"),
     "stages.capture": ("collect_keys", "needs_residual"),
     "stages.select": ("LayerScreen", "screen_candidates", "fit_in_sequence", "search_setup", "run_search",
-                      "validation_refusal_openings", "refusal_openings_of", "confirmation_sets"),
+                      "validation_refusal_openings", "refusal_openings_of", "confirmation_sets",
+                      "refusal_rates"),
     "stages.fit": ("LayerChoice", "edit_one", "edits_of"),
     "stages.evaluate": ("evaluate_model", "configured_judge"),
     # building blocks

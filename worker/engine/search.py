@@ -259,21 +259,15 @@ def gain_ladder(model: nn.Module, basis: GatedBasis, multipliers: list[float], c
     The screen prefers small gains (a first-token rise of a few points), while generation on validation prompts
     showed the same neuron at 4-8 times the push cutting far more with little harmless rise
     (BENCHMARKS.md §1g). So each uniform gain of the layer is generated once, and each language gets the gain
-    that raised its refusal of harmful prompts most without raising its plain or borderline harmless refusal
-    beyond the tolerance (0 where none raised it). Returns that candidate, unconfirmed (None: no language helped).
+    that was most selective for it in the generated answers, never one that raised its plain or borderline
+    harmless refusal beyond the tolerance (0 where none raised its harmful refusal): `per_language_gains`.
+    Returns that candidate, unconfirmed (None: no language helped).
     """
     ladder = []
     for mult in sorted(multipliers):
         c = gated_candidate(model, f"gated L{basis.layer} uniform x{mult:g}", [(basis, {lg: mult for lg in targets})])
         ladder.append((mult, refusal_change(confirm(c.delta), base)))
-    gains = {}
-    for lg in targets:
-        best, best_rise = 0.0, 0.0
-        for mult, change in ladder:
-            harmless = max(change.get("plain", {}).get(lg, 0.0), change.get("borderline", {}).get(lg, 0.0))
-            if harmless <= HARMLESS_TOLERANCE and change["harmful"][lg] > best_rise:
-                best, best_rise = mult, change["harmful"][lg]
-        gains[lg] = best
+    gains = per_language_gains(ladder, targets)  # the screen's rule, on generated refusal rates
     if not any(gains.values()):
         return None
     c = gated_candidate(model, f"gated L{basis.layer} per-language by generation", [(basis, gains)])

@@ -130,6 +130,18 @@ def confirmation_sets(plan: Plan, config: EditConfig) -> dict[str, dict[str, lis
     }
 
 
+def refusal_rates(sets: dict[str, dict[str, list[str]]], answers: dict[str, dict[str, list[str]]], judge: Any
+                  ) -> dict[str, dict[str, float]]:
+    """Share of answers the judge calls refusals, per prompt group and language (empty sets left out)."""
+    out: dict[str, dict[str, float]] = {}
+    for group, by_lang in sets.items():
+        for lg, texts in by_lang.items():
+            if texts:
+                verdicts = judge.judge(texts, answers[group][lg], [lg] * len(texts))
+                out.setdefault(group, {})[lg] = sum(v.refused for v in verdicts) / len(verdicts)
+    return out
+
+
 def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter, timer: StageTimer) -> SearchSetup:
     from ..screen import Screen as FirstTokenScreen
     from ..screen import ScreenPrompts
@@ -140,17 +152,10 @@ def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter,
     judge = configured_judge(config)
 
     def generate_and_judge() -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
         # cancellation between batches, no progress of its own (the search's steps are the candidates)
         answers = generate_sets(lm.model, lm.tokenizer, confirm_sets, config.max_new_tokens, config.batch_size,
                                 Reporter(should_cancel=rep.should_cancel), "search")
-        for group, by_lang in confirm_sets.items():
-            for lg, texts in by_lang.items():
-                if not texts:
-                    continue
-                verdicts = judge.judge(texts, answers[group][lg], [lg] * len(texts))
-                out.setdefault(group, {})[lg] = sum(v.refused for v in verdicts) / len(verdicts)
-        return out
+        return refusal_rates(confirm_sets, answers, judge)
 
     with timer("search"):
         # the refusal tokens come from the base model's English answers to validation prompts
