@@ -22,18 +22,31 @@ from core.jobs.schemas import (
 )
 from worker.engine.result import standard_error
 
-# The engine's phases (progress.phase) in the order it runs them (evaluate twice: before and after the edit), with rough
-# shares of the wall time measured on the demo model; used only for `estimated_finish`.
-PHASE_SHARES: tuple[tuple[str, float], ...] = (
-    ("load", 0.02),
-    ("evaluate", 0.38),
-    ("capture", 0.10),
-    ("localize", 0.06),
-    ("solve", 0.02),
-    ("apply", 0.01),
-    ("evaluate", 0.39),
-    ("save", 0.02),
-)
+# The engine's phases (progress.phase) in the order each method runs them (evaluate twice: before and after the
+# edit; the search screens twice: the base, then its candidates after the capture), with rough shares of the wall
+# time measured on the demo model (BENCHMARKS.md §1); used only for `estimated_finish`.
+PHASE_SHARES: dict[str, tuple[tuple[str, float], ...]] = {
+    "paper": (
+        ("load", 0.02),
+        ("evaluate", 0.38),
+        ("capture", 0.10),
+        ("localize", 0.06),
+        ("solve", 0.02),
+        ("apply", 0.01),
+        ("evaluate", 0.39),
+        ("save", 0.02),
+    ),
+    "search": (
+        ("load", 0.01),
+        ("evaluate", 0.11),
+        ("search", 0.02),
+        ("capture", 0.21),
+        ("search", 0.25),
+        ("confirm", 0.29),
+        ("evaluate", 0.10),
+        ("save", 0.01),
+    ),
+}
 
 
 def estimated_finish(job: EditJob, phases_seen: list[str], now: datetime | None = None) -> datetime | None:
@@ -41,13 +54,14 @@ def estimated_finish(job: EditJob, phases_seen: list[str], now: datetime | None 
     fraction of the current one."""
     if job.status not in ACTIVE or not job.started_at or not phases_seen:
         return None
+    shares = PHASE_SHARES.get((job.config or {}).get("method", "search"), PHASE_SHARES["search"])
     pos = 0
     for phase in phases_seen:  # walk forward; repeats (per-layer capture/solve/apply) stay in place
-        nxt = next((k for k in range(pos, len(PHASE_SHARES)) if PHASE_SHARES[k][0] == phase), None)
+        nxt = next((k for k in range(pos, len(shares)) if shares[k][0] == phase), None)
         if nxt is not None:
             pos = nxt
     within = job.progress_done / job.progress_total if job.progress_total else 0.0
-    frac = sum(w for _, w in PHASE_SHARES[:pos]) + PHASE_SHARES[pos][1] * min(within, 1.0)
+    frac = sum(w for _, w in shares[:pos]) + shares[pos][1] * min(within, 1.0)
     if frac < 0.03:
         return None
     elapsed = ((now or utcnow()) - job.started_at).total_seconds()

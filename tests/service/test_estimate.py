@@ -10,9 +10,10 @@ from core.jobs.view import estimated_finish
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def _job(phase: str, done: int, total: int, status: str = "running") -> EditJob:
+def _job(phase: str, done: int, total: int, status: str = "running", method: str = "paper") -> EditJob:
     return EditJob(
-        status=status, started_at=T0, progress_phase=phase, progress_done=done, progress_total=total
+        status=status, started_at=T0, progress_phase=phase, progress_done=done, progress_total=total,
+        config={"method": method},
     )
 
 
@@ -36,3 +37,14 @@ def test_repeated_layer_phases_stay_in_place() -> None:
     seen = ["load", "evaluate", "capture", "solve", "apply", "capture", "solve", "apply"]
     eta = estimated_finish(_job("apply", 1, 1), seen, T0 + timedelta(seconds=60))
     assert eta is not None and eta > T0 + timedelta(seconds=60)
+
+
+def test_a_search_jobs_estimate_moves_on_through_its_confirmation() -> None:
+    """The default method generates on validation prompts after its screen (about a third of its wall time on the
+    demo model); that phase must count as work still ahead, and progress through it must bring the finish nearer."""
+    now = T0 + timedelta(seconds=600)
+    seen = ["load", "evaluate", "search", "capture", "search"]
+    screened = estimated_finish(_job("search", 18, 18, method="search"), seen, now)
+    confirming = estimated_finish(_job("confirm", 6, 12, method="search"), [*seen, "confirm"], now)
+    assert screened is not None and confirming is not None
+    assert screened > confirming > now

@@ -16,7 +16,14 @@ from worker.engine.methods.gated import english_push, gated_basis, harmfulness_r
 from worker.engine.models import load_model
 from worker.engine.progress import Reporter
 from worker.engine.screen import Screen, ScreenPrompts
-from worker.engine.search import confirm_candidate, gain_ladder, gated_candidate, gated_edits, per_language_gains
+from worker.engine.search import (
+    confirm_best,
+    confirm_candidate,
+    gain_ladder,
+    gated_candidate,
+    gated_edits,
+    per_language_gains,
+)
 
 
 def _language_keys(d: int, n: int = 16, t: int = 3, seed: int = 0) -> LayerKeys:
@@ -130,6 +137,28 @@ def test_confirmation_drops_the_gain_of_an_over_refusing_language(tiny_qwen2):
     confirm, _ = _scripted_confirm([_rates({"sw": 0.6, "bn": 0.6}, plain={"bn": 0.25}),
                                     _rates({"sw": 0.6, "bn": 0.2}, plain={"en": 0.25})])
     assert confirm_candidate(model, cand, confirm, base, ["sw", "bn"], "en") is None
+
+
+def test_the_confirmation_reports_its_generation_passes_to_the_end(tiny_qwen2):
+    """The generation checks are most of a default job's wall time: each pass is a "confirm" progress step, the
+    count never passes its stated total, and the phase ends complete."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    basis = gated_basis(NeuronActivation(model, 1), _language_keys(model.config.hidden_size), 1, ["sw", "bn"], "en")
+    cand = gated_candidate(model, "gated L1", [(basis, {"sw": 2.0, "bn": 2.0})])
+    cand.eligible, cand.objective = True, 0.1
+    calls: list[SparseDelta | None] = []
+
+    def confirm(delta: SparseDelta | None) -> dict[str, dict[str, float]]:
+        calls.append(delta)
+        return _rates({"sw": 0.2, "bn": 0.2}) if delta is None else _rates({"sw": 0.6, "bn": 0.4})
+    steps: list[tuple[int, int]] = []
+    reporter = Reporter(progress=lambda phase, done, total, message=None: phase == "confirm" and steps.append(
+        (done, total)))
+    found = confirm_best(model, [cand], [cand], [], confirm, 1, [2.0, 4.0], ["sw", "bn"], "en", 1, reporter)
+    assert found.winner is not None
+    assert len(calls) == 5  # the base, two rungs, the screened candidate, the ladder's candidate
+    assert [d for d, _ in steps][:5] == [1, 2, 3, 4, 5] and all(d <= t for d, t in steps)
+    assert steps[-1][0] == steps[-1][1]
 
 
 def test_screen_from_a_cached_prefix_equals_the_full_pass(tiny_qwen2):

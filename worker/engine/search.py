@@ -218,20 +218,38 @@ def search(
     if confirm is None or n_confirm <= 0:
         return SearchResult(eligible[0], cands, notes)
     return confirm_best(model, eligible, cands, notes, confirm, n_confirm, multipliers, targets, source,
-                        ladder_layers)
+                        ladder_layers, reporter)
+
+
+def counted(confirm: ConfirmFn, reporter: Reporter, most: int) -> ConfirmFn:
+    """`confirm` that reports each generation pass as the "confirm" phase (most of the search's wall time, which
+    showed no progress before): passes done of at most `most` (a fix's re-check may not be needed)."""
+    done = 0
+
+    def run(delta: SparseDelta | None) -> dict[str, dict[str, float]]:
+        nonlocal done
+        out = confirm(delta)
+        done += 1
+        reporter.step("confirm", min(done, most), most)
+        return out
+    return run
 
 
 def confirm_best(model: nn.Module, eligible: list[Candidate], cands: list[Candidate], notes: list[str],
                  confirm: ConfirmFn, n_confirm: int, multipliers: list[float], targets: list[str], source: str,
-                 ladder_layers: int) -> SearchResult:
+                 ladder_layers: int, reporter: Reporter | None = None) -> SearchResult:
     """Generation on validation prompts: the `n_confirm` best screened candidates and the gain ladder of the
     `ladder_layers` best layers (by their best eligible single-layer candidate); the best that holds up wins."""
-    base = confirm(None)
+    reporter = reporter or Reporter()
     to_confirm = eligible[:n_confirm]
     ladder: dict[int, GatedBasis] = {}
     for c in eligible:
         if c.kind == "gated" and len(c.parts) == 1 and len(ladder) < ladder_layers:
             ladder.setdefault(c.parts[0][0].layer, c.parts[0][0])
+    # the base, every rung of every ladder, then each candidate and its possible re-check after a fix
+    most = 1 + len(ladder) * len(multipliers) + 2 * (len(to_confirm) + len(ladder))
+    confirm = counted(confirm, reporter, most)
+    base = confirm(None)
     for basis in ladder.values():
         laddered = gain_ladder(model, basis, multipliers, confirm, base, targets)
         if laddered is not None:
@@ -244,6 +262,7 @@ def confirm_best(model: nn.Module, eligible: list[Candidate], cands: list[Candid
             winner = checked
     if winner is None:
         notes.append("no candidate held up in generation on validation prompts: no edit is shipped")
+    reporter.step("confirm", most, most)
     return SearchResult(winner, cands, notes)
 
 
