@@ -24,7 +24,7 @@ from worker.engine.result import standard_error
 
 # The engine's phases (progress.phase) in the order each method runs them (evaluate twice: before and after the
 # edit; the search screens twice: the base, then its candidates after the capture), with rough shares of the wall
-# time measured on the demo model (BENCHMARKS.md §1); used only for `estimated_finish`.
+# time on the demo model (the search's from BENCHMARKS.md §1a's stage timings); used only for `estimated_finish`.
 PHASE_SHARES: dict[str, tuple[tuple[str, float], ...]] = {
     "paper": (
         ("load", 0.02),

@@ -152,7 +152,7 @@ def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter,
     judge = configured_judge(config)
 
     def generate_and_judge() -> dict[str, dict[str, float]]:
-        # cancellation between batches, no progress of its own (the search's steps are the candidates)
+        # cancellation between batches; progress is one `confirm` step per pass (search.counted), not per batch
         answers = generate_sets(lm.model, lm.tokenizer, confirm_sets, config.max_new_tokens, config.batch_size,
                                 Reporter(should_cancel=rep.should_cancel), "search")
         return refusal_rates(confirm_sets, answers, judge)
