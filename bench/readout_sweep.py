@@ -1,9 +1,12 @@
-"""How selective is the gated neuron's harmfulness read-out, as a function of its ridge weight and its harmless
-weight? Validation prompts only (the screen's): the read-out is fitted on calibration keys exactly as the search
-fits it (`methods.gated.harmfulness_readout`), then its on-rate (score > 0 at the last template token) is counted
-on held-out validation harmful, plain-harmless and borderline prompts per language.
+"""How selective is the gated neuron's harmfulness read-out, as a function of its ridge weight, its harmless
+weight and its borderline weight? Validation prompts only (the screen's): the read-out is fitted on calibration
+keys exactly as the search fits it (`methods.gated.gated_basis`), then its on-rate (score > 0 at the last
+template token) is counted on held-out validation harmful, plain-harmless and borderline prompts per language,
+and so is the whole neuron's write (silu(gate)·up at gain 1 for every target language, as a share of its mean
+on harmful prompts: what reaches the residual stream, language read-out included).
 
-python -m bench.readout_sweep --data ../shared/data/multijail-dev.csv [--layer 19] [--out readout_sweep.json]
+python -m bench.readout_sweep --data ../shared/data/multijail-dev.csv [--layer 19] [--grid 0.01:4:1,0.01:4:8]
+    [--per-language] [--keys-cache keys.pt] [--out readout_sweep.json]
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from worker.engine import (
     Reporter,
     capture_mlp_inputs,
     collect_keys,
+    gated_basis,
     harmfulness_readout,
     load_model,
     make_plan,
 )
+from worker.engine.keys import NeuronActivation
 
 LAMS = (0.01, 0.03, 0.1, 0.3, 1.0)
 GAMMAS = (0.5, 1.0, 2.0, 4.0)
@@ -35,36 +40,91 @@ def last_token_keys(lm, texts: list[str], layer: int, batch_size: int) -> torch.
     return torch.stack([k[-1] for k in cap.keys[layer]])
 
 
-def run(data: str, layer: int, max_calibration_ids: int | None = None) -> dict[str, Any]:
+def default_grid() -> list[tuple[float, float, float]]:
+    return [(lam, gamma, 1.0) for lam in LAMS for gamma in GAMMAS]
+
+
+FOCUS_WEIGHTS = (1.0, 4.0, 16.0)
+
+
+def per_language_rows(keys, val, targets: list[str], source: str, grid: list[tuple[float, float, float]]
+                      ) -> list[dict[str, Any]]:
+    """A read-out per target language (positives: English and that language's harmful keys; negatives: every
+    harmless anchor row, that language's own template rows `focus_weight` times heavier): its on-rate on that
+    language's validation prompts, and on the other languages' harmless ones (where a neuron of that language
+    would also write)."""
+    rows = []
+    for (lam, gamma, bw), focus_weight in ((g, f) for g in grid for f in FOCUS_WEIGHTS):
+        own: dict[str, dict[str, float]] = {"harmful": {}, "plain": {}, "borderline": {}}
+        elsewhere: dict[str, float] = {}
+        for lg in targets:
+            readout, _ = harmfulness_readout(keys, [lg], source, gamma, lam, bw, focus_weight)
+            for g in own:
+                own[g][lg] = float(((val[g][lg].double() @ readout) > 0).float().mean())
+            other = torch.cat([val[g][o] for g in ("plain", "borderline") for o in val[g] if o != lg])
+            elsewhere[lg] = float(((other.double() @ readout) > 0).float().mean())
+        row = {"lam": lam, "gamma": gamma, "borderline_weight": bw, "focus_weight": focus_weight, "own": own,
+               "other_harmless_on": elsewhere,
+               **{f"{g}_mean": sum(v.values()) / len(v) for g, v in own.items()}}
+        rows.append(row)
+        print(f"per-language lam {lam:5.2f} gamma {gamma:3.1f} borderline x{bw:g} own x{focus_weight:g}: "
+              f"harmful {row['harmful_mean']:.2f}"
+              f"  plain {row['plain_mean']:.2f}  borderline {row['borderline_mean']:.2f}  other languages' harmless "
+              f"{sum(elsewhere.values()) / len(elsewhere):.2f}", flush=True)
+    return rows
+
+
+def run(data: str, layer: int, max_calibration_ids: int | None = None,
+        grid: list[tuple[float, float, float]] | None = None, per_language: bool = False,
+        keys_cache: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     config = EditConfig(model="demo", calibration=data, max_calibration_ids=max_calibration_ids)
     plan = make_plan(config, Reporter())
     lm = load_model(config.model, config.device, config.dtype)
-    keys = collect_keys(lm, plan, [layer], config, Reporter(), with_resid=False)[layer]
-    val_ids = plan.val_ids[: config.screen_prompts]
-    val = {
-        "harmful": {lg: last_token_keys(lm, [plan.harmful[i][lg] for i in val_ids], layer, 16) for lg in plan.langs},
-        "plain": {lg: last_token_keys(lm, plan.harmless_val[lg], layer, 16) for lg in plan.langs},
-        "borderline": {lg: last_token_keys(lm, plan.borderline_val[lg], layer, 16) for lg in plan.langs},
-    }
+    if keys_cache and Path(keys_cache).exists():  # the same split, layer and model: reuse the slow capture
+        keys, val = torch.load(keys_cache, weights_only=False)
+    else:
+        keys = collect_keys(lm, plan, [layer], config, Reporter(), with_resid=True)[layer]
+        val_ids = plan.val_ids[: config.screen_prompts]
+        val = {
+            "harmful": {lg: last_token_keys(lm, [plan.harmful[i][lg] for i in val_ids], layer, 16)
+                        for lg in plan.langs},
+            "plain": {lg: last_token_keys(lm, plan.harmless_val[lg], layer, 16) for lg in plan.langs},
+            "borderline": {lg: last_token_keys(lm, plan.borderline_val[lg], layer, 16) for lg in plan.langs},
+        }
+        if keys_cache:
+            torch.save((keys, val), keys_cache)
+    targets = list(config.target_langs)
+    if per_language:
+        return {"layer": layer, "per_language": per_language_rows(keys, val, targets, config.source_lang,
+                                                                  grid or default_grid()),
+                "seconds": time.perf_counter() - t0}
+    na = NeuronActivation(lm.model, layer)
     rows = []
-    for lam in LAMS:
-        for gamma in GAMMAS:
-            readout, _ = harmfulness_readout(keys, list(config.target_langs), config.source_lang, gamma, lam)
-            on = {g: {lg: float(((k.double() @ readout) > 0).float().mean()) for lg, k in by.items()}
-                  for g, by in val.items()}
-            targets = list(config.target_langs)
-            rows.append({
-                "lam": lam, "gamma": gamma, "on": on,
-                "harmful_mean": sum(on["harmful"][lg] for lg in targets) / len(targets),
-                "plain_mean": sum(on["plain"].values()) / len(on["plain"]),
-                "borderline_mean": sum(on["borderline"].values()) / len(on["borderline"]),
-                "plain_max": max(on["plain"].values()), "borderline_max": max(on["borderline"].values()),
-            })
-            r = rows[-1]
-            print(f"lam {lam:5.2f} gamma {gamma:3.1f}: harmful {r['harmful_mean']:.2f}  plain {r['plain_mean']:.2f} "
-                  f"(max {r['plain_max']:.2f})  borderline {r['borderline_mean']:.2f} (max {r['borderline_max']:.2f})",
-                  flush=True)
+    for lam, gamma, bw in grid or default_grid():
+        basis = gated_basis(na, keys, layer, targets, config.source_lang, gamma, lam, borderline_weight=bw)
+        fit = basis.fit(dict.fromkeys(targets, 1.0))
+        gate, up = fit.gate_rows[0].double(), fit.up_rows[0].double()
+        on = {g: {lg: float(((k.double() @ gate) > 0).float().mean()) for lg, k in by.items()}
+              for g, by in val.items()}
+        write = {g: {lg: float((torch.nn.functional.silu(k.double() @ gate) * (k.double() @ up)).mean())
+                     for lg, k in by.items()} for g, by in val.items()}
+        harm_write = sum(write["harmful"][lg] for lg in targets) / len(targets)
+        share = {g: {lg: v / harm_write for lg, v in by.items()} for g, by in write.items() if g != "harmful"}
+        rows.append({
+            "lam": lam, "gamma": gamma, "borderline_weight": bw, "on": on, "write_share": share,
+            "harmful_mean": sum(on["harmful"][lg] for lg in targets) / len(targets),
+            "plain_mean": sum(on["plain"].values()) / len(on["plain"]),
+            "borderline_mean": sum(on["borderline"].values()) / len(on["borderline"]),
+            "plain_max": max(on["plain"].values()), "borderline_max": max(on["borderline"].values()),
+            "borderline_write_max": max(share["borderline"].values()),
+            "plain_write_max": max(share["plain"].values()),
+        })
+        r = rows[-1]
+        print(f"lam {lam:5.2f} gamma {gamma:3.1f} borderline x{bw:g}: harmful {r['harmful_mean']:.2f}  "
+              f"plain {r['plain_mean']:.2f} (max {r['plain_max']:.2f})  borderline {r['borderline_mean']:.2f} "
+              f"(max {r['borderline_max']:.2f})  largest write vs harmful: plain {r['plain_write_max']:+.2f} "
+              f"borderline {r['borderline_write_max']:+.2f}", flush=True)
     n = {g: {lg: len(k) for lg, k in by.items()} for g, by in val.items()}
     return {"layer": layer, "calibration_ids": len(plan.cal_ids), "validation_n": n, "rows": rows,
             "seconds": time.perf_counter() - t0}
@@ -75,9 +135,16 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--layer", type=int, default=19)
     ap.add_argument("--max-calibration-ids", type=int, default=None)
+    ap.add_argument("--grid", default=None, help="lam:gamma[:borderline_weight],... (default: the lam x gamma grid)")
+    ap.add_argument("--per-language", action="store_true", help="one read-out per target language instead")
+    ap.add_argument("--keys-cache", default=None, help="a .pt file: saved after the capture, reused if present")
     ap.add_argument("--out", default="bench/results/readout_sweep.json")
     args = ap.parse_args()
-    res = run(args.data, args.layer, args.max_calibration_ids)
+    grid = None
+    if args.grid:
+        grid = [(float(t[0]), float(t[1]), float(t[2]) if len(t) > 2 else 1.0)
+                for t in (item.split(":") for item in args.grid.split(","))]
+    res = run(args.data, args.layer, args.max_calibration_ids, grid, args.per_language, args.keys_cache)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
 

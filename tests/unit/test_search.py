@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -232,3 +233,102 @@ def test_a_heavier_harmless_weight_makes_the_read_out_fire_on_fewer_harmless_and
     (harm1, safe1), (harm4, safe4) = on_rates(1.0), on_rates(4.0)
     assert safe4 < safe1 and harm4 < harm1
     assert harm4 > 3 * safe4  # still a read-out of harm, not a switch that is always off
+
+
+def test_a_heavier_borderline_weight_keeps_the_read_out_off_alarming_but_benign_prompts():
+    """Borderline prompts share the harmful topic (the harm axis) and differ only by a weak benign-intent feature;
+    with a few of them among many plain harmless prompts the read-out follows the topic and fires on them,
+    weighed apart it learns the benign feature and stays off them while still firing on harmful keys."""
+    d, t = 24, 3
+    keys = _language_keys(d, n=32, seed=5)
+    g = torch.Generator().manual_seed(2)
+    n_border = 4
+    for rows in keys.safe_tmpl.values():  # the last n_border anchor prompts of each language are borderline
+        rows[-n_border:, :, 0] = 3.0 + 0.3 * torch.randn(n_border, t, generator=g)
+        rows[-n_border:, :, 5] += 1.0
+    keys.safe_tmpl_borderline = {lg: torch.arange(32) >= 32 - n_border for lg in keys.safe_tmpl}
+    keys.safe_all_borderline = torch.zeros(len(keys.safe_all), dtype=torch.bool)
+    unseen = 0.3 * torch.randn(50, d, generator=g)
+    unseen[:, 0] += 3.0
+    unseen[:, 5] += 1.0
+    harmful = torch.cat([keys.src.reshape(-1, d), *(r.reshape(-1, d) for r in keys.tgt.values())])
+
+    def on_rates(weight: float) -> tuple[float, float]:
+        readout, _ = harmfulness_readout(keys, ["sw", "bn"], "en", lam=0.01, borderline_weight=weight)
+        return (float(((harmful.double() @ readout) > 0).float().mean()),
+                float(((unseen.double() @ readout) > 0).float().mean()))
+
+    (harm1, border1), (harm_heavy, border_heavy) = on_rates(1.0), on_rates(50.0)
+    assert border1 > 0.5 and harm1 > 0.9  # one weight for every harmless prompt: the topic wins
+    assert border_heavy < 0.1 and harm_heavy > 0.75  # some recall is the price (the classes overlap on axis 5)
+    assert on_rates(1.0) == pytest.approx(_unweighted_on_rates(keys, harmful, unseen))
+
+
+def _unweighted_on_rates(keys: LayerKeys, harmful: torch.Tensor, unseen: torch.Tensor) -> tuple[float, float]:
+    """The read-out with the borderline tags removed (weight 1 must be exactly the untagged read-out)."""
+    untagged = LayerKeys(keys.src, keys.tgt, keys.safe_tmpl, keys.safe_all)
+    readout, _ = harmfulness_readout(untagged, ["sw", "bn"], "en", lam=0.01)
+    return (float(((harmful.double() @ readout) > 0).float().mean()),
+            float(((unseen.double() @ readout) > 0).float().mean()))
+
+
+def test_the_capture_tags_the_borderline_anchor_prompts(tiny_qwen2):
+    """The read-out can only weigh borderline anchor prompts apart if their rows are tagged: every tagged row
+    must come from a bundled borderline prompt and every borderline anchor prompt must be tagged."""
+    from worker.engine import capture_mlp_inputs, collect_keys
+    from worker.engine.data import bundled_borderline
+
+    config = EditConfig(model=str(tiny_qwen2), target_langs=["sw"], max_anchor_prompts=3)
+    plan = make_plan(config, Reporter())
+    borderline = {p.text for p in bundled_borderline().prompts}
+    lm = load_model(str(tiny_qwen2))
+    keys = collect_keys(lm, plan, [1], config, Reporter())[1]
+    assert keys.safe_tmpl_borderline is not None and keys.safe_all_borderline is not None
+    for lg in plan.langs:
+        tags = keys.safe_tmpl_borderline[lg].tolist()
+        assert tags == [text in borderline for text in plan.anchor[lg]]
+        assert 0 < sum(tags) < len(tags)
+    # the tagged token rows are exactly the borderline anchor prompts' own rows, in order
+    texts = [text for lg in plan.langs for text in plan.anchor[lg] if text in borderline]
+    alone = capture_mlp_inputs(lm.model, lm.tokenizer, texts, [1], "all", 4, Reporter())
+    assert len(keys.safe_all_borderline) == len(keys.safe_all)
+    torch.testing.assert_close(keys.safe_all[keys.safe_all_borderline], torch.cat(alone.keys[1]), atol=1e-4,
+                               rtol=1e-4)
+
+
+def test_per_language_neurons_write_only_where_their_language_is_harmful(tiny_qwen2):
+    """readout_scope per_language: one neuron per target language; a language with gain 0 gets nothing written
+    by its own neuron, and the other language's neuron writes (much less) there."""
+    from worker.engine.methods.gated import language_gated_basis
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    na = NeuronActivation(model, 1)
+    keys = _language_keys(model.config.hidden_size)
+    basis = language_gated_basis(na, keys, 1, ["sw", "bn"], "en", lam=0.001)
+    fit = basis.fit({"sw": 2.0, "bn": 0.0})
+    assert fit.indices.numel() == 2 == len(set(fit.indices.tolist()))
+    assert fit.up_rows.shape == fit.gate_rows.shape == fit.down_cols.shape == (2, model.config.hidden_size)
+
+    def written(x: torch.Tensor) -> float:  # the two neurons' total output along their shared down column
+        x = x.reshape(-1, x.shape[-1])
+        return float((na.act(x @ fit.gate_rows.T) * (x @ fit.up_rows.T)).sum(-1).mean())
+
+    sw, bn = written(keys.tgt["sw"]), written(keys.tgt["bn"])
+    assert sw > 2.0
+    assert abs(bn) < 0.25 * sw
+    assert abs(written(keys.safe_all)) < 0.05 * sw
+    # bn's own neuron has gain 0: its up row is the zero solution's neighbour, it writes nothing anywhere
+    assert float(fit.up_rows[1].abs().max()) < 0.05 * float(fit.up_rows[0].abs().max())
+
+
+def test_a_per_language_search_runs_end_to_end(tiny_qwen2, tmp_path):
+    """The search with per-language neurons goes through the ladder, the confirmation and the saved delta."""
+    cal = tmp_path / "cal.jsonl"
+    _write_calibration(cal)
+    config = EditConfig(model=str(tiny_qwen2), calibration=str(cal), target_langs=["zh", "sw"], max_new_tokens=3,
+                        max_eval_prompts=3, max_harmless_eval=2, screen_prompts=3, confirm_prompts=2,
+                        search_layers=[1], search_gains=[3.0, 30.0], second_test_prompts=0, ladder_layers=1,
+                        readout_scope="per_language")
+    report = run_edit(config, tmp_path / "out").to_dict()
+    gated = [row for row in report["search"] if row["name"].startswith("gated")]
+    assert gated and all(row["parameters"] == 3 * 2 * 64 for row in gated)  # 2 neurons × gate, up, down rows

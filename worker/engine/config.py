@@ -97,6 +97,16 @@ class EditConfig:
         "on fewer harmless prompts and on fewer harmful ones (4 with readout_lam 0.01 did not cut more on held-out "
         "prompts: BENCHMARKS.md §1f)")
     readout_lam: float = knob(0.1, gt=0, le=100, help="ridge weight (normalised) of that read-out")
+    readout_borderline_weight: float = knob(
+        1.0, gt=0, le=100, help="weight of a borderline-harmless anchor prompt (alarming topic, benign intent) "
+        "against a plain one in that read-out and in the neurons' language read-out (BENCHMARKS.md §1h)")
+    readout_scope: Literal["pooled", "per_language"] = knob(
+        "pooled", help="pooled: one gated neuron per layer, gated by one harmfulness read-out for every language; "
+        "per_language: one neuron per target language, each gated by that language's own read-out (more "
+        "selective on validation prompts: BENCHMARKS.md §1h)")
+    readout_focus_weight: float = knob(
+        4.0, gt=0, le=100, help="with readout_scope per_language: weight of a language's own harmless anchor "
+        "prompts against the other languages' in its read-out")
     # localisation (method="paper")
     layers: list[int] | Literal["auto"] = knob(
         "auto", ge=0, le=1024, min_items=1, max_items=256, unique=True,

@@ -29,6 +29,8 @@ class LayerKeys:
     safe_tmpl[lang]: harmless prompts' template-position rows [n_s, T, d] (localisation).
     safe_all: every harmless token row of every language [N, d] (the utility anchor).
     src_resid / tgt_resid: residual stream entering the MLP block, same layout (down variant only).
+    safe_tmpl_borderline[lang]: which of safe_tmpl[lang]'s prompts are borderline-harmless ([n_s] bool), and
+    safe_all_borderline which of safe_all's rows ([N] bool): the read-out may weigh them apart.
     """
 
     src: Tensor | list[Tensor]
@@ -38,6 +40,8 @@ class LayerKeys:
     src_resid: Tensor | list[Tensor] | None = None
     tgt_resid: dict[str, Tensor | list[Tensor]] | None = None
     safe_resid_tmpl: Tensor | None = None
+    safe_tmpl_borderline: dict[str, Tensor] | None = None
+    safe_all_borderline: Tensor | None = None
 
     def first(self, n: int) -> LayerKeys:
         """The same keys restricted to the first n calibration ids (a learning curve from one capture)."""
@@ -45,7 +49,8 @@ class LayerKeys:
             src=self.src[:n], tgt={lg: k[:n] for lg, k in self.tgt.items()}, safe_tmpl=self.safe_tmpl,
             safe_all=self.safe_all, src_resid=None if self.src_resid is None else self.src_resid[:n],
             tgt_resid=None if self.tgt_resid is None else {lg: k[:n] for lg, k in self.tgt_resid.items()},
-            safe_resid_tmpl=self.safe_resid_tmpl,
+            safe_resid_tmpl=self.safe_resid_tmpl, safe_tmpl_borderline=self.safe_tmpl_borderline,
+            safe_all_borderline=self.safe_all_borderline,
         )
 
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from .delta import LayerEdit, SparseDelta, applied, make_layer_edit, neuron_rows
 from .keys import LayerKeys, NeuronActivation
-from .methods.gated import GatedBasis, GatedFit, gated_basis
+from .methods.gated import AnyGatedBasis, GatedFit, gated_basis, language_gated_basis
 from .progress import Reporter
 from .screen import Screen
 
@@ -55,7 +55,7 @@ class Candidate:
     delta: SparseDelta
     neurons: dict[str, Any]
     gains: dict[str, float] | None = None  # per language (gated candidates; several layers: the largest)
-    parts: list[tuple[GatedBasis, dict[str, float]]] = field(default_factory=list)  # per layer: basis, gains
+    parts: list[tuple[AnyGatedBasis, dict[str, float]]] = field(default_factory=list)  # per layer: basis, gains
     screen: dict[str, dict[str, float]] | None = None
     objective: float | None = None
     eligible: bool = False
@@ -79,15 +79,17 @@ def gated_edits(model: nn.Module, fit: GatedFit, layer: int) -> list[LayerEdit]:
     return out
 
 
-def gated_candidate(model: nn.Module, name: str, parts: list[tuple[GatedBasis, dict[str, float]]]) -> Candidate:
+def gated_candidate(model: nn.Module, name: str, parts: list[tuple[AnyGatedBasis, dict[str, float]]]) -> Candidate:
     edits: list[LayerEdit] = []
     neurons: dict[str, Any] = {}
     for basis, gains in parts:
         fit = basis.fit(gains)
         edits += gated_edits(model, fit, basis.layer)
         neurons[f"{basis.layer}.gated"] = {
-            "layer": basis.layer, "module": "gated", "count": 1, "fraction": 1 / basis_width(model, basis.layer),
-            "neuron": int(basis.index[0]), "gains": {k: round(v, 4) for k, v in gains.items()}, **fit.info}
+            "layer": basis.layer, "module": "gated", "count": int(basis.index.numel()),
+            "fraction": basis.index.numel() / basis_width(model, basis.layer),
+            "neuron": int(basis.index[0]) if basis.index.numel() == 1 else basis.index.tolist(),
+            "gains": {k: round(v, 4) for k, v in gains.items()}, **fit.info}
     merged: dict[str, float] = {}
     for _, g in parts:
         for k, v in g.items():
@@ -163,6 +165,7 @@ def search(
     model: nn.Module, keys: dict[int, LayerKeys], layers: list[int], screen: Screen, targets: list[str],
     source: str, multipliers: list[float], confirm: ConfirmFn | None, n_confirm: int,
     paper: Callable[[int, str], Candidate] | None, reporter: Reporter, *, readout_gamma: float, readout_lam: float,
+    readout_borderline_weight: float = 1.0, readout_per_language: bool = False, readout_focus_weight: float = 4.0,
     ladder_layers: int = 0,
 ) -> SearchResult:
     cands: list[Candidate] = []
@@ -181,8 +184,13 @@ def search(
         return c
 
     for layer in layers:
-        basis = gated_basis(NeuronActivation(model, layer), keys[layer], layer, targets, source, readout_gamma,
-                            readout_lam)
+        na = NeuronActivation(model, layer)
+        basis: AnyGatedBasis = (
+            language_gated_basis(na, keys[layer], layer, targets, source, readout_gamma, readout_lam,
+                                 borderline_weight=readout_borderline_weight, focus_weight=readout_focus_weight)
+            if readout_per_language else
+            gated_basis(na, keys[layer], layer, targets, source, readout_gamma, readout_lam,
+                        borderline_weight=readout_borderline_weight))
         uniform = []
         for mult in multipliers:
             c = screened(gated_candidate(model, f"gated L{layer} uniform x{mult:g}",
@@ -242,7 +250,7 @@ def confirm_best(model: nn.Module, eligible: list[Candidate], cands: list[Candid
     `ladder_layers` best layers (by their best eligible single-layer candidate); the best that holds up wins."""
     reporter = reporter or Reporter()
     to_confirm = eligible[:n_confirm]
-    ladder: dict[int, GatedBasis] = {}
+    ladder: dict[int, AnyGatedBasis] = {}
     for c in eligible:
         if c.kind == "gated" and len(c.parts) == 1 and len(ladder) < ladder_layers:
             ladder.setdefault(c.parts[0][0].layer, c.parts[0][0])
@@ -271,7 +279,7 @@ def refusal_change(now: dict[str, dict[str, float]], base: dict[str, dict[str, f
     return {g: {lg: now[g][lg] - base[g][lg] for lg in now[g]} for g in now}
 
 
-def gain_ladder(model: nn.Module, basis: GatedBasis, multipliers: list[float], confirm: ConfirmFn,
+def gain_ladder(model: nn.Module, basis: AnyGatedBasis, multipliers: list[float], confirm: ConfirmFn,
                 base: dict[str, dict[str, float]], targets: list[str]) -> Candidate | None:
     """Per-language gains chosen by generation on validation prompts instead of by the first-token screen.
 

@@ -50,13 +50,15 @@ class ConditionalFit:
 
 
 def weighted_ridge(x: Tensor, y: Tensor, weights: Tensor, lam: float) -> Tensor:
-    """argmin_w Σ_i weights_i (x_i·w - y_i)² + λ' ||w||², with λ' = λ · trace(weighted XᵀX) / d (float64)."""
+    """argmin_w Σ_i weights_i (x_i·w - y_i)² + λ' ||w||², with λ' = λ · trace(weighted XᵀX) / d (float64).
+    y [n] gives w [d]; y [n, k] gives k solutions [d, k] from one factorisation."""
     x, y, weights = x.double(), y.double(), weights.double()
     a = (x * weights[:, None]).T @ x
     b = (x * weights[:, None]).T @ y
     d = a.shape[0]
     upper, _ = cholesky_with_jitter(a + lam * float(torch.trace(a)) / d * torch.eye(d, dtype=a.dtype))
-    return torch.cholesky_solve(b[:, None], upper, upper=True)[:, 0]
+    solution = torch.cholesky_solve(b[:, None] if y.dim() == 1 else b, upper, upper=True)
+    return solution[:, 0] if y.dim() == 1 else solution
 
 
 def least_used_neurons(na: NeuronActivation, safe_keys: Tensor, k: int) -> Tensor:

@@ -5,8 +5,9 @@ Each edited layer gets one repurposed neuron (the least used on harmless text), 
 - gate row g: a ridge read-out of the MLP input, +1 on harmful keys of every language (template positions)
   and -1 on every harmless token and on harmless prompts' template tokens (plain and borderline anchor
   prompts), sharpened so that silu(g·x) is "on" for harmful input and about 0 otherwise.
-  Its two weights are `readout_gamma` (harmless) and `readout_lam` (ridge): heavier harmless weight fires on
-  fewer harmless prompts and fewer harmful ones (BENCHMARKS.md §1f);
+  Its weights are `readout_gamma` (harmless) and `readout_lam` (ridge): heavier harmless weight fires on
+  fewer harmless prompts and fewer harmful ones (BENCHMARKS.md §1f); `readout_borderline_weight` weighs the
+  borderline anchor prompts apart from the plain ones (§1h);
 - up row u: a second ridge read-out, equal to the language's *gain* on that language's harmful keys and 0 on
   harmless ones, so the neuron fires only where both read-outs agree, with an amplitude that depends on
   the language (language identity is linear in the MLP input);
@@ -105,20 +106,40 @@ class ReadoutRows(NamedTuple):
     y: Tensor
 
 
-def harmfulness_readout(keys: LayerKeys, langs: list[str], source_lang: str, gamma: float = 1.0, lam: float = 0.1
-                        ) -> tuple[Tensor, ReadoutRows]:
-    """The gate's linear read-out of the MLP input: +1 on harmful keys of every language (template positions),
-    -1 on every harmless token and harmless template token. Returns it and the regression's rows (the up-row
-    regression reuses them)."""
+def _borderline_rows(keys: LayerKeys) -> tuple[Tensor, Tensor]:
+    """Which rows of safe_all and of the stacked safe_tmpl come from borderline-harmless anchor prompts."""
+    if keys.safe_all_borderline is None or keys.safe_tmpl_borderline is None:
+        none = torch.zeros(sum(t.shape[0] * t.shape[1] for t in keys.safe_tmpl.values()), dtype=torch.bool)
+        return torch.zeros(len(keys.safe_all), dtype=torch.bool), none
+    tmpl = torch.cat([keys.safe_tmpl_borderline[lg].repeat_interleave(t.shape[1]) for lg, t in keys.safe_tmpl.items()])
+    return keys.safe_all_borderline, tmpl
+
+
+def _language_rows(keys: LayerKeys, lang: str | None) -> Tensor:
+    """Which rows of the stacked safe_tmpl come from `lang`'s harmless anchor prompts."""
+    return torch.cat([torch.full((t.shape[0] * t.shape[1],), lg == lang) for lg, t in keys.safe_tmpl.items()])
+
+
+def harmfulness_readout(keys: LayerKeys, langs: list[str], source_lang: str, gamma: float = 1.0, lam: float = 0.1,
+                        borderline_weight: float = 1.0, focus_weight: float = 1.0) -> tuple[Tensor, ReadoutRows]:
+    """The gate's linear read-out of the MLP input: +1 on harmful keys of the source and `langs` (template
+    positions), -1 on every harmless token and harmless template token, borderline-harmless anchor rows weighing
+    `borderline_weight` times a plain one. With a single language in `langs` (a read-out of that language's
+    own, BENCHMARKS.md §1h) its harmless template rows weigh `focus_weight` times the others'. Returns it and
+    the regression's rows (the up-row regression reuses them)."""
     by_lang = {source_lang: flat_rows(keys.src), **{lg: flat_rows(keys.tgt[lg]) for lg in langs}}
     pos = torch.cat(list(by_lang.values()))
     neg_all = keys.safe_all
     neg_tmpl = torch.cat([flat_rows(t) for t in keys.safe_tmpl.values()])
     # Each language weighs the same in the positives; harmless tokens and harmless template tokens share the
-    # negative weight (template tokens matter most: harmful keys are taken there).
+    # negative weight (template tokens matter most: harmful keys are taken there). Borderline prompts (alarming
+    # topic, benign intent) are the ones the gate confuses with harmful input (§1f), hence their own weight.
     pos_w = torch.cat([torch.full((len(r),), 1.0 / (len(r) * len(by_lang))) for r in by_lang.values()])
-    neg_w = torch.cat([torch.full((len(neg_all),), gamma / 2 / len(neg_all)),
-                       torch.full((len(neg_tmpl),), gamma / 2 / len(neg_tmpl))])
+    all_b, tmpl_b = _borderline_rows(keys)
+    focus = _language_rows(keys, langs[0] if len(langs) == 1 else None)
+    neg_w = torch.cat([gamma / 2 / len(neg_all) * torch.where(all_b, borderline_weight, 1.0),
+                       gamma / 2 / len(neg_tmpl) * torch.where(tmpl_b, borderline_weight, 1.0)
+                       * torch.where(focus, focus_weight, 1.0)])
     x = torch.cat([pos, neg_all, neg_tmpl])
     w = torch.cat([pos_w, neg_w])
     y = torch.cat([torch.ones(len(pos)), -torch.ones(len(neg_all) + len(neg_tmpl))])
@@ -127,10 +148,10 @@ def harmfulness_readout(keys: LayerKeys, langs: list[str], source_lang: str, gam
 
 def gated_basis(
     na: NeuronActivation, keys: LayerKeys, layer: int, langs: list[str], source_lang: str,
-    gamma: float = 1.0, lam: float = 0.1, sharpness: float = SHARPNESS,
+    gamma: float = 1.0, lam: float = 0.1, sharpness: float = SHARPNESS, borderline_weight: float = 1.0,
 ) -> GatedBasis:
     """Fit the gate read-out, pick the neuron and size its down column (see the module docstring)."""
-    readout, rows = harmfulness_readout(keys, langs, source_lang, gamma, lam)
+    readout, rows = harmfulness_readout(keys, langs, source_lang, gamma, lam, borderline_weight)
     by_lang, pos, neg_all, neg_tmpl, x, w, y = rows
 
     gaps = _lang_gaps(na, keys, langs, refusal_directions(na, keys, source_lang))
@@ -155,3 +176,49 @@ def gated_basis(
     up_lang = [lg for lg, r in by_lang.items() for _ in range(len(r))] + [""] * (len(neg_all) + len(neg_tmpl))
     return GatedBasis(layer, idx, (sharpness * readout).float(), down.float(), gaps, mean_gap,
                       x, w, up_lang, lam, info)
+
+
+@dataclass
+class LanguageGatedBasis:
+    """One gated neuron per target language at one layer (opt-in `readout_per_language`, BENCHMARKS.md §1h):
+    each neuron's gate is that language's own harmfulness read-out (positives: the source's and that language's
+    harmful keys; negatives: every harmless anchor row, that language's own template rows `focus_weight` times
+    heavier), its up row the shared language read-out with that language's gain only, its down column the
+    shared push. A single pooled read-out must separate harm from harmless input in ten languages at once; on
+    validation prompts the per-language read-outs fired on as many harmful prompts and on far fewer borderline
+    ones. Same interface as GatedBasis, so the search, the ladder and the confirmation take either."""
+
+    layer: int
+    index: Tensor  # [k], one neuron per language of `langs`
+    langs: list[str]
+    gate_rows: Tensor  # [k, d]
+    pooled: GatedBasis  # the down column and the up-row regression
+    info: dict[str, object]
+
+    def fit(self, gains: dict[str, float]) -> GatedFit:
+        """Up rows for `gains`: neuron i writes gains[langs[i]] times the push on that language's harmful input."""
+        y = torch.tensor([[gains.get(lg, 0.0) if row == lg else 0.0 for lg in self.langs]
+                          for row in self.pooled.up_lang], dtype=torch.float64)
+        up = weighted_ridge(self.pooled.up_x, y, self.pooled.up_w, self.pooled.lam).float().T
+        down = self.pooled.down_col[None].expand(len(self.langs), -1).clone()
+        return GatedFit(self.index, self.gate_rows.clone(), up, down, dict(gains), dict(self.info))
+
+
+def language_gated_basis(
+    na: NeuronActivation, keys: LayerKeys, layer: int, langs: list[str], source_lang: str,
+    gamma: float = 1.0, lam: float = 0.1, sharpness: float = SHARPNESS, borderline_weight: float = 1.0,
+    focus_weight: float = 4.0,
+) -> LanguageGatedBasis:
+    pooled = gated_basis(na, keys, layer, langs, source_lang, gamma, lam, sharpness, borderline_weight)
+    gates, on = [], {}
+    for lg in langs:
+        readout, rows = harmfulness_readout(keys, [lg], source_lang, gamma, lam, borderline_weight, focus_weight)
+        gates.append(sharpness * readout)
+        on[lg] = {"harmful": float((rows.by_lang[lg].double() @ readout > 0).float().mean()),
+                  "harmless_template": float((flat_rows(keys.safe_tmpl[lg]).double() @ readout > 0).float().mean())}
+    info = {**pooled.info, "readout_per_language_on": on}
+    index = least_used_neurons(na, keys.safe_all, len(langs))
+    return LanguageGatedBasis(layer, index, list(langs), torch.stack(gates).float(), pooled, info)
+
+
+AnyGatedBasis = GatedBasis | LanguageGatedBasis

@@ -32,6 +32,8 @@ class Plan:
     borderline_val: dict[str, list[str]] = field(default_factory=dict)  # lang -> texts (search screen)
     borderline_eval: dict[str, list[str]] = field(default_factory=dict)  # lang -> held-out over-refusal texts
     second_test: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> lang -> harmful text
+    anchor_borderline: dict[str, int] = field(default_factory=dict)  # lang -> how many of anchor[lang]'s last
+    # texts are borderline-harmless (the rest are plain)
 
 
 def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
@@ -80,7 +82,9 @@ def _add_borderline(plan: Plan, seed: int, max_anchor: int | None) -> None:
     anchor_ids, val_ids, eval_ids = calib.split_ids(sorted(by_id), 0.5, 0.3, seed)
     anchor_ids = anchor_ids[:max_anchor]
     for lg in plan.langs:
-        plan.anchor[lg] = plan.anchor[lg] + [by_id[i][lg].text for i in anchor_ids if lg in by_id[i]]
+        borderline = [by_id[i][lg].text for i in anchor_ids if lg in by_id[i]]
+        plan.anchor[lg] = plan.anchor[lg] + borderline
+        plan.anchor_borderline[lg] = len(borderline)
         plan.borderline_val[lg] = [by_id[i][lg].text for i in val_ids if lg in by_id[i]]
         plan.borderline_eval[lg] = [by_id[i][lg].text for i in eval_ids if lg in by_id[i]]
 
