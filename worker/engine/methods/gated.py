@@ -180,13 +180,15 @@ def gated_basis(
 
 @dataclass
 class LanguageGatedBasis:
-    """One gated neuron per target language at one layer (opt-in `readout_per_language`, BENCHMARKS.md §1h):
+    """One gated neuron per target language at one layer (opt-in `readout_scope: per_language`, BENCHMARKS.md §1h):
     each neuron's gate is that language's own harmfulness read-out (positives: the source's and that language's
     harmful keys; negatives: every harmless anchor row, that language's own template rows `focus_weight` times
     heavier), its up row the shared language read-out with that language's gain only, its down column the
     shared push. A single pooled read-out must separate harm from harmless input in ten languages at once; on
     validation prompts the per-language read-outs fired on as many harmful prompts and on far fewer borderline
-    ones. Same interface as GatedBasis, so the search, the ladder and the confirmation take either."""
+    ones. But every gate also opens on English harmful input (its positives include the English keys) and the
+    nine up rows are each only about 0 there, so at ×8 English refusal fell in generation and nothing shipped
+    (§1h run 5). Same interface as GatedBasis, so the search, the ladder and the confirmation take either."""
 
     layer: int
     index: Tensor  # [k], one neuron per language of `langs`
