@@ -6,7 +6,7 @@ and so is the whole neuron's write (silu(gate)·up at gain 1 for every target la
 on harmful prompts: what reaches the residual stream, language read-out included).
 
 python -m bench.readout_sweep --data ../shared/data/multijail-dev.csv [--layer 19] [--grid 0.01:4:1,0.01:4:8]
-    [--per-language] [--keys-cache keys.pt] [--out readout_sweep.json]
+    [--per-language [--gains zh=4,it=2,...]] [--keys-cache keys.pt] [--out readout_sweep.json]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from worker.engine import (
     collect_keys,
     gated_basis,
     harmfulness_readout,
+    language_gated_basis,
     load_model,
     make_plan,
 )
@@ -74,9 +75,33 @@ def per_language_rows(keys, val, targets: list[str], source: str, grid: list[tup
     return rows
 
 
+def neuron_writes(na, keys, layer: int, val, targets: list[str], source: str, gains: dict[str, float],
+                  grid: list[tuple[float, float, float]]) -> list[dict[str, Any]]:
+    """What the edit's neurons write at `gains` (summed silu(g·x)·(u·x) over the neurons, per unit of the down
+    column) on each language's validation harmful and borderline prompts: the pooled neuron against one neuron
+    per language (focus weight 4), for each read-out of the grid."""
+    rows = []
+    for lam, gamma, bw in grid:
+        for scope, basis in (
+            ("pooled", gated_basis(na, keys, layer, targets, source, gamma, lam, borderline_weight=bw)),
+            ("per_language", language_gated_basis(na, keys, layer, targets, source, gamma, lam,
+                                                  borderline_weight=bw, focus_weight=4.0)),
+        ):
+            fit = basis.fit(gains)
+            g, u = fit.gate_rows.double(), fit.up_rows.double()
+            write = {grp: {lg: float((torch.nn.functional.silu(k.double() @ g.T) * (k.double() @ u.T)).sum(-1).mean())
+                           for lg, k in val[grp].items()} for grp in ("harmful", "borderline")}
+            rows.append({"lam": lam, "gamma": gamma, "borderline_weight": bw, "scope": scope, "gains": gains,
+                         "write": write})
+            print(f"{scope} lam {lam:g} gamma {gamma:g} borderline x{bw:g} write at the gains: harmful "
+                  + " ".join(f"{lg} {v:.1f}" for lg, v in write["harmful"].items()) + " | borderline "
+                  + " ".join(f"{lg} {v:.1f}" for lg, v in write["borderline"].items()), flush=True)
+    return rows
+
+
 def run(data: str, layer: int, max_calibration_ids: int | None = None,
         grid: list[tuple[float, float, float]] | None = None, per_language: bool = False,
-        keys_cache: str | None = None) -> dict[str, Any]:
+        keys_cache: str | None = None, gains: dict[str, float] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     config = EditConfig(model="demo", calibration=data, max_calibration_ids=max_calibration_ids)
     plan = make_plan(config, Reporter())
@@ -95,11 +120,15 @@ def run(data: str, layer: int, max_calibration_ids: int | None = None,
         if keys_cache:
             torch.save((keys, val), keys_cache)
     targets = list(config.target_langs)
-    if per_language:
-        return {"layer": layer, "per_language": per_language_rows(keys, val, targets, config.source_lang,
-                                                                  grid or default_grid()),
-                "seconds": time.perf_counter() - t0}
     na = NeuronActivation(lm.model, layer)
+    if per_language:
+        out: dict[str, Any] = {"layer": layer, "per_language": per_language_rows(keys, val, targets,
+                                                                                 config.source_lang,
+                                                                                 grid or default_grid())}
+        if gains:
+            out["writes"] = neuron_writes(na, keys, layer, val, targets, config.source_lang, gains,
+                                          grid or default_grid())
+        return {**out, "seconds": time.perf_counter() - t0}
     rows = []
     for lam, gamma, bw in grid or default_grid():
         basis = gated_basis(na, keys, layer, targets, config.source_lang, gamma, lam, borderline_weight=bw)
@@ -137,6 +166,8 @@ def main() -> None:
     ap.add_argument("--max-calibration-ids", type=int, default=None)
     ap.add_argument("--grid", default=None, help="lam:gamma[:borderline_weight],... (default: the lam x gamma grid)")
     ap.add_argument("--per-language", action="store_true", help="one read-out per target language instead")
+    ap.add_argument("--gains", default=None, help="with --per-language: lang=gain,... at which to compare what "
+                    "the pooled and the per-language neurons write")
     ap.add_argument("--keys-cache", default=None, help="a .pt file: saved after the capture, reused if present")
     ap.add_argument("--out", default="bench/results/readout_sweep.json")
     args = ap.parse_args()
@@ -144,7 +175,8 @@ def main() -> None:
     if args.grid:
         grid = [(float(t[0]), float(t[1]), float(t[2]) if len(t) > 2 else 1.0)
                 for t in (item.split(":") for item in args.grid.split(","))]
-    res = run(args.data, args.layer, args.max_calibration_ids, grid, args.per_language, args.keys_cache)
+    gains = {k: float(v) for k, v in (item.split("=") for item in args.gains.split(","))} if args.gains else None
+    res = run(args.data, args.layer, args.max_calibration_ids, grid, args.per_language, args.keys_cache, gains)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
 

@@ -186,9 +186,9 @@ class LanguageGatedBasis:
     heavier), its up row the shared language read-out with that language's gain only, its down column the
     shared push. A single pooled read-out must separate harm from harmless input in ten languages at once; on
     validation prompts the per-language read-outs fired on as many harmful prompts and on far fewer borderline
-    ones. But every gate also opens on English harmful input (its positives include the English keys) and the
-    nine up rows are each only about 0 there, so at ×8 English refusal fell in generation and nothing shipped
-    (§1h run 5). Same interface as GatedBasis, so the search, the ladder and the confirmation take either."""
+    ones; but they write about half as much on their languages' harmful prompts, as much on English ones, and
+    at layer 19 English refusal fell in generation, so nothing shipped (§1h run 5). Same interface as
+    GatedBasis, so the search, the ladder and the confirmation take either."""
 
     layer: int
     index: Tensor  # [k], one neuron per language of `langs`
