@@ -21,6 +21,7 @@ import torch
 
 from worker.engine import (
     EditConfig,
+    NeuronActivation,
     Reporter,
     capture_mlp_inputs,
     collect_keys,
@@ -30,7 +31,6 @@ from worker.engine import (
     load_model,
     make_plan,
 )
-from worker.engine.keys import NeuronActivation
 
 LAMS = (0.01, 0.03, 0.1, 0.3, 1.0)
 GAMMAS = (0.5, 1.0, 2.0, 4.0)
