@@ -75,6 +75,12 @@ def per_language_rows(keys, val, targets: list[str], source: str, grid: list[tup
     return rows
 
 
+def written(fit, k: torch.Tensor) -> float:
+    """A fit's neurons' summed output silu(g·x)·(u·x) on keys k, per unit of the down column, mean over rows."""
+    k = k.double()
+    return float((torch.nn.functional.silu(k @ fit.gate_rows.double().T) * (k @ fit.up_rows.double().T)).sum(-1).mean())
+
+
 def neuron_writes(na, keys, layer: int, val, targets: list[str], source: str, gains: dict[str, float],
                   grid: list[tuple[float, float, float]]) -> list[dict[str, Any]]:
     """What the edit's neurons write at `gains` (summed silu(g·x)·(u·x) over the neurons, per unit of the down
@@ -88,9 +94,7 @@ def neuron_writes(na, keys, layer: int, val, targets: list[str], source: str, ga
                                                   borderline_weight=bw, focus_weight=4.0)),
         ):
             fit = basis.fit(gains)
-            g, u = fit.gate_rows.double(), fit.up_rows.double()
-            write = {grp: {lg: float((torch.nn.functional.silu(k.double() @ g.T) * (k.double() @ u.T)).sum(-1).mean())
-                           for lg, k in val[grp].items()} for grp in ("harmful", "borderline")}
+            write = {grp: {lg: written(fit, k) for lg, k in val[grp].items()} for grp in ("harmful", "borderline")}
             rows.append({"lam": lam, "gamma": gamma, "borderline_weight": bw, "scope": scope, "gains": gains,
                          "write": write})
             print(f"{scope} lam {lam:g} gamma {gamma:g} borderline x{bw:g} write at the gains: harmful "
@@ -133,11 +137,10 @@ def run(data: str, layer: int, max_calibration_ids: int | None = None,
     for lam, gamma, bw in grid or default_grid():
         basis = gated_basis(na, keys, layer, targets, config.source_lang, gamma, lam, borderline_weight=bw)
         fit = basis.fit(dict.fromkeys(targets, 1.0))
-        gate, up = fit.gate_rows[0].double(), fit.up_rows[0].double()
+        gate = fit.gate_rows[0].double()
         on = {g: {lg: float(((k.double() @ gate) > 0).float().mean()) for lg, k in by.items()}
               for g, by in val.items()}
-        write = {g: {lg: float((torch.nn.functional.silu(k.double() @ gate) * (k.double() @ up)).mean())
-                     for lg, k in by.items()} for g, by in val.items()}
+        write = {g: {lg: written(fit, k) for lg, k in by.items()} for g, by in val.items()}
         harm_write = sum(write["harmful"][lg] for lg in targets) / len(targets)
         share = {g: {lg: v / harm_write for lg, v in by.items()} for g, by in write.items() if g != "harmful"}
         rows.append({

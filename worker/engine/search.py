@@ -165,7 +165,7 @@ def search(
     model: nn.Module, keys: dict[int, LayerKeys], layers: list[int], screen: Screen, targets: list[str],
     source: str, multipliers: list[float], confirm: ConfirmFn | None, n_confirm: int,
     paper: Callable[[int, str], Candidate] | None, reporter: Reporter, *, readout_gamma: float, readout_lam: float,
-    readout_borderline_weight: float = 1.0, readout_per_language: bool = False, readout_focus_weight: float = 4.0,
+    readout_borderline_weight: float = 1.0, readout_scope: str = "pooled", readout_focus_weight: float = 4.0,
     ladder_layers: int = 0,
 ) -> SearchResult:
     cands: list[Candidate] = []
@@ -188,7 +188,7 @@ def search(
         basis: AnyGatedBasis = (
             language_gated_basis(na, keys[layer], layer, targets, source, readout_gamma, readout_lam,
                                  borderline_weight=readout_borderline_weight, focus_weight=readout_focus_weight)
-            if readout_per_language else
+            if readout_scope == "per_language" else
             gated_basis(na, keys[layer], layer, targets, source, readout_gamma, readout_lam,
                         borderline_weight=readout_borderline_weight))
         uniform = []

@@ -193,8 +193,7 @@ def run_search(lm: LoadedModel, setup: SearchSetup, config: EditConfig, rep: Rep
                   config.confirm_candidates if confirm else 0, setup.paper if confirm else None, rep,
                   readout_gamma=config.readout_gamma, readout_lam=config.readout_lam,
                   readout_borderline_weight=config.readout_borderline_weight,
-                  readout_per_language=config.readout_scope == "per_language",
-                  readout_focus_weight=config.readout_focus_weight,
+                  readout_scope=config.readout_scope, readout_focus_weight=config.readout_focus_weight,
                   ladder_layers=config.ladder_layers)
 
 
