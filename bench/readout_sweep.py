@@ -6,7 +6,8 @@ and so is the whole neuron's write (silu(gate)·up at gain 1 for every target la
 on harmful prompts: what reaches the residual stream, language read-out included).
 
 python -m bench.readout_sweep --data ../shared/data/multijail-dev.csv [--layer 19] [--grid 0.01:4:1,0.01:4:8]
-    [--per-language [--gains zh=4,it=2,...]] [--keys-cache keys.pt] [--out readout_sweep.json]
+    [--per-language [--gains zh=4,it=2,... [--focus-weight 4]]] [--margins] [--keys-cache keys.pt]
+    [--out readout_sweep.json]
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ FOCUS_WEIGHTS = (1.0, 4.0, 16.0)
 
 def per_language_rows(keys, val, targets: list[str], source: str, grid: list[tuple[float, float, float]]
                       ) -> list[dict[str, Any]]:
-    """A read-out per target language (positives: English and that language's harmful keys; negatives: every
-    harmless anchor row, that language's own template rows `focus_weight` times heavier): its on-rate on that
+    """A read-out per target language (positives: that language's harmful keys; negatives: every harmless
+    anchor row, that language's own template rows `focus_weight` times heavier, and English harmful keys, as
+    the engine's per-language neurons): its on-rate on that
     language's validation prompts, and on the other languages' harmless ones (where a neuron of that language
     would also write)."""
     rows = []
@@ -59,7 +61,7 @@ def per_language_rows(keys, val, targets: list[str], source: str, grid: list[tup
         own: dict[str, dict[str, float]] = {"harmful": {}, "plain": {}, "borderline": {}}
         elsewhere: dict[str, float] = {}
         for lg in targets:
-            readout, _ = harmfulness_readout(keys, [lg], source, gamma, lam, bw, focus_weight)
+            readout, _ = harmfulness_readout(keys, [lg], source, gamma, lam, bw, focus_weight, source_as_negative=True)
             for g in own:
                 own[g][lg] = float(((val[g][lg].double() @ readout) > 0).float().mean())
             other = torch.cat([val[g][o] for g in ("plain", "borderline") for o in val[g] if o != lg])
@@ -75,27 +77,65 @@ def per_language_rows(keys, val, targets: list[str], source: str, grid: list[tup
     return rows
 
 
-def written(fit, k: torch.Tensor) -> float:
-    """A fit's neurons' summed output silu(g·x)·(u·x) on keys k, per unit of the down column, mean over rows."""
+def written_per_row(fit, k: torch.Tensor) -> torch.Tensor:
+    """A fit's neurons' summed output silu(g·x)·(u·x) on each row of keys k, per unit of the down column."""
     k = k.double()
-    return float((torch.nn.functional.silu(k @ fit.gate_rows.double().T) * (k @ fit.up_rows.double().T)).sum(-1).mean())
+    return (torch.nn.functional.silu(k @ fit.gate_rows.double().T) * (k @ fit.up_rows.double().T)).sum(-1)
+
+
+def written(fit, k: torch.Tensor) -> float:
+    """written_per_row's mean over the rows."""
+    return float(written_per_row(fit, k).mean())
+
+
+def harmless_margins(na, keys, layer: int, val, targets: list[str], source: str,
+                     grid: list[tuple[float, float, float]], focus_weights: tuple[float, ...] = (4.0, 16.0)
+                     ) -> list[dict[str, Any]]:
+    """The worst case on the harmless side: at gain 1 for every target language, scale the neurons so that the
+    validation harmless prompt (plain or borderline, any language) they write most on gets exactly a x1 push;
+    then how much do the target languages' validation harmful prompts get (share at x2 or more, at x4 or more,
+    median)? A pooled neuron against one per language, for each read-out of the grid."""
+    rows = []
+    for lam, gamma, bw in grid:
+        bases = [("pooled", None, gated_basis(na, keys, layer, targets, source, gamma, lam, borderline_weight=bw))]
+        bases += [("per_language", f, language_gated_basis(na, keys, layer, targets, source, gamma, lam,
+                                                           borderline_weight=bw, focus_weight=f))
+                  for f in focus_weights]
+        for scope, focus, basis in bases:
+            fit = basis.fit(dict.fromkeys(targets, 1.0))
+            harmless = torch.cat([written_per_row(fit, k) for g in ("plain", "borderline") for k in val[g].values()])
+            scale = 1.0 / float(harmless.max())
+            harm = {lg: written_per_row(fit, val["harmful"][lg]) * scale for lg in targets}
+            pooled_harm = torch.cat(list(harm.values()))
+            row = {"lam": lam, "gamma": gamma, "borderline_weight": bw, "scope": scope, "focus_weight": focus,
+                   "harmful_at_x2": float((pooled_harm >= 2).float().mean()),
+                   "harmful_at_x4": float((pooled_harm >= 4).float().mean()),
+                   "harmful_median": float(pooled_harm.median()),
+                   "harmful_at_x4_by_language": {lg: float((v >= 4).float().mean()) for lg, v in harm.items()},
+                   "english_harmful_mean": float(written_per_row(fit, val["harmful"][source]).mean()) * scale}
+            rows.append(row)
+            print(f"margins {scope} focus {focus} lam {lam:g} gamma {gamma:g} borderline x{bw:g}: harmful at x2+ "
+                  f"{row['harmful_at_x2']:.2f}, x4+ {row['harmful_at_x4']:.2f}, median x{row['harmful_median']:.1f}"
+                  f" | English mean x{row['english_harmful_mean']:.1f}", flush=True)
+    return rows
 
 
 def neuron_writes(na, keys, layer: int, val, targets: list[str], source: str, gains: dict[str, float],
-                  grid: list[tuple[float, float, float]]) -> list[dict[str, Any]]:
+                  grid: list[tuple[float, float, float]], focus_weight: float = 4.0) -> list[dict[str, Any]]:
     """What the edit's neurons write at `gains` (summed silu(g·x)·(u·x) over the neurons, per unit of the down
     column) on each language's validation harmful and borderline prompts: the pooled neuron against one neuron
-    per language (focus weight 4), for each read-out of the grid."""
+    per language (`focus_weight`), for each read-out of the grid."""
     rows = []
     for lam, gamma, bw in grid:
         for scope, basis in (
             ("pooled", gated_basis(na, keys, layer, targets, source, gamma, lam, borderline_weight=bw)),
             ("per_language", language_gated_basis(na, keys, layer, targets, source, gamma, lam,
-                                                  borderline_weight=bw, focus_weight=4.0)),
+                                                  borderline_weight=bw, focus_weight=focus_weight)),
         ):
             fit = basis.fit(gains)
             write = {grp: {lg: written(fit, k) for lg, k in val[grp].items()} for grp in ("harmful", "borderline")}
             rows.append({"lam": lam, "gamma": gamma, "borderline_weight": bw, "scope": scope, "gains": gains,
+                         "focus_weight": focus_weight if scope == "per_language" else None,
                          "write": write})
             print(f"{scope} lam {lam:g} gamma {gamma:g} borderline x{bw:g} write at the gains: harmful "
                   + " ".join(f"{lg} {v:.1f}" for lg, v in write["harmful"].items()) + " | borderline "
@@ -105,7 +145,8 @@ def neuron_writes(na, keys, layer: int, val, targets: list[str], source: str, ga
 
 def run(data: str, layer: int, max_calibration_ids: int | None = None,
         grid: list[tuple[float, float, float]] | None = None, per_language: bool = False,
-        keys_cache: str | None = None, gains: dict[str, float] | None = None) -> dict[str, Any]:
+        keys_cache: str | None = None, gains: dict[str, float] | None = None,
+        focus_weight: float = 4.0, margins: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     config = EditConfig(model="demo", calibration=data, max_calibration_ids=max_calibration_ids)
     plan = make_plan(config, Reporter())
@@ -125,13 +166,17 @@ def run(data: str, layer: int, max_calibration_ids: int | None = None,
             torch.save((keys, val), keys_cache)
     targets = list(config.target_langs)
     na = NeuronActivation(lm.model, layer)
+    if margins:
+        return {"layer": layer, "margins": harmless_margins(na, keys, layer, val, targets, config.source_lang,
+                                                            grid or default_grid()),
+                "seconds": time.perf_counter() - t0}
     if per_language:
         out: dict[str, Any] = {"layer": layer, "per_language": per_language_rows(keys, val, targets,
                                                                                  config.source_lang,
                                                                                  grid or default_grid())}
         if gains:
             out["writes"] = neuron_writes(na, keys, layer, val, targets, config.source_lang, gains,
-                                          grid or default_grid())
+                                          grid or default_grid(), focus_weight)
         return {**out, "seconds": time.perf_counter() - t0}
     rows = []
     for lam, gamma, bw in grid or default_grid():
@@ -171,6 +216,10 @@ def main() -> None:
     ap.add_argument("--per-language", action="store_true", help="one read-out per target language instead")
     ap.add_argument("--gains", default=None, help="with --per-language: lang=gain,... at which to compare what "
                     "the pooled and the per-language neurons write")
+    ap.add_argument("--focus-weight", type=float, default=4.0,
+                    help="with --gains: the per-language neurons' readout_focus_weight")
+    ap.add_argument("--margins", action="store_true", help="the worst harmless prompt's push against the harmful "
+                    "prompts' (pooled and per-language neurons)")
     ap.add_argument("--keys-cache", default=None, help="a .pt file: saved after the capture, reused if present")
     ap.add_argument("--out", default="bench/results/readout_sweep.json")
     args = ap.parse_args()
@@ -179,7 +228,8 @@ def main() -> None:
         grid = [(float(t[0]), float(t[1]), float(t[2]) if len(t) > 2 else 1.0)
                 for t in (item.split(":") for item in args.grid.split(","))]
     gains = {k: float(v) for k, v in (item.split("=") for item in args.gains.split(","))} if args.gains else None
-    res = run(args.data, args.layer, args.max_calibration_ids, grid, args.per_language, args.keys_cache, gains)
+    res = run(args.data, args.layer, args.max_calibration_ids, grid, args.per_language, args.keys_cache, gains,
+              args.focus_weight, args.margins)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
 

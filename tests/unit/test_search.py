@@ -321,6 +321,25 @@ def test_per_language_neurons_write_only_where_their_language_is_harmful(tiny_qw
     assert float(fit.up_rows[1].abs().max()) < 0.05 * float(fit.up_rows[0].abs().max())
 
 
+def test_per_language_gates_stay_shut_on_source_language_harm():
+    """A per-language gate reads "harmful and in this language": the source's harmful keys are its negatives
+    (BENCHMARKS §1i), so it opens on its own language's harmful keys and not on English ones, where a pooled
+    read-out (and a per-language one with the source among its positives) opens on both."""
+    d = 24
+    keys = _language_keys(d, n=32, seed=4)
+
+    def on_rate(readout: torch.Tensor, rows: torch.Tensor) -> float:
+        return float(((rows.reshape(-1, d).double() @ readout) > 0).float().mean())
+
+    for lang in ("sw", "bn"):
+        own, _ = harmfulness_readout(keys, [lang], "en", lam=0.01, focus_weight=4.0, source_as_negative=True)
+        assert on_rate(own, keys.tgt[lang]) > 0.9
+        assert on_rate(own, keys.src) < 0.1
+        assert on_rate(own, keys.safe_tmpl[lang]) < 0.1
+        with_source, _ = harmfulness_readout(keys, [lang], "en", lam=0.01, focus_weight=4.0)
+        assert on_rate(with_source, keys.src) > 0.9
+
+
 def test_a_per_language_search_runs_end_to_end(tiny_qwen2, tmp_path):
     """The search with per-language neurons goes through the ladder, the confirmation and the saved delta."""
     cal = tmp_path / "cal.jsonl"

@@ -102,8 +102,8 @@ class EditConfig:
         "against a plain one in that read-out and in the neurons' language read-out (BENCHMARKS.md §1h)")
     readout_scope: Literal["pooled", "per_language"] = knob(
         "pooled", help="pooled: one gated neuron per layer, gated by one harmfulness read-out for every language; "
-        "per_language: one neuron per target language, each gated by that language's own read-out (more "
-        "selective on validation prompts: BENCHMARKS.md §1h)")
+        "per_language: one neuron per target language, each gated by that language's own read-out, shut on "
+        "source-language harm (more selective on validation prompts, not on held-out ones: BENCHMARKS.md §1h-§1i)")
     readout_focus_weight: float = knob(
         4.0, gt=0, le=100, help="with readout_scope per_language: weight of a language's own harmless anchor "
         "prompts against the other languages' in its read-out")

@@ -121,13 +121,18 @@ def _language_rows(keys: LayerKeys, lang: str | None) -> Tensor:
 
 
 def harmfulness_readout(keys: LayerKeys, langs: list[str], source_lang: str, gamma: float = 1.0, lam: float = 0.1,
-                        borderline_weight: float = 1.0, focus_weight: float = 1.0) -> tuple[Tensor, ReadoutRows]:
+                        borderline_weight: float = 1.0, focus_weight: float = 1.0,
+                        source_as_negative: bool = False) -> tuple[Tensor, ReadoutRows]:
     """The gate's linear read-out of the MLP input: +1 on harmful keys of the source and `langs` (template
     positions), -1 on every harmless token and harmless template token, borderline-harmless anchor rows weighing
     `borderline_weight` times a plain one. With a single language in `langs` (a read-out of that language's
-    own, BENCHMARKS.md §1h) its harmless template rows weigh `focus_weight` times the others'. Returns it and
-    the regression's rows (the up-row regression reuses them)."""
-    by_lang = {source_lang: flat_rows(keys.src), **{lg: flat_rows(keys.tgt[lg]) for lg in langs}}
+    own, BENCHMARKS.md §1h) its harmless template rows weigh `focus_weight` times the others'. With
+    `source_as_negative` the source's harmful keys are -1 rows (weighing as much, in all, as the positives)
+    instead of +1 rows: a read-out of "harmful and in these languages" that stays shut on source-language
+    harm (§1i). Returns it and the regression's rows (the up-row regression reuses them)."""
+    by_lang = {lg: flat_rows(keys.tgt[lg]) for lg in langs}
+    if not source_as_negative:
+        by_lang = {source_lang: flat_rows(keys.src), **by_lang}
     pos = torch.cat(list(by_lang.values()))
     neg_all = keys.safe_all
     neg_tmpl = torch.cat([flat_rows(t) for t in keys.safe_tmpl.values()])
@@ -143,6 +148,11 @@ def harmfulness_readout(keys: LayerKeys, langs: list[str], source_lang: str, gam
     x = torch.cat([pos, neg_all, neg_tmpl])
     w = torch.cat([pos_w, neg_w])
     y = torch.cat([torch.ones(len(pos)), -torch.ones(len(neg_all) + len(neg_tmpl))])
+    if source_as_negative:  # solved with these rows; the returned rows (for the up row) stay without them
+        src = flat_rows(keys.src)
+        fit_x, fit_w = torch.cat([x, src]), torch.cat([w, torch.full((len(src),), 1.0 / len(src))])
+        return (weighted_ridge(fit_x, torch.cat([y, -torch.ones(len(src))]), fit_w, lam),
+                ReadoutRows(by_lang, pos, neg_all, neg_tmpl, x, w, y))
     return weighted_ridge(x, y, w, lam), ReadoutRows(by_lang, pos, neg_all, neg_tmpl, x, w, y)
 
 
@@ -181,14 +191,15 @@ def gated_basis(
 @dataclass
 class LanguageGatedBasis:
     """One gated neuron per target language at one layer (opt-in `readout_scope: per_language`, BENCHMARKS.md §1h):
-    each neuron's gate is that language's own harmfulness read-out (positives: the source's and that language's
-    harmful keys; negatives: every harmless anchor row, that language's own template rows `focus_weight` times
-    heavier), its up row the shared language read-out with that language's gain only, its down column the
-    shared push. A single pooled read-out must separate harm from harmless input in ten languages at once; on
-    validation prompts the per-language read-outs fired on as many harmful prompts and on far fewer borderline
-    ones; but they write about half as much on their languages' harmful prompts, as much on English ones, and
-    at layer 19 English refusal fell in generation, so nothing shipped (§1h run 5). Same interface as
-    GatedBasis, so the search, the ladder and the confirmation take either."""
+    each neuron's gate is that language's own harmfulness read-out (positives: that language's harmful keys;
+    negatives: every harmless anchor row, that language's own template rows `focus_weight` times heavier, and
+    the source language's harmful keys), its up row the shared language read-out with that language's gain
+    only, its down column the shared push. A single pooled read-out must separate harm from harmless input in
+    ten languages at once; on validation prompts the per-language read-outs fired on as many harmful prompts
+    and on far fewer borderline ones (§1h). With the source's harmful keys among the positives (session 12)
+    they also wrote on English harmful prompts as much as the pooled neuron, and English refusal fell in
+    generation (§1h run 5); as negatives they write nothing there (§1i). Same interface as GatedBasis, so the
+    search, the ladder and the confirmation take either."""
 
     layer: int
     index: Tensor  # [k], one neuron per language of `langs`
@@ -214,7 +225,8 @@ def language_gated_basis(
     pooled = gated_basis(na, keys, layer, langs, source_lang, gamma, lam, sharpness, borderline_weight)
     gates, on = [], {}
     for lg in langs:
-        readout, rows = harmfulness_readout(keys, [lg], source_lang, gamma, lam, borderline_weight, focus_weight)
+        readout, rows = harmfulness_readout(keys, [lg], source_lang, gamma, lam, borderline_weight, focus_weight,
+                                            source_as_negative=True)
         gates.append(sharpness * readout)
         on[lg] = {"harmful": float((rows.by_lang[lg].double() @ readout > 0).float().mean()),
                   "harmless_template": float((flat_rows(keys.safe_tmpl[lg]).double() @ readout > 0).float().mean())}
