@@ -23,14 +23,14 @@ import torch
 from worker.engine import (
     EditConfig,
     NeuronActivation,
+    ReadoutSettings,
     Reporter,
     capture_mlp_inputs,
     collect_keys,
-    gated_basis,
-    harmfulness_readout,
-    language_gated_basis,
+    language_readout,
     load_model,
     make_plan,
+    readout_basis,
 )
 
 LAMS = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -51,17 +51,15 @@ FOCUS_WEIGHTS = (1.0, 4.0, 16.0)
 
 def per_language_rows(keys, val, targets: list[str], source: str, grid: list[tuple[float, float, float]]
                       ) -> list[dict[str, Any]]:
-    """A read-out per target language (positives: that language's harmful keys; negatives: every harmless
-    anchor row, that language's own template rows `focus_weight` times heavier, and English harmful keys, as
-    the engine's per-language neurons): its on-rate on that
-    language's validation prompts, and on the other languages' harmless ones (where a neuron of that language
-    would also write)."""
+    """A read-out per target language, as the engine's per-language neurons fit it (`language_readout`): its
+    on-rate on that language's validation prompts, and on the other languages' harmless ones (where a neuron of
+    that language would also write)."""
     rows = []
     for (lam, gamma, bw), focus_weight in ((g, f) for g in grid for f in FOCUS_WEIGHTS):
         own: dict[str, dict[str, float]] = {"harmful": {}, "plain": {}, "borderline": {}}
         elsewhere: dict[str, float] = {}
         for lg in targets:
-            readout, _ = harmfulness_readout(keys, [lg], source, gamma, lam, bw, focus_weight, source_as_negative=True)
+            readout, _ = language_readout(keys, lg, source, gamma, lam, bw, focus_weight)
             for g in own:
                 own[g][lg] = float(((val[g][lg].double() @ readout) > 0).float().mean())
             other = torch.cat([val[g][o] for g in ("plain", "borderline") for o in val[g] if o != lg])
@@ -77,15 +75,9 @@ def per_language_rows(keys, val, targets: list[str], source: str, grid: list[tup
     return rows
 
 
-def written_per_row(fit, k: torch.Tensor) -> torch.Tensor:
-    """A fit's neurons' summed output silu(g·x)·(u·x) on each row of keys k, per unit of the down column."""
-    k = k.double()
-    return (torch.nn.functional.silu(k @ fit.gate_rows.double().T) * (k @ fit.up_rows.double().T)).sum(-1)
-
-
-def written(fit, k: torch.Tensor) -> float:
-    """written_per_row's mean over the rows."""
-    return float(written_per_row(fit, k).mean())
+def written(na, fit, k: torch.Tensor) -> float:
+    """The mean over the rows of k of what a fit's neurons write (`GatedFit.written`)."""
+    return float(fit.written(k, na.act).mean())
 
 
 def harmless_margins(na, keys, layer: int, val, targets: list[str], source: str,
@@ -97,22 +89,20 @@ def harmless_margins(na, keys, layer: int, val, targets: list[str], source: str,
     median)? A pooled neuron against one per language, for each read-out of the grid."""
     rows = []
     for lam, gamma, bw in grid:
-        bases = [("pooled", None, gated_basis(na, keys, layer, targets, source, gamma, lam, borderline_weight=bw))]
-        bases += [("per_language", f, language_gated_basis(na, keys, layer, targets, source, gamma, lam,
-                                                           borderline_weight=bw, focus_weight=f))
-                  for f in focus_weights]
-        for scope, focus, basis in bases:
-            fit = basis.fit(dict.fromkeys(targets, 1.0))
-            harmless = torch.cat([written_per_row(fit, k) for g in ("plain", "borderline") for k in val[g].values()])
+        settings = [("pooled", None, ReadoutSettings(gamma, lam, bw))]
+        settings += [("per_language", f, ReadoutSettings(gamma, lam, bw, "per_language", f)) for f in focus_weights]
+        for scope, focus, readout in settings:
+            fit = readout_basis(na, keys, layer, targets, source, readout).fit(dict.fromkeys(targets, 1.0))
+            harmless = torch.cat([fit.written(k, na.act) for g in ("plain", "borderline") for k in val[g].values()])
             scale = 1.0 / float(harmless.max())
-            harm = {lg: written_per_row(fit, val["harmful"][lg]) * scale for lg in targets}
+            harm = {lg: fit.written(val["harmful"][lg], na.act) * scale for lg in targets}
             pooled_harm = torch.cat(list(harm.values()))
             row = {"lam": lam, "gamma": gamma, "borderline_weight": bw, "scope": scope, "focus_weight": focus,
                    "harmful_at_x2": float((pooled_harm >= 2).float().mean()),
                    "harmful_at_x4": float((pooled_harm >= 4).float().mean()),
                    "harmful_median": float(pooled_harm.median()),
                    "harmful_at_x4_by_language": {lg: float((v >= 4).float().mean()) for lg, v in harm.items()},
-                   "english_harmful_mean": float(written_per_row(fit, val["harmful"][source]).mean()) * scale}
+                   "english_harmful_mean": written(na, fit, val["harmful"][source]) * scale}
             rows.append(row)
             print(f"margins {scope} focus {focus} lam {lam:g} gamma {gamma:g} borderline x{bw:g}: harmful at x2+ "
                   f"{row['harmful_at_x2']:.2f}, x4+ {row['harmful_at_x4']:.2f}, median x{row['harmful_median']:.1f}"
@@ -127,13 +117,10 @@ def neuron_writes(na, keys, layer: int, val, targets: list[str], source: str, ga
     per language (`focus_weight`), for each read-out of the grid."""
     rows = []
     for lam, gamma, bw in grid:
-        for scope, basis in (
-            ("pooled", gated_basis(na, keys, layer, targets, source, gamma, lam, borderline_weight=bw)),
-            ("per_language", language_gated_basis(na, keys, layer, targets, source, gamma, lam,
-                                                  borderline_weight=bw, focus_weight=focus_weight)),
-        ):
-            fit = basis.fit(gains)
-            write = {grp: {lg: written(fit, k) for lg, k in val[grp].items()} for grp in ("harmful", "borderline")}
+        for scope in ("pooled", "per_language"):
+            fit = readout_basis(na, keys, layer, targets, source,
+                                ReadoutSettings(gamma, lam, bw, scope, focus_weight)).fit(gains)
+            write = {grp: {lg: written(na, fit, k) for lg, k in val[grp].items()} for grp in ("harmful", "borderline")}
             rows.append({"lam": lam, "gamma": gamma, "borderline_weight": bw, "scope": scope, "gains": gains,
                          "focus_weight": focus_weight if scope == "per_language" else None,
                          "write": write})
@@ -180,12 +167,12 @@ def run(data: str, layer: int, max_calibration_ids: int | None = None,
         return {**out, "seconds": time.perf_counter() - t0}
     rows = []
     for lam, gamma, bw in grid or default_grid():
-        basis = gated_basis(na, keys, layer, targets, config.source_lang, gamma, lam, borderline_weight=bw)
-        fit = basis.fit(dict.fromkeys(targets, 1.0))
+        fit = readout_basis(na, keys, layer, targets, config.source_lang,
+                            ReadoutSettings(gamma, lam, bw)).fit(dict.fromkeys(targets, 1.0))
         gate = fit.gate_rows[0].double()
         on = {g: {lg: float(((k.double() @ gate) > 0).float().mean()) for lg, k in by.items()}
               for g, by in val.items()}
-        write = {g: {lg: written(fit, k) for lg, k in by.items()} for g, by in val.items()}
+        write = {g: {lg: written(na, fit, k) for lg, k in by.items()} for g, by in val.items()}
         harm_write = sum(write["harmful"][lg] for lg in targets) / len(targets)
         share = {g: {lg: v / harm_write for lg, v in by.items()} for g, by in write.items() if g != "harmful"}
         rows.append({

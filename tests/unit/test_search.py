@@ -310,8 +310,7 @@ def test_per_language_neurons_write_only_where_their_language_is_harmful(tiny_qw
     assert fit.up_rows.shape == fit.gate_rows.shape == fit.down_cols.shape == (2, model.config.hidden_size)
 
     def written(x: torch.Tensor) -> float:  # the two neurons' total output along their shared down column
-        x = x.reshape(-1, x.shape[-1])
-        return float((na.act(x @ fit.gate_rows.T) * (x @ fit.up_rows.T)).sum(-1).mean())
+        return float(fit.written(x, na.act).mean())
 
     sw, bn = written(keys.tgt["sw"]), written(keys.tgt["bn"])
     assert sw > 2.0

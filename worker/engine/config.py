@@ -24,6 +24,9 @@ from typing import Any, Literal
 from .errors import UserError
 from .methods import LAYER_METHODS, MODULE_CHOICES
 
+if typing.TYPE_CHECKING:
+    from .methods.gated import ReadoutSettings
+
 SUPPORTED_LANGS = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
 
 Lang = Literal[SUPPORTED_LANGS]  # type: ignore[valid-type]
@@ -157,6 +160,14 @@ class EditConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def readout(self) -> ReadoutSettings:
+        """The readout_* knobs as the gated method takes them."""
+        from .methods.gated import ReadoutSettings  # torch comes with it; the API imports this module without
+
+        return ReadoutSettings(self.readout_gamma, self.readout_lam, self.readout_borderline_weight,
+                               self.readout_scope, self.readout_focus_weight)
 
 
 def config_fields() -> list[Field]:

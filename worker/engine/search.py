@@ -37,7 +37,7 @@ from torch import nn
 
 from .delta import LayerEdit, SparseDelta, applied, make_layer_edit, neuron_rows
 from .keys import LayerKeys, NeuronActivation
-from .methods.gated import AnyGatedBasis, GatedFit, gated_basis, language_gated_basis
+from .methods.gated import AnyGatedBasis, GatedFit, ReadoutSettings, readout_basis
 from .progress import Reporter
 from .screen import Screen
 
@@ -164,8 +164,7 @@ ConfirmFn = Callable[[SparseDelta | None], dict[str, dict[str, float]]]
 def search(
     model: nn.Module, keys: dict[int, LayerKeys], layers: list[int], screen: Screen, targets: list[str],
     source: str, multipliers: list[float], confirm: ConfirmFn | None, n_confirm: int,
-    paper: Callable[[int, str], Candidate] | None, reporter: Reporter, *, readout_gamma: float, readout_lam: float,
-    readout_borderline_weight: float = 1.0, readout_scope: str = "pooled", readout_focus_weight: float = 4.0,
+    paper: Callable[[int, str], Candidate] | None, reporter: Reporter, *, readout: ReadoutSettings,
     ladder_layers: int = 0,
 ) -> SearchResult:
     cands: list[Candidate] = []
@@ -184,13 +183,7 @@ def search(
         return c
 
     for layer in layers:
-        na = NeuronActivation(model, layer)
-        basis: AnyGatedBasis = (
-            language_gated_basis(na, keys[layer], layer, targets, source, readout_gamma, readout_lam,
-                                 borderline_weight=readout_borderline_weight, focus_weight=readout_focus_weight)
-            if readout_scope == "per_language" else
-            gated_basis(na, keys[layer], layer, targets, source, readout_gamma, readout_lam,
-                        borderline_weight=readout_borderline_weight))
+        basis = readout_basis(NeuronActivation(model, layer), keys[layer], layer, targets, source, readout)
         uniform = []
         for mult in multipliers:
             c = screened(gated_candidate(model, f"gated L{layer} uniform x{mult:g}",

@@ -28,8 +28,9 @@ nothing there; the full difference gives those layers a push of the right size (
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -48,6 +49,23 @@ class GatedFit:
     down_cols: Tensor
     gains: dict[str, float]
     info: dict[str, object] = field(default_factory=dict)
+
+    def written(self, x: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
+        """What the neurons write on each row of x ([n, d] MLP inputs): Σ_i act(g_i·x)·(u_i·x), in units of the
+        down column (float64)."""
+        x = x.reshape(-1, x.shape[-1]).double()
+        return (act(x @ self.gate_rows.double().T) * (x @ self.up_rows.double().T)).sum(-1)
+
+
+@dataclass(frozen=True)
+class ReadoutSettings:
+    """How the gates' harmfulness read-outs are fitted: the config's `readout_*` knobs, in one place."""
+
+    gamma: float = 1.0
+    lam: float = 0.1
+    borderline_weight: float = 1.0
+    scope: Literal["pooled", "per_language"] = "pooled"
+    focus_weight: float = 4.0
 
 
 @dataclass
@@ -217,16 +235,25 @@ class LanguageGatedBasis:
         return GatedFit(self.index, self.gate_rows.clone(), up, down, dict(gains), dict(self.info))
 
 
+def language_readout(keys: LayerKeys, lang: str, source_lang: str, gamma: float = 1.0, lam: float = 0.1,
+                     borderline_weight: float = 1.0, focus_weight: float = 4.0) -> tuple[Tensor, ReadoutRows]:
+    """A per-language gate's read-out: "harmful and in `lang`" (its own harmless anchor rows `focus_weight`
+    times heavier, the source's harmful keys among the negatives: §1h-§1i)."""
+    return harmfulness_readout(keys, [lang], source_lang, gamma, lam, borderline_weight, focus_weight,
+                               source_as_negative=True)
+
+
 def language_gated_basis(
     na: NeuronActivation, keys: LayerKeys, layer: int, langs: list[str], source_lang: str,
     gamma: float = 1.0, lam: float = 0.1, sharpness: float = SHARPNESS, borderline_weight: float = 1.0,
     focus_weight: float = 4.0,
 ) -> LanguageGatedBasis:
+    """Fit one gate per language of `langs` (language_readout), the pooled basis for the shared down column and
+    up-row regression, and pick the len(langs) least used neurons."""
     pooled = gated_basis(na, keys, layer, langs, source_lang, gamma, lam, sharpness, borderline_weight)
     gates, on = [], {}
     for lg in langs:
-        readout, rows = harmfulness_readout(keys, [lg], source_lang, gamma, lam, borderline_weight, focus_weight,
-                                            source_as_negative=True)
+        readout, rows = language_readout(keys, lg, source_lang, gamma, lam, borderline_weight, focus_weight)
         gates.append(sharpness * readout)
         on[lg] = {"harmful": float((rows.by_lang[lg].double() @ readout > 0).float().mean()),
                   "harmless_template": float((flat_rows(keys.safe_tmpl[lg]).double() @ readout > 0).float().mean())}
@@ -236,3 +263,13 @@ def language_gated_basis(
 
 
 AnyGatedBasis = GatedBasis | LanguageGatedBasis
+
+
+def readout_basis(na: NeuronActivation, keys: LayerKeys, layer: int, langs: list[str], source_lang: str,
+                  readout: ReadoutSettings) -> AnyGatedBasis:
+    """A layer's gated basis as `readout` asks: one pooled neuron, or one neuron per language."""
+    if readout.scope == "per_language":
+        return language_gated_basis(na, keys, layer, langs, source_lang, readout.gamma, readout.lam,
+                                    borderline_weight=readout.borderline_weight, focus_weight=readout.focus_weight)
+    return gated_basis(na, keys, layer, langs, source_lang, readout.gamma, readout.lam,
+                       borderline_weight=readout.borderline_weight)

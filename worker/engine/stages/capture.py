@@ -46,11 +46,7 @@ def collect_keys(
     t = num_template_tokens(lm.tokenizer) if positions == "template" else 1
     out: dict[int, LayerKeys] = {}
     src = config.source_lang
-    def is_borderline(lg: str) -> list[bool]:
-        n = len(plan.anchor[lg])
-        return [i >= n - plan.anchor_borderline.get(lg, 0) for i in range(n)]
-
-    tmpl_borderline = {lg: torch.tensor(is_borderline(lg)) for lg in plan.langs}
+    tmpl_borderline = {lg: torch.tensor(plan.anchor_is_borderline(lg)) for lg in plan.langs}
     for layer in layers:
         safe_tmpl = {lg: torch.stack([k[-t:] for k in safe[lg].keys[layer]]) for lg in plan.langs}
         keys = LayerKeys(
@@ -59,9 +55,9 @@ def collect_keys(
             safe_tmpl=safe_tmpl,
             safe_all=torch.cat([torch.cat(safe[lg].keys[layer]) for lg in plan.langs]),
             safe_tmpl_borderline=tmpl_borderline,
-            safe_all_borderline=torch.tensor([b for lg in plan.langs for k, b in
-                                              zip(safe[lg].keys[layer], is_borderline(lg), strict=True)
-                                              for _ in range(len(k))]),
+            safe_all_borderline=torch.cat([  # each prompt's tag on every one of its token rows
+                tmpl_borderline[lg].repeat_interleave(torch.tensor([len(k) for k in safe[lg].keys[layer]]))
+                for lg in plan.langs]),
         )
         if want_resid:
             keys.src_resid = harm[src].resid[layer]

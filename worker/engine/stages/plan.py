@@ -35,6 +35,11 @@ class Plan:
     anchor_borderline: dict[str, int] = field(default_factory=dict)  # lang -> how many of anchor[lang]'s last
     # texts are borderline-harmless (the rest are plain)
 
+    def anchor_is_borderline(self, lang: str) -> list[bool]:
+        """For each of anchor[lang]'s texts, whether it is a borderline-harmless one."""
+        n = len(self.anchor[lang])
+        return [i >= n - self.anchor_borderline.get(lang, 0) for i in range(n)]
+
 
 def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
     cs = calib.load_calibration(config.calibration) if config.calibration else calib.demo_calibration()

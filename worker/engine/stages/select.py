@@ -191,10 +191,7 @@ def run_search(lm: LoadedModel, setup: SearchSetup, config: EditConfig, rep: Rep
     return search(lm.model, keys or setup.keys, setup.layers, setup.screen, list(config.target_langs),
                   config.source_lang, list(config.search_gains), setup.confirm if confirm else None,
                   config.confirm_candidates if confirm else 0, setup.paper if confirm else None, rep,
-                  readout_gamma=config.readout_gamma, readout_lam=config.readout_lam,
-                  readout_borderline_weight=config.readout_borderline_weight,
-                  readout_scope=config.readout_scope, readout_focus_weight=config.readout_focus_weight,
-                  ladder_layers=config.ladder_layers)
+                  readout=config.readout, ladder_layers=config.ladder_layers)
 
 
 def search_method(lm, plan, config, rep, timer) -> tuple[list[LayerChoice], list[dict], list[str]]:
