@@ -110,3 +110,18 @@ def test_generate_sets_answers_each_prompt_in_its_own_place(monkeypatch):
     assert got == {g: {lg: [f"answer to {t}" for t in texts] for lg, texts in by.items()}
                    for g, by in sets.items()}
     assert len(calls) == 1 and sorted(calls[0]) == ["a", "bb", "c", "dd", "e"]  # one pass, every prompt once
+
+
+def test_verdict_flips_count_each_prompt_not_the_net_change():
+    """Two prompts that swap verdicts leave the share unchanged; the flips still count both."""
+    from worker.engine.cli import format_flips
+    from worker.engine.judges import Verdict
+    from worker.engine.stages.evaluate import verdict_flips
+
+    harmful, refused, degenerate = Verdict(False, True), Verdict(True, False), Verdict(False, False)
+    before = [harmful, refused, harmful, refused, degenerate]
+    after = [refused, harmful, harmful, degenerate, refused]
+    flips = verdict_flips(before, after)
+    assert flips == {"newly_refused": 2, "no_longer_refused": 2, "newly_harmful": 1, "no_longer_harmful": 1}
+    text = format_flips({"ar": {"harmful": flips}, "th": {"harmful": verdict_flips(before, before)}})
+    assert text.splitlines()[-1].endswith("answered: ar 1/1")  # th, where nothing changed, is left out

@@ -54,6 +54,14 @@ def test_artifacts_written(edited):
     assert list(samples) == ["en", "zh", "sw"] and all(len(v) == 2 for v in samples.values())  # 2 eval prompts
     verdicts = {s[k] for v in samples.values() for s in v for k in ("before_verdict", "after_verdict")}
     assert verdicts <= {"harmful", "refused", "degenerate"}
+    # the paired flips agree with the net shares: newly minus no longer refused is the change in refusals
+    report = json.loads((out / "report.json").read_text())
+    for row in report["languages"]:
+        for group, n, before, after in (("harmful", row["n"], row["refusal_before"], row["refusal_after"]),
+                                        ("plain", row["harmless_n"], row["harmless_refusal_before"],
+                                         row["harmless_refusal_after"])):
+            f = report["flips"][row["lang"]][group]
+            assert f["newly_refused"] - f["no_longer_refused"] == round((after - before) * n)
 
 
 def test_cached_model_is_reverted(edited):

@@ -196,6 +196,26 @@ def format_table(languages: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_FLIP_LINES = (  # group, its label, the two counts shown (good way first for harmful prompts)
+    ("harmful", "harmful, no longer answered / newly answered", "no_longer_harmful", "newly_harmful"),
+    ("plain", "plain harmless, newly refused / no longer refused", "newly_refused", "no_longer_refused"),
+    ("borderline", "borderline harmless, newly refused / no longer refused", "newly_refused", "no_longer_refused"),
+    ("second", "second test set, no longer answered / newly answered", "no_longer_harmful", "newly_harmful"),
+)
+
+
+def format_flips(flips: dict[str, dict[str, dict[str, int]]]) -> str:
+    """The prompts whose verdict changed, paired prompt by prompt, per group and language (languages where
+    nothing changed left out): the table's net shares can hide flips both ways."""
+    lines = []
+    for group, label, a, b in _FLIP_LINES:
+        if not any(group in by for by in flips.values()):
+            continue
+        moved = [f"{lg} {f[a]}/{f[b]}" for lg, by in flips.items() if (f := by.get(group)) and (f[a] or f[b])]
+        lines.append(f"  {label}: {', '.join(moved) or 'none'}")
+    return "\n".join(["verdicts that changed, per language:", *lines]) if lines else ""
+
+
 def cmd_edit(a: argparse.Namespace) -> int:
     from .pipeline import run_edit
     from .progress import Reporter
@@ -207,6 +227,8 @@ def cmd_edit(a: argparse.Namespace) -> int:
         bars.close()
     d = res.to_dict()
     print(format_table(d["languages"]))
+    if res.flips:
+        print(format_flips(res.flips))
     u = res.utility
     print(f"harmless KL (mean, nats/token): {u['kl_mean']:.4f}   first answer token: "
           f"{u['kl_first_token_mean']:.4f}   perplexity {u['ppl_before']:.2f} -> "

@@ -59,13 +59,13 @@ def run_edit(
     with timer("evaluate"):
         with applied(lm.model, delta):
             after = generate_all(lm, plan, config, rep)
-        languages, samples = judge_results(config, plan, before, after)
+        languages, samples, flips = judge_results(config, plan, before, after)
         utility = measure_utility(lm, plan, config, delta, rep)
     neurons = {f"{c.layer}.{c.module}": c.neurons for c in choices}
     result = EditResult(
         languages=languages, utility=utility, neurons=neurons, timings=timer.seconds,
         peak_memory_mb=timer.peak_mb, artifacts={}, warnings=list(plan.notes) + notes, method=config.method,
-        search=sweep if config.method == "search" else [], samples=samples,
+        search=sweep if config.method == "search" else [], samples=samples, flips=flips,
     )
     with timer("save"):
         from .artifacts import write_artifacts

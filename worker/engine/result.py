@@ -56,6 +56,8 @@ class EditResult:
     method: str = "paper"
     search: list[dict[str, Any]] = field(default_factory=list)  # every candidate the search scored
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # lang -> a few answers, both sides
+    # lang -> prompt group (harmful, plain, borderline, second) -> prompts whose verdict changed, each way
+    flips: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -8,11 +8,14 @@ from .fmt import num
 
 
 def run_markdown(report: dict[str, Any], manifest: dict[str, Any] | None = None) -> str:
-    from worker.engine.cli import format_table
+    from worker.engine.cli import format_flips, format_table
 
     manifest = manifest or {}
     u = report.get("utility") or {}
-    lines = ["```", format_table(report.get("languages") or []), "```", ""]
+    table = [format_table(report.get("languages") or [])]
+    if report.get("flips"):
+        table.append(format_flips(report["flips"]))
+    lines = ["```", *table, "```", ""]
     if "kl_mean" in u:
         per = ", ".join(f"{k} {v:.4f}" for k, v in (u.get("kl_per_lang") or {}).items())
         lines.append(f"- harmless next-token KL, mean over languages: **{u['kl_mean']:.4f}** nats/token "

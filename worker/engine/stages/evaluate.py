@@ -33,25 +33,39 @@ def _verdict_label(v: Any) -> str:
     return "harmful" if v.harmful else "refused" if v.refused else "degenerate"
 
 
+def verdict_flips(before: list[Any], after: list[Any]) -> dict[str, int]:
+    """How many prompts changed verdict, paired prompt by prompt: net shares hide a language where some
+    prompts flip each way."""
+    pairs = list(zip(before, after, strict=True))
+    return {"newly_refused": sum(not b.refused and a.refused for b, a in pairs),
+            "no_longer_refused": sum(b.refused and not a.refused for b, a in pairs),
+            "newly_harmful": sum(not b.harmful and a.harmful for b, a in pairs),
+            "no_longer_harmful": sum(b.harmful and not a.harmful for b, a in pairs)}
+
+
 def judge_results(config: EditConfig, plan: Plan, before: EvalSets, after: EvalSets
-           ) -> tuple[list[LanguageResult], dict[str, list[dict[str, Any]]]]:
+           ) -> tuple[list[LanguageResult], dict[str, list[dict[str, Any]]], dict[str, dict[str, dict[str, int]]]]:
+    """Per-language results, a few sample answers, and per language and prompt group the verdict flips."""
     judge = configured_judge(config)
     sets = eval_sets(plan, config)
-    res, samples = [], {}
+    res, samples, flips = [], {}, {}
     for lg in plan.langs:
         shares: dict[str, dict[str, float]] = {}
+        flips[lg] = {}
         for group, by_lang in sets.items():
             prompts = by_lang.get(lg, [])
             if not prompts:
                 continue
+            verdicts = {}
             for side, answers in (("before", before[group][lg]), ("after", after[group][lg])):
-                v = judge.judge(prompts, answers, [lg] * len(prompts))
+                v = verdicts[side] = judge.judge(prompts, answers, [lg] * len(prompts))
                 n = len(v)
                 shares[f"{group}_{side}"] = {
                     "harmful": sum(x.harmful for x in v) / n, "refused": sum(x.refused for x in v) / n,
                     "degenerate": sum(not x.harmful and not x.refused for x in v) / n, "n": n}
                 if group == "harmful":
                     shares[f"verdicts_{side}"] = v  # type: ignore[assignment]
+            flips[lg][group] = verdict_flips(verdicts["before"], verdicts["after"])
         h_b, h_a = shares["harmful_before"], shares["harmful_after"]
         p_b, p_a = shares.get("plain_before"), shares.get("plain_after")
         b_b, b_a = shares.get("borderline_before"), shares.get("borderline_after")
@@ -82,7 +96,7 @@ def judge_results(config: EditConfig, plan: Plan, before: EvalSets, after: EvalS
              "before_verdict": _verdict_label(x), "after_verdict": _verdict_label(y)}
             for p, b, a, x, y in list(zip(sets["harmful"][lg], before["harmful"][lg], after["harmful"][lg],
                                           vb, va, strict=True))[:SAMPLE_ANSWERS]]
-    return res, samples
+    return res, samples, flips
 
 
 def measure_utility(lm, plan, config, delta, rep) -> dict[str, Any]:
