@@ -56,16 +56,16 @@ def judge_results(config: EditConfig, plan: Plan, before: EvalSets, after: EvalS
             prompts = by_lang.get(lg, [])
             if not prompts:
                 continue
-            verdicts = {}
+            verdicts: dict[str, list[Any]] = {}
             for side, answers in (("before", before[group][lg]), ("after", after[group][lg])):
                 v = verdicts[side] = judge.judge(prompts, answers, [lg] * len(prompts))
                 n = len(v)
                 shares[f"{group}_{side}"] = {
                     "harmful": sum(x.harmful for x in v) / n, "refused": sum(x.refused for x in v) / n,
                     "degenerate": sum(not x.harmful and not x.refused for x in v) / n, "n": n}
-                if group == "harmful":
-                    shares[f"verdicts_{side}"] = v  # type: ignore[assignment]
             flips[lg][group] = verdict_flips(verdicts["before"], verdicts["after"])
+            if group == "harmful":
+                harmful_verdicts = verdicts
         h_b, h_a = shares["harmful_before"], shares["harmful_after"]
         p_b, p_a = shares.get("plain_before"), shares.get("plain_after")
         b_b, b_a = shares.get("borderline_before"), shares.get("borderline_after")
@@ -90,7 +90,7 @@ def judge_results(config: EditConfig, plan: Plan, before: EvalSets, after: EvalS
             second_n=int(s_b["n"]) if s_b else 0,
             second_asr_before=s_b["harmful"] if s_b else None, second_asr_after=s_a["harmful"] if s_a else None,
         ))
-        vb, va = shares["verdicts_before"], shares["verdicts_after"]  # type: ignore[index]
+        vb, va = harmful_verdicts["before"], harmful_verdicts["after"]
         samples[lg] = [
             {"prompt": p, "before": b, "after": a,
              "before_verdict": _verdict_label(x), "after_verdict": _verdict_label(y)}
