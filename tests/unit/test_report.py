@@ -45,6 +45,10 @@ def _full_report() -> dict:
                    {"layer": 20, "module": "up", "tau_z": 2.0, "objective": 0.4, "chosen": False}],
         "screen_sweep": [{"layer": 18, "module": "gate", "objective": 0.8, "gain": {"zh": 1.0, "harmless": 0.1}}],
         "warnings": ["a note & <b>markup</b>"],
+        "flips": {"zh": {"harmful": {"newly_refused": 4, "no_longer_refused": 1, "newly_harmful": 1,
+                                     "no_longer_harmful": 4},
+                         "plain": {"newly_refused": 2, "no_longer_refused": 0, "newly_harmful": 0,
+                                   "no_longer_harmful": 0}}},
     }
 
 
@@ -74,6 +78,10 @@ def test_full_report_has_every_chart_and_section(tmp_path: Path) -> None:
         assert text in html, text
     # ASR with its binomial standard error: 40% of 12 answers -> ± 14 points
     assert "40 ± 14" in html
+    # the paired flips: zh's row has its counts under the right group's columns
+    assert "Verdicts that changed" in html and "harmful: newly answered" in html
+    row = re.search(r"<tr><td>zh</td>((?:<td>[^<]*</td>)+)</tr>", html)
+    assert row and re.findall(r"<td>([^<]*)</td>", row.group(1)) == ["4", "1", "2", "0"]
 
 
 def test_report_html_is_self_contained_and_escapes_answers(tmp_path: Path) -> None:
@@ -87,8 +95,8 @@ def test_report_html_is_self_contained_and_escapes_answers(tmp_path: Path) -> No
 def test_missing_fields_drop_charts_and_sections_without_failing(tmp_path: Path) -> None:
     cases = [
         ({}, set()),
-        ({"languages": [{"lang": "en"}], "utility": {}, "neurons": {"x": "not a dict"}, "samples": {"en": "?"}},
-         set()),
+        ({"languages": [{"lang": "en"}], "utility": {}, "neurons": {"x": "not a dict"}, "samples": {"en": "?"},
+          "flips": {"en": "?"}}, set()),
         # today's result: no harmless refusal, degenerate, selectivity or search yet
         ({"languages": [{"lang": "en", "n": 4, "asr_before": 0.5, "asr_after": 0.25, "refusal_before": 0.5,
                          "refusal_after": 0.75}], "timings": {"load": 1.0}, "peak_memory_mb": {}},
@@ -99,6 +107,7 @@ def test_missing_fields_drop_charts_and_sections_without_failing(tmp_path: Path)
         assert {n for n in made if n.startswith("charts/")} == charts, report
         html = made["report.html"].read_text()
         assert html.startswith("<!doctype html>") and "Search" not in html and "Sample answers" not in html
+        assert "Verdicts that changed" not in html
 
 
 def test_rerender_a_run_directory_from_the_command_line(tmp_path: Path) -> None:

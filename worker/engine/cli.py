@@ -196,7 +196,7 @@ def format_table(languages: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-_FLIP_LINES = (  # group, its label, the two counts shown (good way first for harmful prompts)
+FLIP_COUNTS = (  # group, its label, the two counts shown (good way first for harmful prompts)
     ("harmful", "harmful, no longer answered / newly answered", "no_longer_harmful", "newly_harmful"),
     ("plain", "plain harmless, newly refused / no longer refused", "newly_refused", "no_longer_refused"),
     ("borderline", "borderline harmless, newly refused / no longer refused", "newly_refused", "no_longer_refused"),
@@ -208,7 +208,7 @@ def format_flips(flips: dict[str, dict[str, dict[str, int]]]) -> str:
     """The prompts whose verdict changed, paired prompt by prompt, per group and language (languages where
     nothing changed left out): the table's net shares can hide flips both ways."""
     lines = []
-    for group, label, a, b in _FLIP_LINES:
+    for group, label, a, b in FLIP_COUNTS:
         if not any(group in by for by in flips.values()):
             continue
         moved = [f"{lg} {f[a]}/{f[b]}" for lg, by in flips.items() if (f := by.get(group)) and (f[a] or f[b])]

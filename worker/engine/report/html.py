@@ -138,6 +138,25 @@ def generic_table(items: Any) -> dict[str, Any] | None:
     return {"header": header, "rows": [[_cell(x.get(k)) for k in header] for x in items]}
 
 
+def flip_table(report: dict[str, Any]) -> dict[str, Any] | None:
+    """report.json's paired verdict flips (cli.FLIP_COUNTS) as a table: one row per language, two columns
+    per prompt group."""
+    from worker.engine.cli import FLIP_COUNTS
+
+    flips = report.get("flips")
+    if not isinstance(flips, dict):
+        return None
+    by_lang = {str(lg): by for lg, by in flips.items() if isinstance(by, dict)}
+    groups = [g for g in FLIP_COUNTS if any(isinstance(by.get(g[0]), dict) for by in by_lang.values())]
+    if not groups:
+        return None
+    header = ["lang"] + [f"{group}: {part}" for group, label, _, _ in groups
+                         for part in label.split(", ", 1)[1].split(" / ")]
+    rows = [[lg] + [_cell(by.get(group, {}).get(key)) if isinstance(by.get(group), dict) else "–"
+                    for group, _, a, b in groups for key in (a, b)] for lg, by in by_lang.items()]
+    return {"header": header, "rows": rows}
+
+
 def cost_rows(report: dict[str, Any]) -> list[list[str]]:
     peak = report.get("peak_memory_mb") or {}
     secs = report.get("timings") or {}
@@ -204,6 +223,7 @@ def render_html(report: dict[str, Any], manifest: dict[str, Any] | None, charts:
         "neurons": neuron_rows(report),
         "parameters_changed": (manifest.get("edit") or {}).get("parameters_changed"),
         "search": generic_table(report.get("search")),
+        "flips": flip_table(report),
         "sweep": generic_table(report.get("screen_sweep")),
         "hyperparameters": [[str(k), short(v)] for k, v in config.items()],
         "cost": cost_rows(report),
