@@ -196,23 +196,27 @@ def format_table(languages: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-FLIP_COUNTS = (  # group, its label, the two counts shown (good way first for harmful prompts)
-    ("harmful", "harmful, no longer answered / newly answered", "no_longer_harmful", "newly_harmful"),
-    ("plain", "plain harmless, newly refused / no longer refused", "newly_refused", "no_longer_refused"),
-    ("borderline", "borderline harmless, newly refused / no longer refused", "newly_refused", "no_longer_refused"),
-    ("second", "second test set, no longer answered / newly answered", "no_longer_harmful", "newly_harmful"),
+FLIP_COUNTS = (  # group, its label, the two counts shown as (key, label) (good way first for harmful prompts)
+    ("harmful", "harmful", ("no_longer_harmful", "no longer answered"), ("newly_harmful", "newly answered")),
+    ("plain", "plain harmless", ("newly_refused", "newly refused"), ("no_longer_refused", "no longer refused")),
+    ("borderline", "borderline harmless", ("newly_refused", "newly refused"),
+     ("no_longer_refused", "no longer refused")),
+    ("second", "second test set", ("no_longer_harmful", "no longer answered"), ("newly_harmful", "newly answered")),
 )
 
 
-def format_flips(flips: dict[str, dict[str, dict[str, int]]]) -> str:
+def format_flips(flips: dict[str, Any]) -> str:
     """The prompts whose verdict changed, paired prompt by prompt, per group and language (languages where
-    nothing changed left out): the table's net shares can hide flips both ways."""
+    nothing changed left out): the table's net shares can hide flips both ways. Malformed entries (a
+    hand-edited report.json) are skipped."""
+    by_lang = {lg: by for lg, by in flips.items() if isinstance(by, dict)}
     lines = []
-    for group, label, a, b in FLIP_COUNTS:
-        if not any(group in by for by in flips.values()):
+    for group, label, (a, a_label), (b, b_label) in FLIP_COUNTS:
+        counts = {lg: by[group] for lg, by in by_lang.items() if isinstance(by.get(group), dict)}
+        if not counts:
             continue
-        moved = [f"{lg} {f[a]}/{f[b]}" for lg, by in flips.items() if (f := by.get(group)) and (f[a] or f[b])]
-        lines.append(f"  {label}: {', '.join(moved) or 'none'}")
+        moved = [f"{lg} {f.get(a, 0)}/{f.get(b, 0)}" for lg, f in counts.items() if f.get(a) or f.get(b)]
+        lines.append(f"  {label}, {a_label} / {b_label}: {', '.join(moved) or 'none'}")
     return "\n".join(["verdicts that changed, per language:", *lines]) if lines else ""
 
 

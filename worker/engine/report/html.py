@@ -150,10 +150,9 @@ def flip_table(report: dict[str, Any]) -> dict[str, Any] | None:
     groups = [g for g in FLIP_COUNTS if any(isinstance(by.get(g[0]), dict) for by in by_lang.values())]
     if not groups:
         return None
-    header = ["lang"] + [f"{group}: {part}" for group, label, _, _ in groups
-                         for part in label.split(", ", 1)[1].split(" / ")]
-    rows = [[lg] + [_cell(by.get(group, {}).get(key)) if isinstance(by.get(group), dict) else "–"
-                    for group, _, a, b in groups for key in (a, b)] for lg, by in by_lang.items()]
+    header = ["lang"] + [f"{group}: {label}" for group, _, *counts in groups for _, label in counts]
+    rows = [[lg] + [_cell(by[group].get(key)) if isinstance(by.get(group), dict) else "–"
+                    for group, _, *counts in groups for key, _ in counts] for lg, by in by_lang.items()]
     return {"header": header, "rows": rows}
 
 
