@@ -6,6 +6,13 @@ the configured judge counts refusals and degenerate answers per language.
 
 python -m bench.gain_generation --data ../shared/data/multijail-dev.csv [--layers 19,22] [--gains 2,4,8,16]
     [--readouts 0.1:1,0.01:4] [--harmful-ids 16] [--out bench/results/gain_generation.json]
+
+`--stacks 16x4+19x4,19x4+22x4` generates neurons at several layers applied together instead (each layer's neuron
+at its own uniform gain; the layers and gains grid is then skipped): does a second depth flip prompts the first
+leaves alone? `--positions` says where the neurons may write: `all` (what the weights do), `prompt` (not on
+generated tokens) or `template` (only the post-instruction template tokens, where the answer is decided): a
+diagnostic by forward hook, not an edit, asking whether the writes on other tokens are what breaks answers at
+high gains.
 """
 
 from __future__ import annotations
@@ -13,8 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from worker.engine import (
     EditConfig,
@@ -29,6 +40,8 @@ from worker.engine import (
     is_degenerate,
     load_model,
     make_plan,
+    mlp_of,
+    num_template_tokens,
     refusal_rates,
 )
 
@@ -62,8 +75,44 @@ def summary(res: dict[str, Any], base: dict[str, Any] | None, targets: list[str]
     return text
 
 
+Stack = list[tuple[int, float]]  # (layer, uniform gain) of each neuron applied together
+
+
+@contextmanager
+def writes_only_at(model: torch.nn.Module, neurons: dict[int, torch.Tensor], positions: str, n_template: int
+                   ) -> Iterator[None]:
+    """Zero the edited neurons' activations (the down_proj input) outside `positions`. Prompts are left-padded,
+    so in the prefill pass the last `n_template` positions of every row are its template tokens; a decoding
+    step (one position) is a generated token."""
+    if positions == "all":
+        yield
+        return
+
+    def hook(idx: torch.Tensor):
+        def pre(_module, args):
+            (x,) = args
+            x = x.clone()
+            if x.shape[1] == 1:  # a generated token
+                x[:, :, idx] = 0
+            elif positions == "template":
+                x[:, :-n_template, idx] = 0
+            return (x,)
+        return pre
+
+    with ExitStack() as stack:
+        for layer, idx in neurons.items():
+            stack.callback(mlp_of(model, layer).down_proj.register_forward_pre_hook(hook(idx)).remove)
+        yield
+
+
+def parse_stacks(text: str) -> list[Stack]:
+    return [[(int(ly), float(g)) for ly, g in (part.split("x") for part in stack.split("+"))]
+            for stack in text.split(",") if stack]
+
+
 def run(data: str, layers: list[int], gains: list[float], readouts: list[tuple[float, float]], n_harmful: int,
-        max_new_tokens: int, out: Path) -> dict[str, Any]:
+        max_new_tokens: int, out: Path, stacks: list[Stack] | None = None,
+        positions_list: tuple[str, ...] = ("all",)) -> dict[str, Any]:
     """Every candidate's row is written to `out` as soon as it is measured (a long sweep stopped early keeps
     what it measured)."""
     t0 = time.perf_counter()
@@ -75,6 +124,8 @@ def run(data: str, layers: list[int], gains: list[float], readouts: list[tuple[f
     targets = list(config.target_langs)
     base = judged(lm, config, sets, judge)
     print("base:", summary(base, None, targets), flush=True)
+    if stacks:
+        layers = sorted({ly for stack in stacks for ly, _ in stack})
     keys = collect_keys(lm, plan, layers, config, Reporter(), with_resid=True)
     rows: list[dict[str, Any]] = []
     n = {g: len(next(iter(by.values()))) for g, by in sets.items()}
@@ -82,6 +133,23 @@ def run(data: str, layers: list[int], gains: list[float], readouts: list[tuple[f
            "max_new_tokens": max_new_tokens}
     out.parent.mkdir(parents=True, exist_ok=True)
     for lam, gamma in readouts:
+        if stacks:
+            bases = {ly: gated_basis(NeuronActivation(lm.model, ly), keys[ly], ly, targets, config.source_lang,
+                                     gamma, lam) for ly in layers}
+            for positions, stack in ((p, st) for p in positions_list for st in stacks):
+                name = ("+".join(f"L{ly} x{g:g}" for ly, g in stack) + f" readout({lam:g},{gamma:g})"
+                        + ("" if positions == "all" else f" writes at {positions} tokens"))
+                cand = gated_candidate(lm.model, name, [(bases[ly], {lg: g for lg in targets}) for ly, g in stack])
+                neurons = {ly: bases[ly].index for ly, _ in stack}
+                with applied(lm.model, cand.delta), writes_only_at(lm.model, neurons, positions,
+                                                                   num_template_tokens(lm.tokenizer)):
+                    judged_now = judged(lm, config, sets, judge)
+                rows.append({"stack": [[ly, g] for ly, g in stack], "readout_lam": lam, "readout_gamma": gamma,
+                             "positions": positions, **judged_now})
+                print(f"{cand.name}: {summary(rows[-1], base, targets)}  [{time.perf_counter() - t0:.0f}s]",
+                      flush=True)
+                out.write_text(json.dumps({**res, "seconds": time.perf_counter() - t0}, indent=1))
+            continue
         for layer in layers:
             basis = gated_basis(NeuronActivation(lm.model, layer), keys[layer], layer, targets,
                                 config.source_lang, gamma, lam)
@@ -105,12 +173,16 @@ def main() -> None:
     ap.add_argument("--readouts", default="0.1:1,0.01:4", help="readout_lam:readout_gamma pairs")
     ap.add_argument("--harmful-ids", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=20)
+    ap.add_argument("--stacks", default="", help="e.g. 16x4+19x4,19x4+22x4: neurons at several layers together")
+    ap.add_argument("--positions", default="all",
+                    help="with --stacks: where the neurons may write, all|prompt|template, comma-separated (a hook)")
     ap.add_argument("--out", default="bench/results/gain_generation.json")
     args = ap.parse_args()
     readouts = [(float(a), float(b)) for a, b in (p.split(":") for p in args.readouts.split(","))]
     out = Path(args.out)
     res = run(args.data, [int(x) for x in args.layers.split(",")], [float(x) for x in args.gains.split(",")],
-              readouts, args.harmful_ids, args.max_new_tokens, out)
+              readouts, args.harmful_ids, args.max_new_tokens, out, parse_stacks(args.stacks),
+              tuple(args.positions.split(",")))
     out.write_text(json.dumps(res, indent=1))
 
 
