@@ -1,0 +1,93 @@
+"""Where does the gated neuron fail to make a harmful prompt refused: its gate stays shut, or it writes and the
+answer still complies? Validation prompts only.
+
+The layer's neuron is fitted on calibration keys as the search fits it (`gated_basis`), applied at one uniform
+gain with its writes limited to the post-instruction template tokens (`bench.gain_generation.writes_only_at`:
+§1k showed that what it writes on generated tokens is what lowers English refusal and breaks answers at high
+gains), and each validation harmful prompt is judged before and after. A prompt still answered after the edit
+counts as "gate shut" when the gate read-out at its last template token is ≤ 0, else "gate open".
+
+python -m bench.gate_misses --data ../shared/data/multijail-dev.csv [--layer 19] [--gains 16,64]
+    [--readout 0.01:4] [--harmful-ids 16] [--out bench/results/gate_misses.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.gain_generation import writes_only_at
+from worker.engine import (
+    EditConfig,
+    NeuronActivation,
+    Reporter,
+    applied,
+    capture_mlp_inputs,
+    collect_keys,
+    configured_judge,
+    gated_basis,
+    gated_candidate,
+    generate_sets,
+    is_degenerate,
+    load_model,
+    make_plan,
+    num_template_tokens,
+)
+
+
+def run(data: str, layer: int, gains: list[float], lam: float, gamma: float, n_harmful: int) -> dict[str, Any]:
+    config = EditConfig(model="demo", calibration=data, max_new_tokens=20)
+    plan = make_plan(config, Reporter())
+    lm = load_model(config.model, config.device, config.dtype)
+    judge = configured_judge(config)
+    targets = list(config.target_langs)
+    sets = {"harmful": {lg: [plan.harmful[i][lg] for i in plan.val_ids[:n_harmful]] for lg in plan.langs}}
+    keys = collect_keys(lm, plan, [layer], config, Reporter(), with_resid=True)
+    basis = gated_basis(NeuronActivation(lm.model, layer), keys[layer], layer, targets, config.source_lang,
+                        gamma, lam)
+    n_template = num_template_tokens(lm.tokenizer)
+    gate = {}
+    for lg, texts in sets["harmful"].items():
+        x = capture_mlp_inputs(lm.model, lm.tokenizer, texts, [layer], "template", config.batch_size).keys[layer]
+        gate[lg] = (x[:, -1].double() @ basis.gate_row.double()).tolist()
+
+    def judged() -> dict[str, dict[str, list[int]]]:
+        answers = generate_sets(lm.model, lm.tokenizer, sets, config.max_new_tokens, config.batch_size)["harmful"]
+        return {lg: {"refused": [int(v.refused) for v in judge.judge(sets["harmful"][lg], a, [lg] * len(a))],
+                     "degenerate": [int(is_degenerate(t)) for t in a]} for lg, a in answers.items()}
+
+    res: dict[str, Any] = {"layer": layer, "readout": [lam, gamma], "gate_last": gate, "base": judged(), "gains": {}}
+    for gain in gains:
+        cand = gated_candidate(lm.model, f"L{layer} x{gain:g}", [(basis, {lg: gain for lg in targets})])
+        with applied(lm.model, cand.delta), writes_only_at(lm.model, {layer: basis.index}, "template", n_template):
+            now = judged()
+        res["gains"][f"x{gain:g}"] = now
+        for lg in plan.langs:
+            refused, shut = now[lg]["refused"], [g <= 0 for g in gate[lg]]
+            print(f"x{gain:g} {lg}: refused {sum(res['base'][lg]['refused'])} -> {sum(refused)} of {len(refused)}, "
+                  f"degenerate {sum(now[lg]['degenerate'])}; still answered: gate shut "
+                  f"{sum(1 for r, s in zip(refused, shut, strict=True) if not r and s)}, open "
+                  f"{sum(1 for r, s in zip(refused, shut, strict=True) if not r and not s)}", flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--layer", type=int, default=19)
+    ap.add_argument("--gains", default="16,64")
+    ap.add_argument("--readout", default="0.01:4", help="readout_lam:readout_gamma")
+    ap.add_argument("--harmful-ids", type=int, default=16)
+    ap.add_argument("--out", default="bench/results/gate_misses.json")
+    args = ap.parse_args()
+    lam, gamma = (float(v) for v in args.readout.split(":"))
+    res = run(args.data, args.layer, [float(g) for g in args.gains.split(",")], lam, gamma, args.harmful_ids)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
