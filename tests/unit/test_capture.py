@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from worker.engine.arch import decoder_layers
-from worker.engine.capture import capture_mlp_inputs
+from worker.engine.capture import capture_answer_inputs, capture_mlp_inputs
 from worker.engine.templates import format_prompt, template_suffix_ids
 
 EXPECTED_SUFFIX = {
@@ -75,3 +75,26 @@ def test_forward_stops_after_deepest_layer(family_model):
     finally:
         h.remove()
     assert calls == []
+
+
+def test_answer_rows_are_the_answer_tokens_of_an_unpadded_forward(family_model):
+    """Teacher-forced answers, batched and left-padded: the rows are each answer's tokens, in order, as a single
+    unpadded pass over prompt and answer sees them (the positions a model writes from while it generates)."""
+    _, model, tok = family_model
+    answers = ["Sure, here it is.", "抱歉，我不能。", "Hapana", "I'm sorry, but I can't help with that."]
+    rows = capture_answer_inputs(model, tok, TEXTS, answers, [1], batch_size=3)[1]
+    expected = []
+    for text, answer in zip(TEXTS, answers, strict=True):
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(_m, args, seen=seen):
+            seen["x"] = args[0].detach()
+
+        h = decoder_layers(model)[1].mlp.register_forward_pre_hook(keep)
+        ids = tok(format_prompt(tok, text) + answer, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            model(**ids)
+        h.remove()
+        n = len(tok(answer, add_special_tokens=False)["input_ids"])
+        expected.append(seen["x"][0, -n:])
+    torch.testing.assert_close(rows, torch.cat(expected), atol=1e-4, rtol=1e-4)

@@ -264,6 +264,36 @@ def test_a_heavier_borderline_weight_keeps_the_read_out_off_alarming_but_benign_
     assert on_rates(1.0) == pytest.approx(_unweighted_on_rates(keys, harmful, unseen))
 
 
+def test_answer_token_negatives_shut_the_gate_while_the_answer_is_generated():
+    """Answer tokens after a harmful prompt carry its harm (axis 0) and an answer-position feature (axis 6) that
+    template tokens lack: a read-out fitted without them fires on unseen answer tokens (the write on generated
+    tokens that breaks answers at high gains, BENCHMARKS §1k); with them as negatives it stays shut there and
+    still fires on harmful template keys. The rows returned for the up-row regression are the same either way."""
+    d = 24
+    keys = _language_keys(d, n=32, seed=7)
+    g = torch.Generator().manual_seed(4)
+
+    def answer_like(n: int) -> torch.Tensor:
+        x = 0.3 * torch.randn(n, d, generator=g)
+        x[:, 0] += 2.0
+        x[:, 6] += 2.0
+        return x
+
+    harmful = torch.cat([keys.src.reshape(-1, d), *(r.reshape(-1, d) for r in keys.tgt.values())])
+    unseen = answer_like(60)
+
+    def on_rates(answer_rows: torch.Tensor | None) -> tuple[float, float, torch.Tensor]:
+        readout, rows = harmfulness_readout(keys, ["sw", "bn"], "en", lam=0.01, answer_rows=answer_rows)
+        return (float(((harmful.double() @ readout) > 0).float().mean()),
+                float(((unseen.double() @ readout) > 0).float().mean()), rows.x)
+
+    harm_without, answers_without, rows_without = on_rates(None)
+    harm_with, answers_with, rows_with = on_rates(answer_like(120))
+    assert answers_without > 0.9 and harm_without > 0.95
+    assert answers_with < 0.05 and harm_with > 0.95
+    assert torch.equal(rows_without, rows_with)
+
+
 def _unweighted_on_rates(keys: LayerKeys, harmful: torch.Tensor, unseen: torch.Tensor) -> tuple[float, float]:
     """The read-out with the borderline tags removed (weight 1 must be exactly the untagged read-out)."""
     untagged = LayerKeys(keys.src, keys.tgt, keys.safe_tmpl, keys.safe_all)
@@ -294,6 +324,38 @@ def test_the_capture_tags_the_borderline_anchor_prompts(tiny_qwen2):
     assert len(keys.safe_all_borderline) == len(keys.safe_all)
     torch.testing.assert_close(keys.safe_all[keys.safe_all_borderline], torch.cat(alone.keys[1]), atol=1e-4,
                                rtol=1e-4)
+
+
+def test_readout_answer_ids_puts_the_answer_tokens_among_the_gates_negatives(tiny_qwen2):
+    """readout_answer_ids: the keys carry the answer-token rows of that many calibration ids per language (their
+    base answers and the fixed refusal), and both read-out scopes are fitted with them: the gates fire on fewer
+    of those rows than without them. Asking for them on keys without answer rows is an error, not a silent no-op."""
+    from worker.engine import capture_answer_inputs, collect_keys
+    from worker.engine.methods.gated import ReadoutSettings, readout_basis
+    from worker.engine.stages.capture import FIXED_REFUSAL
+
+    config = EditConfig(model=str(tiny_qwen2), target_langs=["sw", "bn"], max_anchor_prompts=3, readout_answer_ids=2,
+                        max_new_tokens=3)
+    plan = make_plan(config, Reporter())
+    lm = load_model(str(tiny_qwen2))
+    keys = collect_keys(lm, plan, [1], config, Reporter(), with_resid=True)[1]
+    prompts = [plan.harmful[i][lg] for lg in plan.langs for i in plan.cal_ids[:2]]
+    refusals = capture_answer_inputs(lm.model, lm.tokenizer, prompts, [FIXED_REFUSAL] * len(prompts), [1])[1]
+    assert keys.answers is not None and len(keys.answers) > len(refusals)
+    torch.testing.assert_close(keys.answers[-len(refusals):], refusals, atol=1e-4, rtol=1e-4)
+
+    na = NeuronActivation(lm.model, 1)
+    for scope in ("pooled", "per_language"):
+        def answers_on(answer_ids: int, scope: str = scope) -> float:
+            basis = readout_basis(na, keys, 1, ["sw", "bn"], "en", ReadoutSettings(lam=0.01, scope=scope,
+                                                                                   answer_ids=answer_ids))
+            gates = basis.gate_row[None] if scope == "pooled" else basis.gate_rows
+            return float(((keys.answers.double() @ gates.double().T) > 0).float().mean())
+
+        assert answers_on(2) < answers_on(0)
+    keys.answers = None
+    with pytest.raises(ValueError, match="answer rows"):
+        readout_basis(na, keys, 1, ["sw", "bn"], "en", ReadoutSettings(answer_ids=2))
 
 
 def test_per_language_neurons_write_only_where_their_language_is_harmful(tiny_qwen2):

@@ -33,14 +33,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
               "make_layer_edit", "delta_num_params"),
     # the stages
     "stages.plan": ("Plan", "make_plan", "candidate_layers", "candidate_modules", "eval_sets"),
-    "stages.capture": ("collect_keys", "needs_residual"),
+    "stages.capture": ("collect_keys", "needs_residual", "answer_rows"),
     "stages.select": ("LayerScreen", "screen_candidates", "fit_in_sequence", "search_setup", "run_search",
                       "validation_refusal_openings", "refusal_openings_of", "confirmation_sets",
                       "refusal_rates"),
     "stages.fit": ("LayerChoice", "edit_one", "edits_of"),
     "stages.evaluate": ("evaluate_model", "configured_judge"),
     # building blocks
-    "capture": ("capture_mlp_inputs", "tokenize_chat", "StopForward", "forward_until_stop"),
+    "capture": ("capture_mlp_inputs", "capture_answer_inputs", "tokenize_chat", "StopForward", "forward_until_stop"),
     "keys": ("LayerKeys", "NeuronActivation", "build_problem", "refusal_gap_attribution"),
     "solve": ("solve_edit", "anchor_change", "second_moment"),
     "evaluate": ("generate", "generate_sets", "kl_and_perplexity", "refusal_scores", "refusal_token_ids",

@@ -97,6 +97,33 @@ def capture_mlp_inputs(
                     resid=rec.gather(rec.resid, inverse) if with_resid else None)
 
 
+@torch.no_grad()
+def capture_answer_inputs(
+    model: nn.Module, tokenizer: object, prompts: list[str], answers: list[str], layers: list[int],
+    batch_size: int = 16,
+) -> dict[int, torch.Tensor]:
+    """MLP inputs of `layers` at the answer tokens of each prompt followed by its answer (teacher-forced): the
+    positions a model writes from while it generates, [rows, d] per layer. The chat template ends the prompt
+    with a newline, so the answer's own tokenisation is its tokens in the joined text."""
+    rec = _Recorder("all", 1, layers)
+    device = next(model.parameters()).device
+    n_answer = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]  # type: ignore[operator]
+    texts = [format_prompt(tokenizer, p) + a for p, a in zip(prompts, answers, strict=True)]
+    handles = [mlp_of(model, layer).register_forward_pre_hook(rec.hook(rec.keys, layer)) for layer in layers]
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,  # type: ignore
+                            add_special_tokens=False)
+            enc = {k: v.to(device) for k, v in enc.items()}
+            rec.mask = enc["attention_mask"]
+            forward_until_stop(model, enc)
+    finally:
+        for h in handles:
+            h.remove()
+    return {layer: torch.cat([k[len(k) - n:] for k, n in zip(rows, n_answer, strict=True) if n])
+            for layer, rows in rec.keys.items()}
+
+
 class _Recorder:
     """The hooks' side of a capture: per layer, the batches' inputs at the chosen positions."""
 

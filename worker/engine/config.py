@@ -110,6 +110,11 @@ class EditConfig:
     readout_focus_weight: float = knob(
         4.0, gt=0, le=100, help="with readout_scope per_language: weight of a language's own harmless anchor "
         "prompts against the other languages' in its read-out")
+    readout_answer_ids: int = knob(
+        0, ge=0, le=256, help="calibration ids per language whose base-model answers (and a fixed refusal), "
+        "teacher-forced, are negatives of the gates' read-out: the neurons then write where the answer is decided, "
+        "not on generated tokens, where a high gain lowers English refusal and breaks answers (0: none; "
+        "BENCHMARKS.md §1k)")
     # localisation (method="paper")
     layers: list[int] | Literal["auto"] = knob(
         "auto", ge=0, le=1024, min_items=1, max_items=256, unique=True,
@@ -167,7 +172,7 @@ class EditConfig:
         from .methods.gated import ReadoutSettings  # torch comes with it; the API imports this module without
 
         return ReadoutSettings(self.readout_gamma, self.readout_lam, self.readout_borderline_weight,
-                               self.readout_scope, self.readout_focus_weight)
+                               self.readout_scope, self.readout_focus_weight, self.readout_answer_ids)
 
 
 def config_fields() -> list[Field]:

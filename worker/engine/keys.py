@@ -31,6 +31,8 @@ class LayerKeys:
     src_resid / tgt_resid: residual stream entering the MLP block, same layout (down variant only).
     safe_tmpl_borderline[lang]: which of safe_tmpl[lang]'s prompts are borderline-harmless ([n_s] bool), and
     safe_all_borderline which of safe_all's rows ([N] bool): the read-out may weigh them apart.
+    answers: MLP inputs at the answer tokens of harmful calibration prompts (teacher-forced base answers and a
+    fixed refusal) [N, d], only when the gated read-out is asked to stay shut on them (readout_answer_ids).
     """
 
     src: Tensor | list[Tensor]
@@ -42,6 +44,7 @@ class LayerKeys:
     safe_resid_tmpl: Tensor | None = None
     safe_tmpl_borderline: dict[str, Tensor] | None = None
     safe_all_borderline: Tensor | None = None
+    answers: Tensor | None = None
 
     def first(self, n: int) -> LayerKeys:
         """The same keys restricted to the first n calibration ids (a learning curve from one capture)."""
@@ -50,7 +53,7 @@ class LayerKeys:
             safe_all=self.safe_all, src_resid=None if self.src_resid is None else self.src_resid[:n],
             tgt_resid=None if self.tgt_resid is None else {lg: k[:n] for lg, k in self.tgt_resid.items()},
             safe_resid_tmpl=self.safe_resid_tmpl, safe_tmpl_borderline=self.safe_tmpl_borderline,
-            safe_all_borderline=self.safe_all_borderline,
+            safe_all_borderline=self.safe_all_borderline, answers=self.answers,
         )
 
 

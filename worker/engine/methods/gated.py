@@ -66,6 +66,7 @@ class ReadoutSettings:
     borderline_weight: float = 1.0
     scope: Literal["pooled", "per_language"] = "pooled"
     focus_weight: float = 4.0
+    answer_ids: int = 0  # > 0: the keys' answer rows are the read-outs' negatives (collect_keys captures them)
 
 
 @dataclass
@@ -140,14 +141,18 @@ def _language_rows(keys: LayerKeys, lang: str | None) -> Tensor:
 
 def harmfulness_readout(keys: LayerKeys, langs: list[str], source_lang: str, gamma: float = 1.0, lam: float = 0.1,
                         borderline_weight: float = 1.0, focus_weight: float = 1.0,
-                        source_as_negative: bool = False) -> tuple[Tensor, ReadoutRows]:
+                        source_as_negative: bool = False, answer_rows: Tensor | None = None
+                        ) -> tuple[Tensor, ReadoutRows]:
     """The gate's linear read-out of the MLP input: +1 on harmful keys of the source and `langs` (template
     positions), -1 on every harmless token and harmless template token, borderline-harmless anchor rows weighing
     `borderline_weight` times a plain one. With a single language in `langs` (a read-out of that language's
     own, BENCHMARKS.md §1h) its harmless template rows weigh `focus_weight` times the others'. With
     `source_as_negative` the source's harmful keys are -1 rows (weighing as much, in all, as the positives)
     instead of +1 rows: a read-out of "harmful and in these languages" that stays shut on source-language
-    harm (§1i). Returns it and the regression's rows (the up-row regression reuses them)."""
+    harm (§1i). `answer_rows` (MLP inputs at answer tokens, teacher-forced) are -1 rows weighing as much, in
+    all, as the harmless tokens: the gate then stays shut while the answer is generated and writes only where it
+    is decided (§1k: the write on generated tokens is what lowers English refusal and breaks answers at high
+    gains). Returns it and the regression's rows (the up-row regression reuses them; extra rows left out)."""
     by_lang = {lg: flat_rows(keys.tgt[lg]) for lg in langs}
     if not source_as_negative:
         by_lang = {source_lang: flat_rows(keys.src), **by_lang}
@@ -166,20 +171,28 @@ def harmfulness_readout(keys: LayerKeys, langs: list[str], source_lang: str, gam
     x = torch.cat([pos, neg_all, neg_tmpl])
     w = torch.cat([pos_w, neg_w])
     y = torch.cat([torch.ones(len(pos)), -torch.ones(len(neg_all) + len(neg_tmpl))])
-    if source_as_negative:  # solved with these rows; the returned rows (for the up row) stay without them
+    # rows the read-out is solved with but the returned rows (for the up row) stay without
+    extra = []
+    if source_as_negative:
         src = flat_rows(keys.src)
-        fit_x, fit_w = torch.cat([x, src]), torch.cat([w, torch.full((len(src),), 1.0 / len(src))])
-        return (weighted_ridge(fit_x, torch.cat([y, -torch.ones(len(src))]), fit_w, lam),
-                ReadoutRows(by_lang, pos, neg_all, neg_tmpl, x, w, y))
-    return weighted_ridge(x, y, w, lam), ReadoutRows(by_lang, pos, neg_all, neg_tmpl, x, w, y)
+        extra.append((src, torch.full((len(src),), 1.0 / len(src))))
+    if answer_rows is not None and len(answer_rows):
+        extra.append((answer_rows, torch.full((len(answer_rows),), gamma / 2 / len(answer_rows))))
+    fit_x = torch.cat([x, *(r for r, _ in extra)])
+    fit_w = torch.cat([w, *(rw for _, rw in extra)])
+    fit_y = torch.cat([y, -torch.ones(len(fit_x) - len(x))])
+    return weighted_ridge(fit_x, fit_y, fit_w, lam), ReadoutRows(by_lang, pos, neg_all, neg_tmpl, x, w, y)
 
 
 def gated_basis(
     na: NeuronActivation, keys: LayerKeys, layer: int, langs: list[str], source_lang: str,
     gamma: float = 1.0, lam: float = 0.1, sharpness: float = SHARPNESS, borderline_weight: float = 1.0,
+    answer_rows: Tensor | None = None,
 ) -> GatedBasis:
-    """Fit the gate read-out, pick the neuron and size its down column (see the module docstring)."""
-    readout, rows = harmfulness_readout(keys, langs, source_lang, gamma, lam, borderline_weight)
+    """Fit the gate read-out, pick the neuron and size its down column (see the module docstring;
+    `answer_rows`: see harmfulness_readout)."""
+    readout, rows = harmfulness_readout(keys, langs, source_lang, gamma, lam, borderline_weight,
+                                        answer_rows=answer_rows)
     by_lang, pos, neg_all, neg_tmpl, x, w, y = rows
 
     gaps = _lang_gaps(na, keys, langs, refusal_directions(na, keys, source_lang))
@@ -201,6 +214,8 @@ def gated_basis(
         "refusal_gap_per_lang": gaps,
         "fit_residual": float(((x.double() @ readout - y) * w.sqrt()).norm() / (y * w.sqrt()).norm()),
     }
+    if answer_rows is not None and len(answer_rows):
+        info["readout_answer_tokens_on"] = float(((answer_rows.double() @ readout) > 0).float().mean())
     up_lang = [lg for lg, r in by_lang.items() for _ in range(len(r))] + [""] * (len(neg_all) + len(neg_tmpl))
     return GatedBasis(layer, idx, (sharpness * readout).float(), down.float(), gaps, mean_gap,
                       x, w, up_lang, lam, info)
@@ -236,24 +251,26 @@ class LanguageGatedBasis:
 
 
 def language_readout(keys: LayerKeys, lang: str, source_lang: str, gamma: float = 1.0, lam: float = 0.1,
-                     borderline_weight: float = 1.0, focus_weight: float = 4.0) -> tuple[Tensor, ReadoutRows]:
+                     borderline_weight: float = 1.0, focus_weight: float = 4.0, answer_rows: Tensor | None = None
+                     ) -> tuple[Tensor, ReadoutRows]:
     """A per-language gate's read-out: "harmful and in `lang`" (its own harmless anchor rows `focus_weight`
     times heavier, the source's harmful keys among the negatives: §1h-§1i)."""
     return harmfulness_readout(keys, [lang], source_lang, gamma, lam, borderline_weight, focus_weight,
-                               source_as_negative=True)
+                               source_as_negative=True, answer_rows=answer_rows)
 
 
 def language_gated_basis(
     na: NeuronActivation, keys: LayerKeys, layer: int, langs: list[str], source_lang: str,
     gamma: float = 1.0, lam: float = 0.1, sharpness: float = SHARPNESS, borderline_weight: float = 1.0,
-    focus_weight: float = 4.0,
+    focus_weight: float = 4.0, answer_rows: Tensor | None = None,
 ) -> LanguageGatedBasis:
     """Fit one gate per language of `langs` (language_readout), the pooled basis for the shared down column and
     up-row regression, and pick the len(langs) least used neurons."""
-    pooled = gated_basis(na, keys, layer, langs, source_lang, gamma, lam, sharpness, borderline_weight)
+    pooled = gated_basis(na, keys, layer, langs, source_lang, gamma, lam, sharpness, borderline_weight, answer_rows)
     gates, on = [], {}
     for lg in langs:
-        readout, rows = language_readout(keys, lg, source_lang, gamma, lam, borderline_weight, focus_weight)
+        readout, rows = language_readout(keys, lg, source_lang, gamma, lam, borderline_weight, focus_weight,
+                                         answer_rows)
         gates.append(sharpness * readout)
         on[lg] = {"harmful": float((rows.by_lang[lg].double() @ readout > 0).float().mean()),
                   "harmless_template": float((flat_rows(keys.safe_tmpl[lg]).double() @ readout > 0).float().mean())}
@@ -267,9 +284,14 @@ AnyGatedBasis = GatedBasis | LanguageGatedBasis
 
 def readout_basis(na: NeuronActivation, keys: LayerKeys, layer: int, langs: list[str], source_lang: str,
                   readout: ReadoutSettings) -> AnyGatedBasis:
-    """A layer's gated basis as `readout` asks: one pooled neuron, or one neuron per language."""
+    """A layer's gated basis as `readout` asks: one pooled neuron, or one neuron per language; with
+    `readout.answer_ids` the keys' answer rows are the read-outs' negatives."""
+    if readout.answer_ids and keys.answers is None:
+        raise ValueError("readout.answer_ids needs keys with answer rows (collect_keys captures them)")
+    answers = keys.answers if readout.answer_ids else None
     if readout.scope == "per_language":
         return language_gated_basis(na, keys, layer, langs, source_lang, readout.gamma, readout.lam,
-                                    borderline_weight=readout.borderline_weight, focus_weight=readout.focus_weight)
+                                    borderline_weight=readout.borderline_weight, focus_weight=readout.focus_weight,
+                                    answer_rows=answers)
     return gated_basis(na, keys, layer, langs, source_lang, readout.gamma, readout.lam,
-                       borderline_weight=readout.borderline_weight)
+                       borderline_weight=readout.borderline_weight, answer_rows=answers)

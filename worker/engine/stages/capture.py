@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from ..capture import capture_mlp_inputs
+from ..capture import capture_answer_inputs, capture_mlp_inputs
 from ..config import EditConfig
+from ..evaluate import generate
 from ..keys import LayerKeys
 from ..methods import LAYER_METHODS
 from ..models import LoadedModel
@@ -41,6 +42,7 @@ def collect_keys(
         safe[lg] = capture_mlp_inputs(lm.model, lm.tokenizer, texts, layers, "all", config.batch_size,
                                       reporter, "capture", done, total, with_resid=want_resid)
         done += len(texts)
+    answers = answer_rows(lm, plan, layers, config) if config.readout_answer_ids else None
     from ..templates import num_template_tokens
 
     t = num_template_tokens(lm.tokenizer) if positions == "template" else 1
@@ -58,6 +60,7 @@ def collect_keys(
             safe_all_borderline=torch.cat([  # each prompt's tag on every one of its token rows
                 tmpl_borderline[lg].repeat_interleave(torch.tensor([len(k) for k in safe[lg].keys[layer]]))
                 for lg in plan.langs]),
+            answers=None if answers is None else answers[layer],
         )
         if want_resid:
             keys.src_resid = harm[src].resid[layer]
@@ -65,3 +68,17 @@ def collect_keys(
             keys.safe_resid_tmpl = torch.stack([r[-t:] for r in safe[src].resid[layer]])
         out[layer] = keys
     return out
+
+
+# what the edited model says to a harmful prompt it now refuses; its tokens are negatives too, so the gate does not
+# keep writing while a refusal is generated
+FIXED_REFUSAL = "I'm sorry, but I can't assist with that."
+
+
+def answer_rows(lm: LoadedModel, plan: Plan, layers: list[int], config: EditConfig) -> dict[int, torch.Tensor]:
+    """MLP inputs at the answer tokens of the first `readout_answer_ids` calibration ids per language: the base
+    model's own greedy answers and a fixed refusal, teacher-forced (calibration prompts only; BENCHMARKS §1k)."""
+    prompts = [plan.harmful[i][lg] for lg in plan.langs for i in plan.cal_ids[: config.readout_answer_ids]]
+    own = generate(lm.model, lm.tokenizer, prompts, config.max_new_tokens, config.batch_size)
+    return capture_answer_inputs(lm.model, lm.tokenizer, prompts * 2, own + [FIXED_REFUSAL] * len(prompts), layers,
+                                 config.batch_size)
