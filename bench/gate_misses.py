@@ -29,7 +29,7 @@ from worker.engine import (
     EditConfig,
     NeuronActivation,
     Reporter,
-    answer_rows,
+    answer_token_keys,
     applied,
     capture_mlp_inputs,
     collect_keys,
@@ -57,7 +57,7 @@ def run(data: str, layer: int, gains: list[float], lam: float, gamma: float, n_h
     keys = collect_keys(lm, plan, [layer], config, Reporter(), with_resid=True)
     answers = None
     if answer_negatives:
-        answers = answer_rows(lm, plan, [layer], replace(config, readout_answer_ids=answer_negatives))[layer]
+        answers = answer_token_keys(lm, plan, [layer], replace(config, readout_answer_ids=answer_negatives))[layer]
     basis = gated_basis(NeuronActivation(lm.model, layer), keys[layer], layer, targets, config.source_lang,
                         gamma, lam, answer_rows=answers)
     n_template = num_template_tokens(lm.tokenizer)

@@ -42,7 +42,8 @@ def collect_keys(
         safe[lg] = capture_mlp_inputs(lm.model, lm.tokenizer, texts, layers, "all", config.batch_size,
                                       reporter, "capture", done, total, with_resid=want_resid)
         done += len(texts)
-    answers = answer_rows(lm, plan, layers, config) if config.readout_answer_ids else None
+    answers = (answer_token_keys(lm, plan, layers, config)
+               if config.method == "search" and config.readout_answer_ids else None)
     from ..templates import num_template_tokens
 
     t = num_template_tokens(lm.tokenizer) if positions == "template" else 1
@@ -75,7 +76,7 @@ def collect_keys(
 FIXED_REFUSAL = "I'm sorry, but I can't assist with that."
 
 
-def answer_rows(lm: LoadedModel, plan: Plan, layers: list[int], config: EditConfig) -> dict[int, torch.Tensor]:
+def answer_token_keys(lm: LoadedModel, plan: Plan, layers: list[int], config: EditConfig) -> dict[int, torch.Tensor]:
     """MLP inputs at the answer tokens of the first `readout_answer_ids` calibration ids per language: the base
     model's own greedy answers and a fixed refusal, teacher-forced (calibration prompts only; BENCHMARKS §1k)."""
     prompts = [plan.harmful[i][lg] for lg in plan.langs for i in plan.cal_ids[: config.readout_answer_ids]]
