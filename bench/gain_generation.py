@@ -76,6 +76,7 @@ def summary(res: dict[str, Any], base: dict[str, Any] | None, targets: list[str]
 
 
 Stack = list[tuple[int, float]]  # (layer, uniform gain) of each neuron applied together
+WRITE_POSITIONS = ("all", "prompt", "template")
 
 
 @contextmanager
@@ -84,6 +85,8 @@ def writes_only_at(model: torch.nn.Module, neurons: dict[int, torch.Tensor], pos
     """Zero the edited neurons' activations (the down_proj input) outside `positions`. Prompts are left-padded,
     so in the prefill pass the last `n_template` positions of every row are its template tokens; a decoding
     step (one position) is a generated token."""
+    if positions not in WRITE_POSITIONS:
+        raise ValueError(f"positions must be one of {', '.join(WRITE_POSITIONS)}, not {positions!r}")
     if positions == "all":
         yield
         return
@@ -179,10 +182,18 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/gain_generation.json")
     args = ap.parse_args()
     readouts = [(float(a), float(b)) for a, b in (p.split(":") for p in args.readouts.split(","))]
+    try:  # checked before the model loads
+        stacks = parse_stacks(args.stacks)
+    except ValueError:
+        ap.error(f"--stacks: expected LAYERxGAIN[+LAYERxGAIN...],..., e.g. 16x4+19x4, not {args.stacks!r}")
+    positions = tuple(args.positions.split(","))
+    if bad := [p for p in positions if p not in WRITE_POSITIONS]:
+        ap.error(f"--positions: {', '.join(bad)} is not one of {', '.join(WRITE_POSITIONS)}")
+    if positions != ("all",) and not stacks:
+        ap.error("--positions needs --stacks (the layers and gains grid always writes where the weights do)")
     out = Path(args.out)
     res = run(args.data, [int(x) for x in args.layers.split(",")], [float(x) for x in args.gains.split(",")],
-              readouts, args.harmful_ids, args.max_new_tokens, out, parse_stacks(args.stacks),
-              tuple(args.positions.split(",")))
+              readouts, args.harmful_ids, args.max_new_tokens, out, stacks, positions)
     out.write_text(json.dumps(res, indent=1))
 
 

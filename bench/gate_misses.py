@@ -108,8 +108,12 @@ def main() -> None:
                     help="template: the hook limits the writes to the template tokens; all: the weights as they are")
     ap.add_argument("--out", default="bench/results/gate_misses.json")
     args = ap.parse_args()
-    lam, gamma = (float(v) for v in args.readout.split(":"))
-    res = run(args.data, args.layer, [float(g) for g in args.gains.split(",")], lam, gamma, args.harmful_ids,
+    try:  # checked before the model loads
+        lam, gamma = (float(v) for v in args.readout.split(":"))
+        gains = [float(g) for g in args.gains.split(",")]
+    except ValueError:
+        ap.error(f"--readout LAM:GAMMA and --gains G1,G2,... take numbers, not {args.readout!r} / {args.gains!r}")
+    res = run(args.data, args.layer, gains, lam, gamma, args.harmful_ids,
               args.answer_negatives, args.writes)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
