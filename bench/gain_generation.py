@@ -12,7 +12,8 @@ at its own uniform gain; the layers and gains grid is then skipped): does a seco
 leaves alone? `--positions` says where the neurons may write: `all` (what the weights do), `prompt` (not on
 generated tokens) or `template` (only the post-instruction template tokens, where the answer is decided): a
 diagnostic by forward hook, not an edit, asking whether the writes on other tokens are what breaks answers at
-high gains.
+high gains. `--answer-negatives N` fits every gate with the answer tokens of N calibration ids per language as
+negatives (the `readout_answer_ids` knob), so the neurons stay shut on generated tokens in the weights too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from worker.engine import (
     EditConfig,
     NeuronActivation,
     Reporter,
+    answer_token_keys,
     applied,
     collect_keys,
     configured_judge,
@@ -115,7 +118,7 @@ def parse_stacks(text: str) -> list[Stack]:
 
 def run(data: str, layers: list[int], gains: list[float], readouts: list[tuple[float, float]], n_harmful: int,
         max_new_tokens: int, out: Path, stacks: list[Stack] | None = None,
-        positions_list: tuple[str, ...] = ("all",)) -> dict[str, Any]:
+        positions_list: tuple[str, ...] = ("all",), answer_negatives: int = 0) -> dict[str, Any]:
     """Every candidate's row is written to `out` as soon as it is measured (a long sweep stopped early keeps
     what it measured)."""
     t0 = time.perf_counter()
@@ -130,15 +133,17 @@ def run(data: str, layers: list[int], gains: list[float], readouts: list[tuple[f
     if stacks:
         layers = sorted({ly for stack in stacks for ly, _ in stack})
     keys = collect_keys(lm, plan, layers, config, Reporter(), with_resid=True)
+    answers = (answer_token_keys(lm, plan, layers, replace(config, readout_answer_ids=answer_negatives))
+               if answer_negatives else {})
     rows: list[dict[str, Any]] = []
     n = {g: len(next(iter(by.values()))) for g, by in sets.items()}
     res = {"calibration_ids": len(plan.cal_ids), "validation_n": n, "base": base, "rows": rows,
-           "max_new_tokens": max_new_tokens}
+           "max_new_tokens": max_new_tokens, "answer_negatives": answer_negatives}
     out.parent.mkdir(parents=True, exist_ok=True)
     for lam, gamma in readouts:
         if stacks:
             bases = {ly: gated_basis(NeuronActivation(lm.model, ly), keys[ly], ly, targets, config.source_lang,
-                                     gamma, lam) for ly in layers}
+                                     gamma, lam, answer_rows=answers.get(ly)) for ly in layers}
             for positions, stack in ((p, st) for p in positions_list for st in stacks):
                 name = ("+".join(f"L{ly} x{g:g}" for ly, g in stack) + f" readout({lam:g},{gamma:g})"
                         + ("" if positions == "all" else f" writes at {positions} tokens"))
@@ -155,7 +160,7 @@ def run(data: str, layers: list[int], gains: list[float], readouts: list[tuple[f
             continue
         for layer in layers:
             basis = gated_basis(NeuronActivation(lm.model, layer), keys[layer], layer, targets,
-                                config.source_lang, gamma, lam)
+                                config.source_lang, gamma, lam, answer_rows=answers.get(layer))
             for gain in gains:
                 cand = gated_candidate(lm.model, f"L{layer} x{gain:g} readout({lam:g},{gamma:g})",
                                        [(basis, {lg: gain for lg in targets})])
@@ -179,6 +184,8 @@ def main() -> None:
     ap.add_argument("--stacks", default="", help="e.g. 16x4+19x4,19x4+22x4: neurons at several layers together")
     ap.add_argument("--positions", default="all",
                     help="with --stacks: where the neurons may write, all|prompt|template, comma-separated (a hook)")
+    ap.add_argument("--answer-negatives", type=int, default=0,
+                    help="calibration ids per language whose answers are the gates' negatives (readout_answer_ids)")
     ap.add_argument("--out", default="bench/results/gain_generation.json")
     args = ap.parse_args()
     readouts = [(float(a), float(b)) for a, b in (p.split(":") for p in args.readouts.split(","))]
@@ -193,7 +200,7 @@ def main() -> None:
         ap.error("--positions needs --stacks (the layers and gains grid always writes where the weights do)")
     out = Path(args.out)
     res = run(args.data, [int(x) for x in args.layers.split(",")], [float(x) for x in args.gains.split(",")],
-              readouts, args.harmful_ids, args.max_new_tokens, out, stacks, positions)
+              readouts, args.harmful_ids, args.max_new_tokens, out, stacks, positions, args.answer_negatives)
     out.write_text(json.dumps(res, indent=1))
 
 
