@@ -1,6 +1,6 @@
 """How far can one gated refusal neuron push, judged by generation rather than by the first-token screen?
 Validation prompts only: the neuron is fitted on calibration keys exactly as the search fits it
-(`gated_basis`, `gated_candidate`), then every (read-out, layer, uniform gain) candidate is applied in turn and
+(`readout_basis`, `gated_candidate`), then every (read-out, layer, uniform gain) candidate is applied in turn and
 the model generates on the validation harmful ids and every validation plain and borderline harmless prompt;
 the configured judge counts refusals and degenerate answers per language.
 
@@ -14,6 +14,7 @@ generated tokens) or `template` (only the post-instruction template tokens, wher
 diagnostic by forward hook, not an edit, asking whether the writes on other tokens are what breaks answers at
 high gains. `--answer-negatives N` fits every gate with the answer tokens of N calibration ids per language as
 negatives (the `readout_answer_ids` knob), so the neurons stay shut on generated tokens in the weights too.
+`--scope per_language` and `--write to_source` are the `readout_scope` and `gated_write` knobs.
 """
 
 from __future__ import annotations
@@ -25,19 +26,19 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from worker.engine import (
     EditConfig,
     NeuronActivation,
+    ReadoutSettings,
     Reporter,
     answer_token_keys,
     applied,
     collect_keys,
     configured_judge,
-    gated_basis,
     gated_candidate,
     generate_sets,
     is_degenerate,
@@ -45,6 +46,7 @@ from worker.engine import (
     make_plan,
     mlp_of,
     num_template_tokens,
+    readout_basis,
     refusal_rates,
 )
 
@@ -118,7 +120,9 @@ def parse_stacks(text: str) -> list[Stack]:
 
 def run(data: str, layers: list[int], gains: list[float], readouts: list[tuple[float, float]], n_harmful: int,
         max_new_tokens: int, out: Path, stacks: list[Stack] | None = None,
-        positions_list: tuple[str, ...] = ("all",), answer_negatives: int = 0) -> dict[str, Any]:
+        positions_list: tuple[str, ...] = ("all",), answer_negatives: int = 0,
+        scope: Literal["pooled", "per_language"] = "pooled", write: Literal["push", "to_source"] = "push",
+        ) -> dict[str, Any]:
     """Every candidate's row is written to `out` as soon as it is measured (a long sweep stopped early keeps
     what it measured)."""
     t0 = time.perf_counter()
@@ -133,17 +137,22 @@ def run(data: str, layers: list[int], gains: list[float], readouts: list[tuple[f
     if stacks:
         layers = sorted({ly for stack in stacks for ly, _ in stack})
     keys = collect_keys(lm, plan, layers, config, Reporter(), with_resid=True)
-    answers = (answer_token_keys(lm, plan, layers, replace(config, readout_answer_ids=answer_negatives))
-               if answer_negatives else {})
+    if answer_negatives:
+        answers = answer_token_keys(lm, plan, layers, replace(config, readout_answer_ids=answer_negatives))
+        keys = {ly: replace(k, answers=answers[ly]) for ly, k in keys.items()}
     rows: list[dict[str, Any]] = []
     n = {g: len(next(iter(by.values()))) for g, by in sets.items()}
     res = {"calibration_ids": len(plan.cal_ids), "validation_n": n, "base": base, "rows": rows,
-           "max_new_tokens": max_new_tokens, "answer_negatives": answer_negatives}
+           "max_new_tokens": max_new_tokens, "answer_negatives": answer_negatives, "scope": scope, "write": write}
     out.parent.mkdir(parents=True, exist_ok=True)
     for lam, gamma in readouts:
+        settings = ReadoutSettings(gamma, lam, scope=scope, answer_ids=answer_negatives, write=write)
+
+        def basis_at(ly: int, settings: ReadoutSettings = settings):
+            return readout_basis(NeuronActivation(lm.model, ly), keys[ly], ly, targets, config.source_lang, settings)
+
         if stacks:
-            bases = {ly: gated_basis(NeuronActivation(lm.model, ly), keys[ly], ly, targets, config.source_lang,
-                                     gamma, lam, answer_rows=answers.get(ly)) for ly in layers}
+            bases = {ly: basis_at(ly) for ly in layers}
             for positions, stack in ((p, st) for p in positions_list for st in stacks):
                 name = ("+".join(f"L{ly} x{g:g}" for ly, g in stack) + f" readout({lam:g},{gamma:g})"
                         + ("" if positions == "all" else f" writes at {positions} tokens"))
@@ -159,8 +168,7 @@ def run(data: str, layers: list[int], gains: list[float], readouts: list[tuple[f
                 out.write_text(json.dumps({**res, "seconds": time.perf_counter() - t0}, indent=1))
             continue
         for layer in layers:
-            basis = gated_basis(NeuronActivation(lm.model, layer), keys[layer], layer, targets,
-                                config.source_lang, gamma, lam, answer_rows=answers.get(layer))
+            basis = basis_at(layer)
             for gain in gains:
                 cand = gated_candidate(lm.model, f"L{layer} x{gain:g} readout({lam:g},{gamma:g})",
                                        [(basis, {lg: gain for lg in targets})])
@@ -186,6 +194,8 @@ def main() -> None:
                     help="with --stacks: where the neurons may write, all|prompt|template, comma-separated (a hook)")
     ap.add_argument("--answer-negatives", type=int, default=0,
                     help="calibration ids per language whose answers are the gates' negatives (readout_answer_ids)")
+    ap.add_argument("--scope", default="pooled", choices=("pooled", "per_language"), help="readout_scope")
+    ap.add_argument("--write", default="push", choices=("push", "to_source"), help="gated_write")
     ap.add_argument("--out", default="bench/results/gain_generation.json")
     args = ap.parse_args()
     readouts = [(float(a), float(b)) for a, b in (p.split(":") for p in args.readouts.split(","))]
@@ -200,7 +210,8 @@ def main() -> None:
         ap.error("--positions needs --stacks (the layers and gains grid always writes where the weights do)")
     out = Path(args.out)
     res = run(args.data, [int(x) for x in args.layers.split(",")], [float(x) for x in args.gains.split(",")],
-              readouts, args.harmful_ids, args.max_new_tokens, out, stacks, positions, args.answer_negatives)
+              readouts, args.harmful_ids, args.max_new_tokens, out, stacks, positions, args.answer_negatives,
+              args.scope, args.write)
     out.write_text(json.dumps(res, indent=1))
 
 

@@ -412,3 +412,34 @@ def test_a_per_language_search_runs_end_to_end(tiny_qwen2, tmp_path):
     report = run_edit(config, tmp_path / "out").to_dict()
     gated = [row for row in report["search"] if row["name"].startswith("gated")]
     assert gated and all(row["parameters"] == 3 * 2 * 64 for row in gated)  # 2 neurons × gate, up, down rows
+
+
+@pytest.mark.parametrize("scope", ["pooled", "per_language"])
+def test_to_source_write_moves_each_language_towards_the_source_harmful_prompts(tiny_qwen2, scope):
+    """gated_write to_source: one neuron per target language (a pooled gate is shared by all of them), each
+    writing its own language's source-minus-language difference; at gain 1 what the neurons write on a language's
+    harmful keys points along that language's difference, not the other's, and nearly nothing on harmless rows."""
+    from worker.engine.methods.gated import ReadoutSettings, readout_basis, to_source_pushes
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    na = NeuronActivation(model, 1)
+    keys = _language_keys(model.config.hidden_size)
+    basis = readout_basis(na, keys, 1, ["sw", "bn"], "en", ReadoutSettings(lam=0.001, scope=scope,
+                                                                           write="to_source"))
+    fit = basis.fit({"sw": 1.0, "bn": 1.0})
+    assert fit.indices.numel() == 2 == len(set(fit.indices.tolist()))
+    pushes = to_source_pushes(na, keys, ["sw", "bn"])
+
+    def write(x: torch.Tensor) -> torch.Tensor:  # mean vector the neurons add to the residual stream
+        x = x.reshape(-1, x.shape[-1])
+        return ((na.act(x @ fit.gate_rows.T) * (x @ fit.up_rows.T)) @ fit.down_cols).mean(0)
+
+    for lg, other in (("sw", "bn"), ("bn", "sw")):
+        # the two differences share the harm axis (0); they differ on the language axes (sw 2, bn 3: each -2 in
+        # its own difference), which the write must follow; English's push is about 0 on both
+        w = write(keys.tgt[lg][:, -1])
+        own, theirs = w[{"sw": 2, "bn": 3}[lg]], w[{"sw": 2, "bn": 3}[other]]
+        assert float(pushes[lg][{"sw": 2, "bn": 3}[lg]]) < -1.5
+        assert float(own) < -0.6 and float(theirs) > float(own) + 0.5, (float(own), float(theirs))
+        assert float(w[0]) > 0.5 * float(pushes[lg][0]) > 0
+    assert float(write(keys.safe_all).norm()) < 0.1 * float(pushes["sw"].norm())

@@ -115,6 +115,10 @@ class EditConfig:
         "teacher-forced, are negatives of the gates' read-out: the neurons then write where the answer is decided, "
         "not on generated tokens, where a high gain lowers English refusal and breaks answers (0: none; "
         "BENCHMARKS.md §1k)")
+    gated_write: Literal["push", "to_source"] = knob(
+        "push", help="what the gated neurons write: push, the English harmful-minus-harmless difference; to_source, "
+        "one neuron per language writing the source-minus-that-language harmful difference (on validation prompts "
+        "as many refusals with no harmless rise, at gains around 1-2: BENCHMARKS.md §1l)")
     # localisation (method="paper")
     layers: list[int] | Literal["auto"] = knob(
         "auto", ge=0, le=1024, min_items=1, max_items=256, unique=True,
@@ -172,7 +176,8 @@ class EditConfig:
         from .methods.gated import ReadoutSettings  # torch comes with it; the API imports this module without
 
         return ReadoutSettings(self.readout_gamma, self.readout_lam, self.readout_borderline_weight,
-                               self.readout_scope, self.readout_focus_weight, self.readout_answer_ids)
+                               self.readout_scope, self.readout_focus_weight, self.readout_answer_ids,
+                               self.gated_write)
 
 
 def config_fields() -> list[Field]:

@@ -29,7 +29,7 @@ nothing there; the full difference gives those layers a push of the right size (
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
 import torch
@@ -67,6 +67,10 @@ class ReadoutSettings:
     scope: Literal["pooled", "per_language"] = "pooled"
     focus_weight: float = 4.0
     answer_ids: int = 0  # > 0: the keys' answer rows are the read-outs' negatives (collect_keys captures them)
+    # what the neurons write (the down columns), kept here so that readout_basis builds the whole basis:
+    # "push": the English harmful-minus-harmless difference; "to_source": one neuron per language, each writing
+    # the mean source-minus-that-language harmful difference (BENCHMARKS.md §1l)
+    write: Literal["push", "to_source"] = "push"
 
 
 @dataclass
@@ -102,6 +106,17 @@ def _lang_gaps(na: NeuronActivation, keys: LayerKeys, langs: list[str], rhat: Te
         post = keys.tgt_resid[lg] + na.mlp_out(keys.tgt[lg])
         out[lg] = float(((post_src - post) * rhat).sum(-1).mean())
     return out
+
+
+def to_source_pushes(na: NeuronActivation, keys: LayerKeys, langs: list[str]) -> dict[str, Tensor]:
+    """Per language: mean source-language harmful minus that language's harmful residual stream after the block,
+    at the last template token. Gain 1 moves a language's harmful prompt, on average, to where the source
+    language's harmful prompt is when the answer starts (its language identity included: the refusal may come
+    in the source language)."""
+    if keys.src_resid is None or keys.tgt_resid is None or isinstance(keys.src, list):
+        raise ValueError("the to_source write needs fixed-position keys and residual captures")
+    src = (keys.src_resid[:, -1] + na.mlp_out(keys.src[:, -1])).mean(0)
+    return {lg: src - (keys.tgt_resid[lg][:, -1] + na.mlp_out(keys.tgt[lg][:, -1])).mean(0) for lg in langs}
 
 
 def english_push(na: NeuronActivation, keys: LayerKeys, source_lang: str) -> Tensor:
@@ -238,15 +253,18 @@ class LanguageGatedBasis:
     index: Tensor  # [k], one neuron per language of `langs`
     langs: list[str]
     gate_rows: Tensor  # [k, d]
-    pooled: GatedBasis  # the down column and the up-row regression
+    pooled: GatedBasis  # the up-row regression (and the shared push)
     info: dict[str, object]
+    down_cols: Tensor | None = None  # [k, d] per unit gain; None: the pooled push for every neuron
 
     def fit(self, gains: dict[str, float]) -> GatedFit:
-        """Up rows for `gains`: neuron i writes gains[langs[i]] times the push on that language's harmful input."""
+        """Up rows for `gains`: neuron i writes gains[langs[i]] times its down column on that language's harmful
+        input."""
         y = torch.tensor([[gains.get(lg, 0.0) if row == lg else 0.0 for lg in self.langs]
                           for row in self.pooled.up_lang], dtype=torch.float64)
         up = weighted_ridge(self.pooled.up_x, y, self.pooled.up_w, self.pooled.lam).float().T
-        down = self.pooled.down_col[None].expand(len(self.langs), -1).clone()
+        down = (self.pooled.down_col[None].expand(len(self.langs), -1) if self.down_cols is None
+                else self.down_cols).clone()
         return GatedFit(self.index, self.gate_rows.clone(), up, down, dict(gains), dict(self.info))
 
 
@@ -290,8 +308,27 @@ def readout_basis(na: NeuronActivation, keys: LayerKeys, layer: int, langs: list
         raise ValueError("readout.answer_ids needs keys with answer rows (collect_keys captures them)")
     answers = keys.answers if readout.answer_ids else None
     if readout.scope == "per_language":
-        return language_gated_basis(na, keys, layer, langs, source_lang, readout.gamma, readout.lam,
-                                    borderline_weight=readout.borderline_weight, focus_weight=readout.focus_weight,
-                                    answer_rows=answers)
-    return gated_basis(na, keys, layer, langs, source_lang, readout.gamma, readout.lam,
-                       borderline_weight=readout.borderline_weight, answer_rows=answers)
+        basis: AnyGatedBasis = language_gated_basis(
+            na, keys, layer, langs, source_lang, readout.gamma, readout.lam,
+            borderline_weight=readout.borderline_weight, focus_weight=readout.focus_weight, answer_rows=answers)
+    else:
+        basis = gated_basis(na, keys, layer, langs, source_lang, readout.gamma, readout.lam,
+                            borderline_weight=readout.borderline_weight, answer_rows=answers)
+    return with_to_source_writes(na, keys, basis) if readout.write == "to_source" else basis
+
+
+def with_to_source_writes(na: NeuronActivation, keys: LayerKeys, basis: AnyGatedBasis) -> LanguageGatedBasis:
+    """The same gates, one neuron per language writing `to_source_pushes` (a pooled basis becomes one neuron per
+    language sharing its gate): English's push lifts borderline-harmless refusal with the harmful one, the
+    move to the source's harmful prompts far less (BENCHMARKS.md §1l)."""
+    if isinstance(basis, GatedBasis):
+        langs = [lg for lg in dict.fromkeys(basis.up_lang) if lg and lg in keys.tgt]
+        index = least_used_neurons(na, keys.safe_all, len(langs))
+        basis = LanguageGatedBasis(basis.layer, index, langs, basis.gate_row[None].expand(len(langs), -1).clone(),
+                                   basis, dict(basis.info))
+    on = float(torch.nn.functional.silu(torch.tensor(SHARPNESS)))
+    pushes = to_source_pushes(na, keys, basis.langs)
+    down = torch.stack([pushes[lg] for lg in basis.langs]) / on
+    info = {**basis.info, "write": "to_source",
+            "to_source_norm": {lg: round(float(v.norm()), 3) for lg, v in pushes.items()}}
+    return replace(basis, down_cols=down.float(), info=info)
