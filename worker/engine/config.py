@@ -117,8 +117,9 @@ class EditConfig:
         "BENCHMARKS.md §1k)")
     gated_write: Literal["push", "to_source"] = knob(
         "push", help="what the gated neurons write: push, the English harmful-minus-harmless difference; to_source, "
-        "one neuron per language writing the source-minus-that-language harmful difference (on validation prompts "
-        "as many refusals with no harmless rise, at gains around 1-2: BENCHMARKS.md §1l)")
+        "one neuron per language writing the source-minus-that-language harmful difference (with per-language "
+        "read-outs and answer-token negatives: the largest cut on held-out prompts so far, harmless over-refusal "
+        "still above issue 13's aim: BENCHMARKS.md §1l)")
     # localisation (method="paper")
     layers: list[int] | Literal["auto"] = knob(
         "auto", ge=0, le=1024, min_items=1, max_items=256, unique=True,
