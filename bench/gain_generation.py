@@ -198,6 +198,8 @@ def main() -> None:
     ap.add_argument("--write", default="push", choices=("push", "to_source"), help="gated_write")
     ap.add_argument("--out", default="bench/results/gain_generation.json")
     args = ap.parse_args()
+    if args.answer_negatives < 0:
+        ap.error(f"--answer-negatives: a count of calibration ids per language (>= 0), not {args.answer_negatives}")
     readouts = [(float(a), float(b)) for a, b in (p.split(":") for p in args.readouts.split(","))]
     try:  # checked before the model loads
         stacks = parse_stacks(args.stacks)

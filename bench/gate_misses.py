@@ -108,6 +108,8 @@ def main() -> None:
                     help="template: the hook limits the writes to the template tokens; all: the weights as they are")
     ap.add_argument("--out", default="bench/results/gate_misses.json")
     args = ap.parse_args()
+    if args.answer_negatives < 0:
+        ap.error(f"--answer-negatives: a count of calibration ids per language (>= 0), not {args.answer_negatives}")
     try:  # checked before the model loads
         lam, gamma = (float(v) for v in args.readout.split(":"))
         gains = [float(g) for g in args.gains.split(",")]

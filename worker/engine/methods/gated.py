@@ -121,6 +121,12 @@ def to_source_pushes(na: NeuronActivation, keys: LayerKeys, langs: list[str]) ->
     return {lg: src - (keys.tgt_resid[lg][:, -1] + na.mlp_out(keys.tgt[lg][:, -1])).mean(0) for lg in langs}
 
 
+def on_level(sharpness: float = SHARPNESS) -> float:
+    """A gate's activation on input its read-out scores +1: a down column of push / on_level writes the push at
+    gain 1 (one definition for every write)."""
+    return float(torch.nn.functional.silu(torch.tensor(sharpness)))
+
+
 def english_push(na: NeuronActivation, keys: LayerKeys, source_lang: str) -> Tensor:
     """Mean source-language harmful minus harmless residual stream after the block, at the last template token."""
     if keys.src_resid is None or keys.safe_resid_tmpl is None or isinstance(keys.src, list):
@@ -215,7 +221,7 @@ def gated_basis(
     gaps = _lang_gaps(na, keys, langs, refusal_directions(na, keys, source_lang))
     mean_gap = sum(gaps.values()) / len(gaps)
     push = english_push(na, keys, source_lang)
-    on = float(torch.nn.functional.silu(torch.tensor(sharpness)))
+    on = on_level(sharpness)
     idx = least_used_neurons(na, neg_all, 1)
     down = push / on
 
@@ -328,9 +334,8 @@ def with_to_source_writes(na: NeuronActivation, keys: LayerKeys, basis: AnyGated
         index = least_used_neurons(na, keys.safe_all, len(langs))
         basis = LanguageGatedBasis(basis.layer, index, langs, basis.gate_row[None].expand(len(langs), -1).clone(),
                                    basis, dict(basis.info))
-    on = float(torch.nn.functional.silu(torch.tensor(SHARPNESS)))
     pushes = to_source_pushes(na, keys, basis.langs)
-    down = torch.stack([pushes[lg] for lg in basis.langs]) / on
+    down = torch.stack([pushes[lg] for lg in basis.langs]) / on_level()
     info = {**basis.info, "write": "to_source",
             "to_source_norm": {lg: round(float(v.norm()), 3) for lg, v in pushes.items()}}
     return replace(basis, down_cols=down.float(), info=info)
