@@ -87,39 +87,37 @@ class EditConfig:
         help='layers the search tries: "auto" (65%, 80% and 92% of the depth) or layer indices')
     search_gains: list[float] = knob(
         factory=lambda: [1.0, 2.0, 4.0], gt=0, le=100, min_items=1, max_items=8,
-        help="gain multipliers of the English harmful-minus-harmless difference the search tries")
+        help="gain multipliers of the gated neurons' write (gated_write) the search tries")
     ladder_layers: int = knob(
         0, ge=0, le=8, help="the gain ladder: how many of the best screened layers also get every gain generated on "
         "validation prompts and a gain per language chosen from those answers (0: none; BENCHMARKS.md §1g)")
     confirm_candidates: int = knob(
         2, ge=0, le=8, help="best search candidates confirmed by generation on validation prompts (0: screen only)")
-    confirm_prompts: int = knob(8, ge=1, le=256,
+    confirm_prompts: int = knob(10, ge=1, le=256,
                                 help="validation ids per language generated on in the confirmation")
     readout_gamma: float = knob(
-        1.0, gt=0, le=100, help="weight of harmless prompts in the gated neurons' harmfulness read-out: higher fires "
-        "on fewer harmless prompts and on fewer harmful ones (4 with readout_lam 0.01 did not cut more on held-out "
-        "prompts: BENCHMARKS.md §1f)")
-    readout_lam: float = knob(0.1, gt=0, le=100, help="ridge weight (normalised) of that read-out")
+        4.0, gt=0, le=100, help="weight of harmless prompts in the gated neurons' harmfulness read-out: higher fires "
+        "on fewer harmless prompts and on fewer harmful ones (BENCHMARKS.md §1f)")
+    readout_lam: float = knob(0.01, gt=0, le=100, help="ridge weight (normalised) of that read-out")
     readout_borderline_weight: float = knob(
         1.0, gt=0, le=100, help="weight of a borderline-harmless anchor prompt (alarming topic, benign intent) "
         "against a plain one in that read-out and in the neurons' language read-out (BENCHMARKS.md §1h)")
     readout_scope: Literal["pooled", "per_language"] = knob(
-        "pooled", help="pooled: one gated neuron per layer, gated by one harmfulness read-out for every language; "
-        "per_language: one neuron per target language, each gated by that language's own read-out, shut on "
-        "source-language harm (more selective on validation prompts, not on held-out ones: BENCHMARKS.md §1h-§1i)")
+        "per_language", help="per_language (default): one neuron per target language, each gated by that "
+        "language's own read-out, shut on source-language harm; pooled: one read-out for every language "
+        "(BENCHMARKS.md §1h-§1i, §1l)")
     readout_focus_weight: float = knob(
         4.0, gt=0, le=100, help="with readout_scope per_language: weight of a language's own harmless anchor "
         "prompts against the other languages' in its read-out")
     readout_answer_ids: int = knob(
-        0, ge=0, le=256, help="calibration ids per language whose base-model answers (and a fixed refusal), "
+        16, ge=0, le=256, help="calibration ids per language whose base-model answers (and a fixed refusal), "
         "teacher-forced, are negatives of the gates' read-out: the neurons then write where the answer is decided, "
         "not on generated tokens, where a high gain lowers English refusal and breaks answers (0: none; "
         "BENCHMARKS.md §1k)")
     gated_write: Literal["push", "to_source"] = knob(
-        "push", help="what the gated neurons write: push, the English harmful-minus-harmless difference; to_source, "
-        "one neuron per language writing the source-minus-that-language harmful difference (with per-language "
-        "read-outs and answer-token negatives: the largest cut on held-out prompts so far, harmless over-refusal "
-        "still above issue 13's aim: BENCHMARKS.md §1l)")
+        "to_source", help="what the gated neurons write: to_source (default), one neuron per language writing the "
+        "source-minus-that-language harmful difference (the largest cut on held-out prompts: BENCHMARKS.md §1l, "
+        "§1); push, the English harmful-minus-harmless difference")
     # localisation (method="paper")
     layers: list[int] | Literal["auto"] = knob(
         "auto", ge=0, le=1024, min_items=1, max_items=256, unique=True,

@@ -13,9 +13,10 @@ Each edited layer gets one repurposed neuron (the least used on harmless text), 
   the language (language identity is linear in the MLP input);
 - down_proj column: the layer's English harmful-minus-harmless difference of means after the block, at the
   last template token (the activation-addition vector of Arditi et al. 2024): gain 1 writes what separates an
-  English harmful prompt from a harmless one where the answer starts. With `gated_write: to_source` each
-  target language gets a neuron of its own, writing instead the mean English-harmful-minus-that-language-harmful
-  difference (`with_to_source_writes`; more selective on validation prompts, BENCHMARKS.md §1l).
+  English harmful prompt from a harmless one where the answer starts (`gated_write: push`). With `to_source`
+  (the default) each target language gets a neuron of its own, writing instead the mean English-harmful-minus-
+  that-language-harmful difference (`with_to_source_writes`; more selective on validation prompts and the
+  largest cut on held-out ones, BENCHMARKS.md §1l).
 
 A language's gain is a multiplier chosen per language on validation prompts (search.py), so each language
 gets the push that helps it and a language whose refusal score falls with any push gets gain 0: the edit
