@@ -62,7 +62,10 @@ class GatedFit:
 
 @dataclass(frozen=True)
 class ReadoutSettings:
-    """How the gates' harmfulness read-outs are fitted: the config's `readout_*` knobs, in one place."""
+    """How the gates' harmfulness read-outs are fitted: the config's `readout_*` knobs, in one place.
+
+    The field defaults here are the plain building block (one pooled gate writing the English push); the edit's
+    defaults are EditConfig's (`EditConfig.readout` fills every field), not these."""
 
     gamma: float = 1.0
     lam: float = 0.1
