@@ -56,7 +56,7 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     # the demo set every x3 candidate was rejected, BENCHMARKS.md §1c), one confirmed candidate
     if args.method == "search":
         hp.update(search_gains=[1.0], screen_prompts=5, confirm_candidates=1, confirm_prompts=2,
-                  max_anchor_prompts=12)
+                  confirm_harmless_prompts=2, max_anchor_prompts=12)
     if args.layers:
         hp["layers"] = args.layers  # "auto" or a list of indices (parsed by the flag)
     if args.neuron_budget is not None:

@@ -259,6 +259,7 @@ def job_body(**over: Any) -> dict[str, Any]:
 def search_job_body() -> dict[str, Any]:
     return job_body(hyperparameters={"method": "search", "search_layers": [1], "search_gains": [1.0],
                                      "screen_prompts": 2, "confirm_candidates": 1, "confirm_prompts": 1,
+                                     "confirm_harmless_prompts": 1,
                                      "max_new_tokens": 4, "max_eval_prompts": 2, "batch_size": 8})
 
 

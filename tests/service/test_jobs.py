@@ -159,7 +159,8 @@ def test_default_method_reports_over_refusal_per_language(pg_stack: Stack, pg_wo
     body = fast_job()
     body["hyperparameters"] = {"max_new_tokens": 3, "max_eval_prompts": 2, "max_harmless_eval": 2,
                                "search_layers": [1, 2], "search_gains": [3.0], "screen_prompts": 2,
-                               "confirm_prompts": 2, "batch_size": 8}
+                               "confirm_prompts": 2, "confirm_harmless_prompts": 2,
+                               "batch_size": 8}
     job = pg_stack.submit(body)
     done = pg_stack.wait_terminal(job["id"])
     assert done["status"] == "succeeded", (done["error"], pg_worker.log.read_text()[-4000:])

@@ -123,20 +123,28 @@ def test_gain_ladder_picks_each_languages_gain_by_generation_within_the_harmless
     assert gain_ladder(model, basis, [2.0], confirm, base, ["sw", "bn"]) is None
 
 
-def test_confirmation_drops_the_gain_of_an_over_refusing_language(tiny_qwen2):
+def test_confirmation_halves_then_drops_the_gain_of_an_over_refusing_language(tiny_qwen2):
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
     basis = gated_basis(NeuronActivation(model, 1), _language_keys(model.config.hidden_size), 1, ["sw", "bn"], "en")
     base = _rates({"sw": 0.2, "bn": 0.2})
     cand = gated_candidate(model, "gated L1", [(basis, {"sw": 4.0, "bn": 4.0})])
-    # with the edit Bengali refuses a plain harmless prompt more; with Bengali's gain at 0 it does not
+    # with the edit Bengali refuses a plain harmless prompt more; at half its gain it does not
     confirm, calls = _scripted_confirm([_rates({"sw": 0.6, "bn": 0.6}, plain={"bn": 0.25}),
-                                        _rates({"sw": 0.6, "bn": 0.2})])
+                                        _rates({"sw": 0.6, "bn": 0.4})])
     kept = confirm_candidate(model, cand, confirm, base, ["sw", "bn"], "en")
-    assert kept is not None and kept.gains == {"sw": 4.0, "bn": 0.0}
+    assert kept is not None and kept.gains == {"sw": 4.0, "bn": 2.0}
     assert kept.confirm["over_refusing"] == ["bn"] and len(calls) == 2
-    # a rise that dropping the gain does not remove (here in the source language) rejects the candidate
+    # still over-refusing at half gain: gain 0; a language made worse (Swahili here) goes to 0 at once
+    confirm, calls = _scripted_confirm([_rates({"sw": 0.6, "bn": 0.6}, plain={"bn": 0.25}),
+                                        _rates({"sw": 0.1, "bn": 0.5}, borderline={"bn": 0.25}),
+                                        _rates({"sw": 0.2, "bn": 0.2})])
+    kept = confirm_candidate(model, cand, confirm, base, ["sw", "bn"], "en")
+    assert kept is None  # both gains at 0: nothing left that raises harmful refusal
+    assert [f["gains"] for f in cand.confirm["fixes"]] == [{"sw": 4.0, "bn": 2.0}, {"sw": 0.0, "bn": 0.0}]
+    assert len(calls) == 3
+    # a rise that no mend removes (here in the source language) rejects the candidate
     confirm, _ = _scripted_confirm([_rates({"sw": 0.6, "bn": 0.6}, plain={"bn": 0.25}),
-                                    _rates({"sw": 0.6, "bn": 0.2}, plain={"en": 0.25})])
+                                    _rates({"sw": 0.6, "bn": 0.4}, plain={"en": 0.25})])
     assert confirm_candidate(model, cand, confirm, base, ["sw", "bn"], "en") is None
 
 

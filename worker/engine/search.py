@@ -13,9 +13,11 @@ Selectivity on the screen, per target language: the rise of the refusal probabil
 any rise on plain and on borderline harmless prompts. A candidate's objective is the mean selectivity minus a
 penalty on the worst language's fall and on any fall in the source language; candidates with a language that
 falls, or a harmless rise above `HARMLESS_TOLERANCE`, are not eligible. Generation on validation prompts then
-confirms the best `confirm` candidates against the base model with the configured judge; a confirmed
-candidate must not lower any language's refusal of harmful prompts nor raise its harmless refusal by more than
-the tolerance (for a gated candidate such a language's gain is set to 0 instead, and the rest re-checked).
+confirms the best `confirm` candidates against the base model with the configured judge, on every validation
+harmless prompt by default (`confirm_harmless_prompts`); a confirmed candidate must not lower any language's
+refusal of harmful prompts nor raise its harmless refusal by more than the tolerance. A gated candidate is
+mended instead where it can be: a language it makes worse gets gain 0, an over-refusing one half its gain, then 0
+(`confirm_candidate`), and the mended candidate is checked again.
 
 The gain ladder (session 10, opt-in: `ladder_layers`): the first-token screen prefers small gains, but generated
 answers on validation prompts showed layer 19's neuron cutting far more at 4-8 times the push (BENCHMARKS.md
@@ -46,6 +48,8 @@ HARMLESS_TOLERANCE = 0.03  # largest rise of harmless refusal (probability on th
 # are within the noise of a few validation prompts; the generation check then catches real ones)
 FALL_TOLERANCE = 0.05
 WORST_PENALTY = 2.0
+# generation checks that may mend a confirmed candidate: an over-refusing language's gain is halved, then 0
+FIX_ROUNDS = 2
 
 
 @dataclass
@@ -247,8 +251,8 @@ def confirm_best(model: nn.Module, eligible: list[Candidate], cands: list[Candid
     for c in eligible:
         if c.kind == "gated" and len(c.parts) == 1 and len(ladder) < ladder_layers:
             ladder.setdefault(c.parts[0][0].layer, c.parts[0][0])
-    # the base, every rung of every ladder, then each candidate and its possible re-check after a fix
-    most = 1 + len(ladder) * len(multipliers) + 2 * (len(to_confirm) + len(ladder))
+    # the base, every rung of every ladder, then each candidate and its possible re-checks after mends
+    most = 1 + len(ladder) * len(multipliers) + (1 + FIX_ROUNDS) * (len(to_confirm) + len(ladder))
     confirm = counted(confirm, reporter, most)
     base = confirm(None)
     for basis in ladder.values():
@@ -296,27 +300,48 @@ def gain_ladder(model: nn.Module, basis: AnyGatedBasis, multipliers: list[float]
     return c
 
 
-def confirm_candidate(model: nn.Module, c: Candidate, confirm: ConfirmFn, base: dict[str, dict[str, float]],
-             targets: list[str], source: str) -> Candidate | None:
-    """Generation check of one candidate; a gated candidate loses the gain of a language that got worse: its
-    harmful refusal fell, or its plain or borderline harmless refusal rose beyond the tolerance."""
-    delta_rate = refusal_change(confirm(c.delta), base)
+def _flagged(delta_rate: dict[str, dict[str, float]], targets: list[str]) -> tuple[list[str], list[str]]:
+    """Target languages whose harmful refusal fell, and those whose plain or borderline harmless refusal rose
+    beyond the tolerance, in one generation check against the base."""
     worse = [lg for lg in targets if delta_rate["harmful"][lg] < 0]
     over = [lg for lg in targets if max(delta_rate.get(g, {}).get(lg, 0.0) for g in ("plain", "borderline"))
             > HARMLESS_TOLERANCE]
+    return worse, over
+
+
+def confirm_candidate(model: nn.Module, c: Candidate, confirm: ConfirmFn, base: dict[str, dict[str, float]],
+             targets: list[str], source: str) -> Candidate | None:
+    """Generation check of one candidate. A gated candidate is mended up to `FIX_ROUNDS` times, each flagged
+    language on its own: one whose harmful refusal fell gets gain 0 (the push moves it the wrong way); one whose
+    plain or borderline harmless refusal rose beyond the tolerance first gets half its gain (the push is too
+    strong for it), then 0 if it is still flagged. A language at gain 0 that stays flagged (another language's
+    neuron writes on its prompts) cannot be mended: the candidate is rejected."""
+    delta_rate = refusal_change(confirm(c.delta), base)
+    worse, over = _flagged(delta_rate, targets)
     c.confirm = {**(c.confirm or {}), "refusal_change": delta_rate, "worse": worse, "over_refusing": over}
-    drop = [lg for lg in targets if lg in worse or lg in over]
-    if drop and c.kind == "gated" and c.parts:
-        parts = [(b, {lg: (0.0 if lg in drop else v) for lg, v in g.items()}) for b, g in c.parts]
-        fixed = gated_candidate(model, c.name + f" (gain 0 for {','.join(drop)})", parts)
-        fixed.screen, fixed.objective, fixed.eligible = c.screen, c.objective, True
-        fixed.confirm = c.confirm  # one record: the search table's row shows the check after the fix too
-        delta_rate = refusal_change(confirm(fixed.delta), base)
-        fixed.confirm.update(refusal_change_after_fix=delta_rate, gains_after_fix=fixed.gains)
-        c = fixed
+    if c.kind == "gated" and c.parts:
+        original, scale, fixes = c, {lg: 1.0 for lg in targets}, []
+        for _ in range(FIX_ROUNDS):
+            mend = [lg for lg in targets if (lg in worse or lg in over) and (c.gains or {}).get(lg, 0.0) > 0]
+            if not mend:
+                break
+            for lg in mend:
+                scale[lg] = 0.0 if lg in worse or scale[lg] < 1.0 else 0.5
+            parts = [(b, {lg: v * scale.get(lg, 1.0) for lg, v in g.items()}) for b, g in original.parts]
+            label = ", ".join(f"{lg} x{s:g}" for lg, s in scale.items() if s < 1.0)
+            fixed = gated_candidate(model, f"{original.name} (gain {label})", parts)
+            fixed.screen, fixed.objective, fixed.eligible = original.screen, original.objective, True
+            delta_rate = refusal_change(confirm(fixed.delta), base)
+            worse, over = _flagged(delta_rate, targets)
+            fixes.append({"gains": fixed.gains, "refusal_change": delta_rate, "worse": worse, "over_refusing": over})
+            # one record: the search table's row shows the checks after each mend too
+            fixed.confirm = original.confirm
+            fixed.confirm.update(fixes=fixes, refusal_change_after_fix=delta_rate, gains_after_fix=fixed.gains)
+            c = fixed
     harm = [delta_rate["harmful"][lg] for lg in targets]
     harmless_rise = max([v for g in ("plain", "borderline") for v in delta_rate.get(g, {}).values()] or [0.0])
     src = delta_rate["harmful"].get(source, 0.0)
+    assert c.confirm is not None
     c.confirm["objective"] = sum(harm) / len(harm) - harmless_rise
     if min(harm) < 0 or src < 0 or harmless_rise > HARMLESS_TOLERANCE or sum(harm) <= 0:
         c.confirm["rejected"] = True
