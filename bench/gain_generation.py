@@ -35,6 +35,7 @@ from worker.engine import (
     NeuronActivation,
     ReadoutSettings,
     Reporter,
+    answer_calibration_prompts,
     answer_token_keys,
     applied,
     collect_keys,
@@ -138,7 +139,7 @@ def run(data: str, layers: list[int], gains: list[float], readouts: list[tuple[f
         layers = sorted({ly for stack in stacks for ly, _ in stack})
     keys = collect_keys(lm, plan, layers, config, Reporter(), with_resid=True)
     if answer_negatives:
-        answers = answer_token_keys(lm, plan, layers, replace(config, readout_answer_ids=answer_negatives))
+        answers = answer_token_keys(lm, answer_calibration_prompts(plan, answer_negatives), layers, config)
         keys = {ly: replace(k, answers=answers[ly]) for ly, k in keys.items()}
     rows: list[dict[str, Any]] = []
     n = {g: len(next(iter(by.values()))) for g, by in sets.items()}

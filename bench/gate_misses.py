@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from worker.engine import (
     EditConfig,
     NeuronActivation,
     Reporter,
+    answer_calibration_prompts,
     answer_token_keys,
     applied,
     capture_mlp_inputs,
@@ -57,7 +57,7 @@ def run(data: str, layer: int, gains: list[float], lam: float, gamma: float, n_h
     keys = collect_keys(lm, plan, [layer], config, Reporter(), with_resid=True)
     answers = None
     if answer_negatives:
-        answers = answer_token_keys(lm, plan, [layer], replace(config, readout_answer_ids=answer_negatives))[layer]
+        answers = answer_token_keys(lm, answer_calibration_prompts(plan, answer_negatives), [layer], config)[layer]
     basis = gated_basis(NeuronActivation(lm.model, layer), keys[layer], layer, targets, config.source_lang,
                         gamma, lam, answer_rows=answers)
     n_template = num_template_tokens(lm.tokenizer)

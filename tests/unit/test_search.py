@@ -336,8 +336,9 @@ def test_the_capture_tags_the_borderline_anchor_prompts(tiny_qwen2):
 
 def test_readout_answer_ids_puts_the_answer_tokens_among_the_gates_negatives(tiny_qwen2):
     """readout_answer_ids: the keys carry the answer-token rows of that many calibration ids per language (their
-    base answers and the fixed refusal), and both read-out scopes are fitted with them: the gates fire on fewer
-    of those rows than without them. Asking for them on keys without answer rows is an error, not a silent no-op."""
+    base answers, generated within the capture phase's progress, and the fixed refusal), and both read-out scopes
+    are fitted with them: the gates fire on fewer of those rows than without them. Asking for them on keys
+    without answer rows is an error, not a silent no-op."""
     from worker.engine import capture_answer_inputs, collect_keys
     from worker.engine.methods.gated import ReadoutSettings, readout_basis
     from worker.engine.stages.capture import FIXED_REFUSAL
@@ -346,8 +347,15 @@ def test_readout_answer_ids_puts_the_answer_tokens_among_the_gates_negatives(tin
                         max_new_tokens=3)
     plan = make_plan(config, Reporter())
     lm = load_model(str(tiny_qwen2))
-    keys = collect_keys(lm, plan, [1], config, Reporter(), with_resid=True)[1]
+    steps: list[tuple[int, int]] = []
+    reporter = Reporter(progress=lambda phase, done, total, message=None: phase == "capture" and steps.append(
+        (done, total)))
+    keys = collect_keys(lm, plan, [1], config, reporter, with_resid=True)[1]
     prompts = [plan.harmful[i][lg] for lg in plan.langs for i in plan.cal_ids[:2]]
+    # the answers' generation is counted in the capture phase, which ends complete and never goes back
+    captured = sum(len(plan.cal_ids) + len(plan.anchor[lg]) for lg in plan.langs)
+    assert {t for _, t in steps} == {captured + len(prompts)}
+    assert [d for d, _ in steps] == sorted(d for d, _ in steps) and steps[-1][0] == steps[-1][1]
     refusals = capture_answer_inputs(lm.model, lm.tokenizer, prompts, [FIXED_REFUSAL] * len(prompts), [1])[1]
     assert keys.answers is not None and len(keys.answers) > len(refusals)
     torch.testing.assert_close(keys.answers[-len(refusals):], refusals, atol=1e-4, rtol=1e-4)

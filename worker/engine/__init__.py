@@ -33,7 +33,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
               "make_layer_edit", "delta_num_params"),
     # the stages
     "stages.plan": ("Plan", "make_plan", "candidate_layers", "candidate_modules", "eval_sets"),
-    "stages.capture": ("collect_keys", "needs_residual", "answer_token_keys"),
+    "stages.capture": ("collect_keys", "needs_residual", "answer_calibration_prompts", "answer_token_keys"),
     "stages.select": ("LayerScreen", "screen_candidates", "fit_in_sequence", "search_setup", "run_search",
                       "validation_refusal_openings", "refusal_openings_of", "confirmation_sets",
                       "refusal_rates"),

@@ -30,7 +30,10 @@ def collect_keys(
     want_resid = needs_residual(config) if with_resid is None else with_resid
     positions = config.positions
     groups = {lg: [plan.harmful[i][lg] for i in plan.cal_ids] for lg in plan.langs}
-    total = sum(len(v) for v in groups.values()) + sum(len(v) for v in plan.anchor.values())
+    answer_prompts = answer_calibration_prompts(plan, config.readout_answer_ids if config.method == "search" else 0)
+    # the answers' generation is part of the phase's count (minutes on a CPU: it reported nothing before)
+    total = (sum(len(v) for v in groups.values()) + sum(len(v) for v in plan.anchor.values())
+             + len(answer_prompts))
     done = 0
     harm = {}
     for lg, texts in groups.items():
@@ -42,8 +45,8 @@ def collect_keys(
         safe[lg] = capture_mlp_inputs(lm.model, lm.tokenizer, texts, layers, "all", config.batch_size,
                                       reporter, "capture", done, total, with_resid=want_resid)
         done += len(texts)
-    answers = (answer_token_keys(lm, plan, layers, config)
-               if config.method == "search" and config.readout_answer_ids else None)
+    answers = (answer_token_keys(lm, answer_prompts, layers, config, reporter, done, total)
+               if answer_prompts else None)
     from ..templates import num_template_tokens
 
     t = num_template_tokens(lm.tokenizer) if positions == "template" else 1
@@ -76,10 +79,19 @@ def collect_keys(
 FIXED_REFUSAL = "I'm sorry, but I can't assist with that."
 
 
-def answer_token_keys(lm: LoadedModel, plan: Plan, layers: list[int], config: EditConfig) -> dict[int, torch.Tensor]:
-    """MLP inputs at the answer tokens of the first `readout_answer_ids` calibration ids per language: the base
-    model's own greedy answers and a fixed refusal, teacher-forced (calibration prompts only; BENCHMARKS §1k)."""
-    prompts = [plan.harmful[i][lg] for lg in plan.langs for i in plan.cal_ids[: config.readout_answer_ids]]
-    own = generate(lm.model, lm.tokenizer, prompts, config.max_new_tokens, config.batch_size)
+def answer_calibration_prompts(plan: Plan, n_ids: int) -> list[str]:
+    """The harmful prompts whose answers are captured (`readout_answer_ids`): the first `n_ids` calibration ids
+    in every language."""
+    return [plan.harmful[i][lg] for lg in plan.langs for i in plan.cal_ids[:n_ids]]
+
+
+def answer_token_keys(lm: LoadedModel, prompts: list[str], layers: list[int], config: EditConfig,
+                      reporter: Reporter | None = None, done: int = 0, total: int | None = None
+                      ) -> dict[int, torch.Tensor]:
+    """MLP inputs at the answer tokens of `prompts` (calibration prompts only; BENCHMARKS §1k): the base model's
+    own greedy answers and a fixed refusal, teacher-forced. Generation steps `reporter`'s "capture" phase from
+    `done` of `total`."""
+    own = generate(lm.model, lm.tokenizer, prompts, config.max_new_tokens, config.batch_size, reporter, "capture",
+                   done, total)
     return capture_answer_inputs(lm.model, lm.tokenizer, prompts * 2, own + [FIXED_REFUSAL] * len(prompts), layers,
                                  config.batch_size)
