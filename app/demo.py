@@ -68,10 +68,13 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(job: dict[str, Any]) -> None:
-    from worker.engine.cli import format_table
+    from worker.engine.cli import format_flips, format_table
 
     print()
     print(format_table([{**r, "lang": r["language"]} for r in job["results"]]))
+    flips = format_flips({r["language"]: r["flips"] for r in job["results"] if r.get("flips")})
+    if flips:
+        print(flips)
     util = job.get("utility") or {}
     if "kl_mean" in util:
         print(f"\nmean KL on harmless prompts: {util['kl_mean']:.4f}")

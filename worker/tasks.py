@@ -407,7 +407,8 @@ class JobRunner:
                 log.warning("job %s changed state while running; results discarded", job.id)
                 return
             s.add_all(rows)
-            s.add_all(LanguageResultRow(job_id=job.id, **_result_columns(r)) for r in result.languages)
+            s.add_all(LanguageResultRow(job_id=job.id, flips=_jsonable(result.flips.get(r.lang)) or None,
+                                        **_result_columns(r)) for r in result.languages)
             repo.add_event(
                 s,
                 job.id,

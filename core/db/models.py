@@ -141,6 +141,9 @@ class LanguageResultRow(Base):
     second_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
     second_asr_before: Mapped[float | None] = mapped_column(Float, nullable=True)
     second_asr_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # prompt group (harmful, plain, borderline, second) -> prompts whose verdict changed, each way (the net
+    # shares above can hide prompts flipping both ways)
+    flips: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobEvent(Base):

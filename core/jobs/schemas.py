@@ -96,11 +96,22 @@ class ErrorInfo(BaseModel):
     type: Literal["user", "system"] | None
 
 
+class VerdictFlips(BaseModel):
+    """Prompts of one group whose verdict changed with the edit, paired prompt by prompt."""
+
+    newly_refused: int
+    no_longer_refused: int
+    newly_harmful: int
+    no_longer_harmful: int
+
+
 class LanguageResultOut(BaseModel):
     """One language before and after. Harmful prompts: ASR, refusal and degenerate shares (disjoint), with
     binomial standard errors; plain and borderline harmless prompts: refusal (over-refusal) and degenerate
     shares; selectivity = harmful refusal rise minus harmless refusal rise; second_*: ASR on the second test
-    set (another style). Null where the job did not measure it (older jobs)."""
+    set (another style); flips: per prompt group (harmful, plain, borderline, second) the prompts whose verdict
+    changed each way (net shares hide prompts flipping both ways). Null where the job did not measure it (older
+    jobs)."""
 
     language: str
     n: int
@@ -126,6 +137,7 @@ class LanguageResultOut(BaseModel):
     second_n: int | None = None
     second_asr_before: float | None = None
     second_asr_after: float | None = None
+    flips: dict[str, VerdictFlips] | None = None
 
 
 class ArtifactOut(BaseModel):

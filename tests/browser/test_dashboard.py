@@ -5,6 +5,7 @@ a failed job shows its error, and another tenant's key sees none of them."""
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,7 +102,11 @@ def test_finished_job_shows_charts_and_table(page: Any, served: Served, jobs: di
     rows = page.locator("#languages tbody tr")
     rows.first.wait_for()
     assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == ["en", "zh", "sw"]
-    assert "ASR % before" in page.locator("#languages thead").inner_text()
+    head = page.locator("#languages thead th").all_inner_texts()
+    assert "ASR % before" in head and "borderline refused % after" in head
+    flips = [i for i, h in enumerate(head) if h.startswith("harmless newly / no longer refused")]
+    assert len(flips) == 1  # the paired flips of report.json, plain · borderline
+    assert re.fullmatch(r"\d+/\d+ · \d+/\d+", rows.nth(1).locator("td").nth(flips[0]).inner_text().strip())
     page.wait_for_selector('#charts[data-loaded="true"]')
     img = page.locator('#charts img[data-name="charts/asr.png"]')
     page.wait_for_function("() => [...document.querySelectorAll('#charts img')].every(i => i.complete "

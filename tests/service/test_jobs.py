@@ -171,7 +171,15 @@ def test_default_method_reports_over_refusal_per_language(pg_stack: Stack, pg_wo
                     "borderline_refusal_after", "degenerate_before", "degenerate_after", "selectivity",
                     "asr_se_before"):
             assert r[key] is not None, key
+        # the paired flips agree with the net shares they come with (n prompts per group)
+        harmful, plain = r["flips"]["harmful"], r["flips"]["plain"]
+        assert harmful["no_longer_harmful"] - harmful["newly_harmful"] == round((r["asr_before"] - r["asr_after"])
+                                                                                * r["n"])
+        assert plain["newly_refused"] - plain["no_longer_refused"] == round(
+            (r["harmless_refusal_after"] - r["harmless_refusal_before"]) * r["harmless_n"])
     report = pg_stack.client.get(f"/v1/edits/{job['id']}/artifacts/report.json").json()
+    assert {r["language"]: r["flips"] for r in done["results"]} == {
+        lg: by for lg, by in report["flips"].items() if lg in {r["language"] for r in done["results"]}}
     assert [row["name"] for row in report["search"]][:1] == ["gated L1 uniform x3"]
     assert {r["lang"]: r["harmless_refusal_before"] for r in report["languages"]} == {
         r["language"]: r["harmless_refusal_before"] for r in done["results"]}

@@ -159,11 +159,22 @@ function renderSummary(job) {
 
 // Before/after shares a language row may carry (the report's rows can hold more than the API's results).
 const SHARES = [["asr", "ASR %"], ["refusal", "refused %"], ["harmless_refusal", "harmless refused %"],
-  ["degenerate", "degenerate %"]];
+  ["borderline_refusal", "borderline refused %"], ["degenerate", "degenerate %"]];
 
 function languageRows(job, report) {
-  if (report && Array.isArray(report.languages)) return report.languages.map((r) => ({ language: r.lang, ...r }));
+  if (report && Array.isArray(report.languages)) {
+    const flips = (report.flips && typeof report.flips === "object") ? report.flips : {};
+    return report.languages.map((r) => ({ language: r.lang, flips: flips[r.lang], ...r }));
+  }
   return job.results || [];
+}
+
+// Harmless prompts newly refused / no longer refused, plain and borderline (the net shares hide both ways).
+function harmlessFlips(r) {
+  const f = r.flips;
+  if (!f || typeof f !== "object") return null;
+  const part = (g) => (f[g] && typeof f[g] === "object") ? `${f[g].newly_refused ?? 0}/${f[g].no_longer_refused ?? 0}` : "–";
+  return `${part("plain")} · ${part("borderline")}`;
 }
 
 function renderLanguages(job, report) {
@@ -174,7 +185,9 @@ function renderLanguages(job, report) {
   const shares = SHARES.filter(([k]) => has(k + "_before") || has(k + "_after"));
   const kl = (job.utility || {}).kl_per_lang || {};
   const head = ["language", "n", ...shares.flatMap(([, t]) => [t + " before", t + " after"]),
-    ...(has("selectivity") ? ["selectivity"] : []), ...(Object.keys(kl).length ? ["KL"] : [])];
+    ...(has("selectivity") ? ["selectivity"] : []),
+    ...(rows.some(harmlessFlips) ? ["harmless newly / no longer refused (plain · borderline)"] : []),
+    ...(Object.keys(kl).length ? ["KL"] : [])];
   const tr = document.createElement("tr");
   head.forEach((h) => tr.appendChild(el("th", h)));
   table.tHead.replaceChildren(tr);
@@ -189,6 +202,7 @@ function renderLanguages(job, report) {
       }
     }
     if (has("selectivity")) cells.push(fmt(r.selectivity, 3));
+    if (rows.some(harmlessFlips)) cells.push(harmlessFlips(r) ?? "–");
     if (Object.keys(kl).length) cells.push(small(kl[r.language]));
     body.appendChild(row(cells, true));
   }
