@@ -13,11 +13,11 @@ Selectivity on the screen, per target language: the rise of the refusal probabil
 any rise on plain and on borderline harmless prompts. A candidate's objective is the mean selectivity minus a
 penalty on the worst language's fall and on any fall in the source language; candidates with a language that
 falls, or a harmless rise above `HARMLESS_TOLERANCE`, are not eligible. Generation on validation prompts then
-confirms the best `confirm` candidates against the base model with the configured judge, on every validation
-harmless prompt by default (`confirm_harmless_prompts`); a confirmed candidate must not lower any language's
-refusal of harmful prompts nor raise its harmless refusal by more than the tolerance. A gated candidate is
-mended instead where it can be: a language it makes worse gets gain 0, an over-refusing one half its gain, then 0
-(`confirm_candidate`), and the mended candidate is checked again.
+confirms the best `confirm` candidates against the base model with the configured judge (on
+`confirm_harmless_prompts` plain and borderline validation prompts per language); a confirmed candidate must
+not lower any language's refusal of harmful prompts nor raise its harmless refusal by more than the tolerance.
+A gated candidate is mended instead where it can be: a language it makes worse gets gain 0, an over-refusing
+one half its gain, then 0 (`confirm_candidate`), and the mended candidate is checked again.
 
 The gain ladder (session 10, opt-in: `ladder_layers`): the first-token screen prefers small gains, but generated
 answers on validation prompts showed layer 19's neuron cutting far more at 4-8 times the push (BENCHMARKS.md

@@ -122,8 +122,7 @@ class SearchSetup:
 def confirmation_sets(plan: Plan, config: EditConfig) -> dict[str, dict[str, list[str]]]:
     """The validation prompts a candidate is generated on before it ships (harmful, plain and borderline)."""
     confirm_ids = plan.val_ids[: config.confirm_prompts]
-    # every validation harmless prompt by default: on 4 per language the held-out over-refusal did not show
-    # (BENCHMARKS.md §1m); slicing with None keeps them all
+    # 4 per language by default (what §1m measured held out); more catch more over-refusal on validation
     n_harmless = config.confirm_harmless_prompts
     return {
         "harmful": {lg: [plan.harmful[i][lg] for i in confirm_ids] for lg in plan.langs},
