@@ -100,11 +100,13 @@ def capture_mlp_inputs(
 @torch.no_grad()
 def capture_answer_inputs(
     model: nn.Module, tokenizer: object, prompts: list[str], answers: list[str], layers: list[int],
-    batch_size: int = 16,
+    batch_size: int = 16, reporter: Reporter | None = None, phase: str = "capture", done_offset: int = 0,
+    total: int | None = None,
 ) -> dict[int, torch.Tensor]:
     """MLP inputs of `layers` at the answer tokens of each prompt followed by its answer (teacher-forced): the
     positions a model writes from while it generates, [rows, d] per layer. The chat template ends the prompt
-    with a newline, so the answer's own tokenisation is its tokens in the joined text."""
+    with a newline, so the answer's own tokenisation is its tokens in the joined text. Each batch steps
+    `reporter`'s `phase` from `done_offset` of `total`."""
     rec = _Recorder("all", 1, layers)
     device = next(model.parameters()).device
     n_answer = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]  # type: ignore[operator]
@@ -117,6 +119,9 @@ def capture_answer_inputs(
             enc = {k: v.to(device) for k, v in enc.items()}
             rec.mask = enc["attention_mask"]
             forward_until_stop(model, enc)
+            if reporter is not None:
+                reporter.step(phase, done_offset + min(start + batch_size, len(texts)),
+                              total if total is not None else len(texts))
     finally:
         for h in handles:
             h.remove()

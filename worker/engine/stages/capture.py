@@ -31,9 +31,10 @@ def collect_keys(
     positions = config.positions
     groups = {lg: [plan.harmful[i][lg] for i in plan.cal_ids] for lg in plan.langs}
     answer_prompts = answer_calibration_prompts(plan, config.readout_answer_ids if config.method == "search" else 0)
-    # the answers' generation is part of the phase's count (minutes on a CPU: it reported nothing before)
+    # the answers' generation and their two teacher-forced passes (own answer, fixed refusal) are part of the
+    # phase's count: minutes on a CPU that reported nothing before
     total = (sum(len(v) for v in groups.values()) + sum(len(v) for v in plan.anchor.values())
-             + len(answer_prompts))
+             + ANSWER_PASSES * len(answer_prompts))
     done = 0
     harm = {}
     for lg, texts in groups.items():
@@ -77,6 +78,8 @@ def collect_keys(
 # what the edited model says to a harmful prompt it now refuses; its tokens are negatives too, so the gate does not
 # keep writing while a refusal is generated
 FIXED_REFUSAL = "I'm sorry, but I can't assist with that."
+# per answer prompt: one greedy generation, then two teacher-forced rows (its own answer and FIXED_REFUSAL)
+ANSWER_PASSES = 3
 
 
 def answer_calibration_prompts(plan: Plan, n_ids: int) -> list[str]:
@@ -89,9 +92,9 @@ def answer_token_keys(lm: LoadedModel, prompts: list[str], layers: list[int], co
                       reporter: Reporter | None = None, done: int = 0, total: int | None = None
                       ) -> dict[int, torch.Tensor]:
     """MLP inputs at the answer tokens of `prompts` (calibration prompts only; BENCHMARKS §1k): the base model's
-    own greedy answers and a fixed refusal, teacher-forced. Generation steps `reporter`'s "capture" phase from
-    `done` of `total`."""
+    own greedy answers and a fixed refusal, teacher-forced. Generation, then the teacher-forced passes, step
+    `reporter`'s "capture" phase from `done` of `total` (ANSWER_PASSES steps per prompt in all)."""
     own = generate(lm.model, lm.tokenizer, prompts, config.max_new_tokens, config.batch_size, reporter, "capture",
                    done, total)
     return capture_answer_inputs(lm.model, lm.tokenizer, prompts * 2, own + [FIXED_REFUSAL] * len(prompts), layers,
-                                 config.batch_size)
+                                 config.batch_size, reporter, "capture", done + len(prompts), total)
