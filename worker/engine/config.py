@@ -98,7 +98,7 @@ class EditConfig:
     confirm_harmless_prompts: int = knob(
         4, ge=1, le=256, help="validation harmless prompts per language generated on in the confirmation, plain "
         "and borderline each (a single newly refused one flags the language; 256 takes every one, about 7 and 7 "
-        "per language on the demo model's split; held out unmeasured, BENCHMARKS.md §1n)")
+        "per language on the demo model's split; held out it cut less and over-refusal only partly, BENCHMARKS.md §1n)")
     readout_gamma: float = knob(
         4.0, gt=0, le=100, help="weight of harmless prompts in the gated neurons' harmfulness read-out: higher fires "
         "on fewer harmless prompts and on fewer harmful ones (BENCHMARKS.md §1f)")

@@ -94,6 +94,7 @@ def answer_token_keys(lm: LoadedModel, prompts: list[str], layers: list[int], co
     """MLP inputs at the answer tokens of `prompts` (calibration prompts only; BENCHMARKS §1k): the base model's
     own greedy answers and a fixed refusal, teacher-forced. Generation, then the teacher-forced passes, step
     `reporter`'s "capture" phase from `done` of `total` (ANSWER_PASSES steps per prompt in all)."""
+    total = done + ANSWER_PASSES * len(prompts) if total is None else total  # one count for both parts
     own = generate(lm.model, lm.tokenizer, prompts, config.max_new_tokens, config.batch_size, reporter, "capture",
                    done, total)
     return capture_answer_inputs(lm.model, lm.tokenizer, prompts * 2, own + [FIXED_REFUSAL] * len(prompts), layers,
