@@ -7,7 +7,7 @@ mean rise on harmful prompts in the target languages, the worst language, and th
 borderline harmless prompts). Validation prompts only; no generation (use `lingua-edit edit
 --max-calibration-ids N` for generated ASR at one n).
 
-    python -m bench.learning_curve --data PATH/multijail-dev.csv --sizes 4,8,16,32 \
+    python -m bench.learning_curve --data PATH/multijail-dev.csv --sizes 16,32,64,118 \
         --out bench/figures/learning_curve.json
 """
 
@@ -26,13 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="calibration file (JSONL or MultiJail-style CSV)")
     p.add_argument("--model", default="demo")
-    p.add_argument("--sizes", default="4,8,16,32", help="calibration ids per language, comma-separated")
+    p.add_argument("--sizes", default="16,32,64,118", help="calibration ids per language, comma-separated")
     p.add_argument("--screen-prompts", type=int, default=8)
     p.add_argument("--search-layers", default="auto", help="'auto' or comma-separated layers (fewer: faster)")
     p.add_argument("--max-anchor-prompts", type=int, default=12)
     p.add_argument("--out", default="bench/figures/learning_curve.json")
     a = p.parse_args(argv)
     sizes = sorted({int(x) for x in a.sizes.split(",")})
+    answer_ids = EditConfig(model=a.model, calibration=a.data).readout_answer_ids
+    if sizes[0] < answer_ids:  # the answer rows come from the first readout_answer_ids ids and are not sliced
+        p.error(f"--sizes: each size must be at least readout_answer_ids ({answer_ids}): the gates' answer-token "
+                "negatives come from that many calibration ids per language, so a smaller size would use more")
     layers = "auto" if a.search_layers == "auto" else [int(x) for x in a.search_layers.split(",")]
     config = EditConfig(model=a.model, calibration=a.data, max_calibration_ids=sizes[-1],
                         screen_prompts=a.screen_prompts, max_anchor_prompts=a.max_anchor_prompts,

@@ -1,0 +1,102 @@
+"""Which neuron writes on which language's harmless questions, and does fitting each neuron's up row where its
+own gate opens (`readout_up_emphasis`) stop it? Validation prompts only (the screen's).
+
+The default edit's per-language neurons are fitted on calibration keys exactly as the search fits them
+(`readout_basis` with the default read-out), at gain 1 for every target language, once per up-row emphasis.
+Per neuron it reports what it writes (`GatedFit.written`, in units of its down column) at the last template token
+of its own language's validation harmful prompts, and the largest write on any validation harmless prompt (plain
+or borderline) of each language: a neuron whose harmless write in another language is a sizeable share of its
+own harmful write is the leak BENCHMARKS.md §1n points at (Javanese refusals no Javanese gain moved).
+
+python -m bench.up_rows --data ../shared/data/multijail-dev.csv [--layers 16,19,22] [--emphasis 0,4,16,64]
+    [--keys-cache /tmp/up_rows_keys.pt] [--out bench/results/up_rows.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.readout_sweep import last_token_keys
+from worker.engine import (
+    EditConfig,
+    NeuronActivation,
+    Reporter,
+    collect_keys,
+    load_model,
+    make_plan,
+    readout_basis,
+)
+
+
+def neuron_table(na: NeuronActivation, fit, langs: list[str], val: dict[str, dict[str, torch.Tensor]]
+                 ) -> dict[str, Any]:
+    """Per neuron (one per language of `langs`): its mean write on its own language's harmful prompts and its
+    largest write on each language's harmless prompts, both as that neuron alone writes them."""
+    table = {}
+    for i, lg in enumerate(langs):
+        one = replace(fit, gate_rows=fit.gate_rows[i:i + 1], up_rows=fit.up_rows[i:i + 1])
+        own = float(one.written(val["harmful"][lg], na.act).mean())
+        harmless = {o: float(torch.cat([one.written(val[g][o], na.act) for g in ("plain", "borderline")]).max())
+                    for o in val["plain"]}
+        table[lg] = {"own_harmful_mean": own, "harmless_max": harmless,
+                     "worst_share": max(harmless.values()) / own if own > 0 else float("inf")}
+    return table
+
+
+def run(data: str, layers: list[int], emphases: list[float], keys_cache: str | None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    config = EditConfig(model="demo", calibration=data)
+    plan = make_plan(config, Reporter())
+    lm = load_model(config.model, config.device, config.dtype)
+    if keys_cache and Path(keys_cache).exists():  # the same split, layers and model: reuse the slow capture
+        keys, val = torch.load(keys_cache, weights_only=False)
+    else:
+        keys = collect_keys(lm, plan, layers, config, Reporter(), with_resid=True)
+        val_ids = plan.val_ids[: config.screen_prompts]
+        texts = {"harmful": {lg: [plan.harmful[i][lg] for i in val_ids] for lg in plan.langs},
+                 "plain": plan.harmless_val, "borderline": plan.borderline_val}
+        val = {layer: {g: {lg: last_token_keys(lm, t, layer, 16) for lg, t in by.items()} for g, by in texts.items()}
+               for layer in layers}
+        if keys_cache:
+            torch.save((keys, val), keys_cache)
+    targets = list(config.target_langs)
+    rows = []
+    for layer in layers:
+        na = NeuronActivation(lm.model, layer)
+        for emphasis in emphases:
+            basis = readout_basis(na, keys[layer], layer, targets, config.source_lang,
+                                  replace(config.readout, up_emphasis=emphasis))
+            table = neuron_table(na, basis.fit(dict.fromkeys(targets, 1.0)), basis.langs, val[layer])
+            rows.append({"layer": layer, "up_emphasis": emphasis, "neurons": table})
+            print(f"L{layer} emphasis {emphasis:g}: own harmful / worst harmless share  "
+                  + "  ".join(f"{lg} {t['own_harmful_mean']:.2f}/{t['worst_share']:.2f}" for lg, t in table.items()),
+                  flush=True)
+            for lg, t in table.items():
+                print(f"    {lg} neuron: harmless max by language "
+                      + " ".join(f"{o} {v:+.2f}" for o, v in t["harmless_max"].items()), flush=True)
+    return {"layers": layers, "rows": rows, "seconds": time.perf_counter() - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--layers", default="16,19,22")
+    ap.add_argument("--emphasis", default="0,4,16,64")
+    ap.add_argument("--keys-cache", default=None, help="a .pt file: saved after the capture, reused if present")
+    ap.add_argument("--out", default="bench/results/up_rows.json")
+    args = ap.parse_args()
+    res = run(args.data, [int(x) for x in args.layers.split(",")], [float(x) for x in args.emphasis.split(",")],
+              args.keys_cache)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
