@@ -1,14 +1,15 @@
-"""Which neuron writes on which language's harmless questions, and does fitting each neuron's up row where its
-own gate opens (`readout_up_emphasis`) stop it? Validation prompts only (the screen's).
+"""Which neuron writes on which language's harmless questions? Validation prompts only (the screen's).
 
 The default edit's per-language neurons are fitted on calibration keys exactly as the search fits them
-(`readout_basis` with the default read-out), at gain 1 for every target language, once per up-row emphasis.
+(`readout_basis` with the default read-out), at gain 1 for every target language.
 Per neuron it reports what it writes (`GatedFit.written`, in units of its down column) at the last template token
 of its own language's validation harmful prompts, and the largest write on any validation harmless prompt (plain
 or borderline) of each language: a neuron whose harmless write in another language is a sizeable share of its
-own harmful write is the leak BENCHMARKS.md §1n points at (Javanese refusals no Javanese gain moved).
+own harmful write is the leak BENCHMARKS.md §1n suspected (Javanese refusals no Javanese gain moved); §1o has
+the answer. (Session 20 also tried an up row per neuron fitted above all where its own gate opens, commit
+5f71777 `--emphasis`: it scaled every write, harmful and harmless alike, and was removed.)
 
-python -m bench.up_rows --data ../shared/data/multijail-dev.csv [--layers 16,19,22] [--emphasis 0,4,16,64]
+python -m bench.up_rows --data ../shared/data/multijail-dev.csv [--layers 16,19,22]
     [--keys-cache /tmp/up_rows_keys.pt] [--out bench/results/up_rows.json]
 """
 
@@ -50,7 +51,7 @@ def neuron_table(na: NeuronActivation, fit, langs: list[str], val: dict[str, dic
     return table
 
 
-def run(data: str, layers: list[int], emphases: list[float], keys_cache: str | None) -> dict[str, Any]:
+def run(data: str, layers: list[int], keys_cache: str | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     config = EditConfig(model="demo", calibration=data)
     plan = make_plan(config, Reporter())
@@ -70,17 +71,15 @@ def run(data: str, layers: list[int], emphases: list[float], keys_cache: str | N
     rows = []
     for layer in layers:
         na = NeuronActivation(lm.model, layer)
-        for emphasis in emphases:
-            basis = readout_basis(na, keys[layer], layer, targets, config.source_lang,
-                                  replace(config.readout, up_emphasis=emphasis))
-            table = neuron_table(na, basis.fit(dict.fromkeys(targets, 1.0)), basis.langs, val[layer])
-            rows.append({"layer": layer, "up_emphasis": emphasis, "neurons": table})
-            print(f"L{layer} emphasis {emphasis:g}: own harmful / worst harmless share  "
-                  + "  ".join(f"{lg} {t['own_harmful_mean']:.2f}/{t['worst_share']:.2f}" for lg, t in table.items()),
-                  flush=True)
-            for lg, t in table.items():
-                print(f"    {lg} neuron: harmless max by language "
-                      + " ".join(f"{o} {v:+.2f}" for o, v in t["harmless_max"].items()), flush=True)
+        basis = readout_basis(na, keys[layer], layer, targets, config.source_lang, config.readout)
+        table = neuron_table(na, basis.fit(dict.fromkeys(targets, 1.0)), basis.langs, val[layer])
+        rows.append({"layer": layer, "neurons": table})
+        print(f"L{layer}: own harmful / worst harmless share  "
+              + "  ".join(f"{lg} {t['own_harmful_mean']:.2f}/{t['worst_share']:.2f}" for lg, t in table.items()),
+              flush=True)
+        for lg, t in table.items():
+            print(f"    {lg} neuron: harmless max by language "
+                  + " ".join(f"{o} {v:+.2f}" for o, v in t["harmless_max"].items()), flush=True)
     return {"layers": layers, "rows": rows, "seconds": time.perf_counter() - t0}
 
 
@@ -88,12 +87,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
     ap.add_argument("--layers", default="16,19,22")
-    ap.add_argument("--emphasis", default="0,4,16,64")
     ap.add_argument("--keys-cache", default=None, help="a .pt file: saved after the capture, reused if present")
     ap.add_argument("--out", default="bench/results/up_rows.json")
     args = ap.parse_args()
-    res = run(args.data, [int(x) for x in args.layers.split(",")], [float(x) for x in args.emphasis.split(",")],
-              args.keys_cache)
+    res = run(args.data, [int(x) for x in args.layers.split(",")], args.keys_cache)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
 

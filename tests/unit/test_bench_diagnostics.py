@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import gated_depth, learning_curve
 from worker.engine.config import SUPPORTED_LANGS
 from worker.engine.data import bundled_demo_harmful
@@ -33,7 +35,60 @@ def test_learning_curve_runs_the_search_per_size(tiny_qwen2, tmp_path):
     data, out = tmp_path / "cal.jsonl", tmp_path / "curve.json"
     _calibration(data)
     assert learning_curve.main(["--data", str(data), "--model", str(tiny_qwen2), "--sizes", "2,4",
-                                "--search-layers", "1,2", "--screen-prompts", "2", "--out", str(out)]) == 0
+                                "--search-layers", "1,2", "--screen-prompts", "2", "--readout-answer-ids", "2",
+                                "--out", str(out)]) == 0
     rows = json.loads(out.read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert [r["calibration_ids"] for r in rows] == [2, 4]
+
+
+def test_learning_curve_refuses_a_size_below_the_answer_ids(tiny_qwen2, tmp_path, capsys):
+    """The answer-token negatives come from the first readout_answer_ids ids and are not sliced: a smaller size
+    would be fitted on more calibration data than it says."""
+    data = tmp_path / "cal.jsonl"
+    _calibration(data)
+    with pytest.raises(SystemExit) as exit_info:
+        learning_curve.main(["--data", str(data), "--model", str(tiny_qwen2), "--sizes", "2,4",
+                             "--readout-answer-ids", "3", "--out", str(tmp_path / "curve.json")])
+    assert exit_info.value.code == 2
+    assert "--readout-answer-ids (3)" in capsys.readouterr().err
+    assert not (tmp_path / "curve.json").exists()
+
+
+def test_up_rows_neuron_table_finds_the_neuron_that_writes_on_another_languages_harmless_rows(tiny_qwen2):
+    """bench.up_rows: per neuron, its write on its own language's harmful rows and its largest write on each
+    language's harmless rows. Harmless bn rows that look like harmful sw ones (harm and sw axes up) are written
+    on by sw's neuron, and the table says so; bn's own harmless rows are not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bench.up_rows import neuron_table
+    from tests.unit.test_search import _language_keys
+    from worker.engine.keys import NeuronActivation
+    from worker.engine.methods.gated import ReadoutSettings, readout_basis
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    na = NeuronActivation(model, 1)
+    d = model.config.hidden_size
+    keys = _language_keys(d, seed=1)
+    fit = readout_basis(na, keys, 1, ["sw", "bn"], "en", ReadoutSettings(lam=0.001, scope="per_language")).fit(
+        {"sw": 1.0, "bn": 1.0})
+    g = torch.Generator().manual_seed(2)
+
+    def rows(harm: float, axes: dict[int, float]) -> torch.Tensor:
+        x = 0.3 * torch.randn(8, d, generator=g)
+        x[:, 0] += harm
+        for axis, v in axes.items():
+            x[:, axis] += v
+        return x
+
+    val = {"harmful": {"sw": rows(3, {2: 2}), "bn": rows(3, {3: 2})},
+           "plain": {"sw": rows(-3, {2: 2}), "bn": rows(3, {2: 2, 3: 0.5})},  # bn's look like sw harm
+           "borderline": {"sw": rows(-3, {2: 2}), "bn": rows(-3, {3: 2})}}
+    table = neuron_table(na, fit, ["sw", "bn"], val)
+    assert set(table) == {"sw", "bn"}
+    sw = table["sw"]
+    assert sw["own_harmful_mean"] > 1.0
+    assert sw["harmless_max"]["bn"] > 0.5 * sw["own_harmful_mean"]  # the leak is found
+    assert abs(sw["harmless_max"]["sw"]) < 0.1 * sw["own_harmful_mean"]
+    assert sw["worst_share"] > 0.5

@@ -118,10 +118,6 @@ class EditConfig:
         "teacher-forced, are negatives of the gates' read-out: the neurons then write where the answer is decided, "
         "not on generated tokens, where a high gain lowers English refusal and breaks answers (0: none; "
         "BENCHMARKS.md §1k)")
-    readout_up_emphasis: float = knob(
-        0.0, ge=0, le=1000, help="> 0: each gated neuron's up row is fitted with its rows weighted 1 + this times "
-        "the square of that neuron's own gate activation (relative to its on level), so it is 0 above all where "
-        "its gate opens on harmless input (0: one regression weighing every harmless row alike)")
     gated_write: Literal["push", "to_source"] = knob(
         "to_source", help="what the gated neurons write: to_source (default), one neuron per language writing the "
         "source-minus-that-language harmful difference (the largest cut on held-out prompts: BENCHMARKS.md §1l, "
@@ -184,7 +180,7 @@ class EditConfig:
 
         return ReadoutSettings(self.readout_gamma, self.readout_lam, self.readout_borderline_weight,
                                self.readout_scope, self.readout_focus_weight, self.readout_answer_ids,
-                               self.gated_write, self.readout_up_emphasis)
+                               self.gated_write)
 
 
 def config_fields() -> list[Field]:

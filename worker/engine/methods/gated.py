@@ -77,9 +77,6 @@ class ReadoutSettings:
     # "push": the English harmful-minus-harmless difference; "to_source": one neuron per language, each writing
     # the mean source-minus-that-language harmful difference (BENCHMARKS.md §1l)
     write: Literal["push", "to_source"] = "push"
-    # > 0: each neuron's up row is fitted with its rows weighted 1 + up_emphasis·(gate activation / on level)²,
-    # so that it is 0 above all where that neuron's own gate opens on harmless input (gate_weighted_up_rows)
-    up_emphasis: float = 0.0
 
 
 @dataclass
@@ -271,17 +268,13 @@ class LanguageGatedBasis:
     pooled: GatedBasis  # the up-row regression (and the shared push)
     info: dict[str, object]
     down_cols: Tensor | None = None  # [k, d] per unit gain; None: the pooled push for every neuron
-    unit_up_rows: Tensor | None = None  # [k, d] up rows at gain 1 (gate_weighted_up_rows); None: shared regression
 
     def fit(self, gains: dict[str, float]) -> GatedFit:
         """Up rows for `gains`: neuron i writes gains[langs[i]] times its down column on that language's harmful
         input."""
-        if self.unit_up_rows is not None:  # the regression is linear in its targets: scale the gain-1 rows
-            up = torch.tensor([gains.get(lg, 0.0) for lg in self.langs])[:, None] * self.unit_up_rows
-        else:
-            y = torch.tensor([[gains.get(lg, 0.0) if row == lg else 0.0 for lg in self.langs]
-                              for row in self.pooled.up_lang], dtype=torch.float64)
-            up = weighted_ridge(self.pooled.up_x, y, self.pooled.up_w, self.pooled.lam).float().T
+        y = torch.tensor([[gains.get(lg, 0.0) if row == lg else 0.0 for lg in self.langs]
+                          for row in self.pooled.up_lang], dtype=torch.float64)
+        up = weighted_ridge(self.pooled.up_x, y, self.pooled.up_w, self.pooled.lam).float().T
         down = (self.pooled.down_col[None].expand(len(self.langs), -1) if self.down_cols is None
                 else self.down_cols).clone()
         return GatedFit(self.index, self.gate_rows.clone(), up, down, dict(gains), dict(self.info))
@@ -333,49 +326,20 @@ def readout_basis(na: NeuronActivation, keys: LayerKeys, layer: int, langs: list
     else:
         basis = gated_basis(na, keys, layer, langs, source_lang, readout.gamma, readout.lam,
                             borderline_weight=readout.borderline_weight, answer_rows=answers)
-    if readout.write == "to_source":
-        basis = with_to_source_writes(na, keys, basis)
-    if readout.up_emphasis:
-        basis = gate_weighted_up_rows(na, keys, basis, readout.up_emphasis)
-    return basis
-
-
-def one_neuron_per_language(na: NeuronActivation, keys: LayerKeys, basis: AnyGatedBasis) -> LanguageGatedBasis:
-    """A pooled basis as one neuron per target language sharing its gate (a per-language basis unchanged)."""
-    if isinstance(basis, LanguageGatedBasis):
-        return basis
-    langs = [lg for lg in dict.fromkeys(basis.up_lang) if lg and lg in keys.tgt]
-    index = least_used_neurons(na, keys.safe_all, len(langs))
-    return LanguageGatedBasis(basis.layer, index, langs, basis.gate_row[None].expand(len(langs), -1).clone(),
-                              basis, dict(basis.info))
+    return with_to_source_writes(na, keys, basis) if readout.write == "to_source" else basis
 
 
 def with_to_source_writes(na: NeuronActivation, keys: LayerKeys, basis: AnyGatedBasis) -> LanguageGatedBasis:
     """The same gates, one neuron per language writing `to_source_pushes` (a pooled basis becomes one neuron per
     language sharing its gate): English's push lifts borderline-harmless refusal with the harmful one, the
     move to the source's harmful prompts far less (BENCHMARKS.md §1l)."""
-    basis = one_neuron_per_language(na, keys, basis)
+    if isinstance(basis, GatedBasis):
+        langs = [lg for lg in dict.fromkeys(basis.up_lang) if lg and lg in keys.tgt]
+        index = least_used_neurons(na, keys.safe_all, len(langs))
+        basis = LanguageGatedBasis(basis.layer, index, langs, basis.gate_row[None].expand(len(langs), -1).clone(),
+                                   basis, dict(basis.info))
     pushes = to_source_pushes(na, keys, basis.langs)
     down = torch.stack([pushes[lg] for lg in basis.langs]) / on_level()
     info = {**basis.info, "write": "to_source",
             "to_source_norm": {lg: round(float(v.norm()), 3) for lg, v in pushes.items()}}
     return replace(basis, down_cols=down.float(), info=info)
-
-
-def gate_weighted_up_rows(na: NeuronActivation, keys: LayerKeys, basis: AnyGatedBasis, emphasis: float
-                          ) -> LanguageGatedBasis:
-    """Each neuron's own up row, its regression rows weighted 1 + emphasis·(a/on)², a the neuron's gate
-    activation there: what reaches the residual stream is a·(u·x), so an up row fitted to 0 above all where its
-    own gate opens writes least on harmless input that gate mistakes for harmful. The shared regression weighs
-    every harmless row alike, and one language's neuron wrote on another's harmless questions (BENCHMARKS.md
-    §1n: Javanese over-refusal that no gain of Javanese's own moved). Fitted once at gain 1 per neuron."""
-    basis = one_neuron_per_language(na, keys, basis)
-    pooled = basis.pooled
-    on = on_level()
-    activation = na.act(pooled.up_x.double() @ basis.gate_rows.double().T) / on  # [n, k]
-    rows = []
-    for i, lg in enumerate(basis.langs):
-        y = torch.tensor([1.0 if row == lg else 0.0 for row in pooled.up_lang], dtype=torch.float64)
-        w = pooled.up_w.double() * (1.0 + emphasis * activation[:, i] ** 2)
-        rows.append(weighted_ridge(pooled.up_x, y, w, pooled.lam).float())
-    return replace(basis, unit_up_rows=torch.stack(rows), info={**basis.info, "up_emphasis": emphasis})
