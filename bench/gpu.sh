@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared script for a lent GPU (H100/H200), run from the repository root:
 #   0. the default edit (the search) end to end at Llama-3-8B shape, random bf16 weights, the demo model's
-#      tokenizer, BENCHMARKS.md §1a's sizes on the MultiJail CSV: stage timings and peak memory (bench.gpu_default);
+#      tokenizer, BENCHMARKS.md §1m's sizes on the MultiJail CSV: stage timings and peak memory (bench.gpu_default);
 #   1. real-scale timing on a Llama-3-8B-shaped model with random bf16 weights (no download): capture vs plain
 #      forward, key collection, localise + solve at d = 4096 / f = 14336, apply / revert, solve time vs d on CUDA;
 #   2. the demo model's full benchmark (python -m bench.run --full), with the step-1 numbers in its report.

@@ -1,4 +1,4 @@
-"""The default edit (the search) end to end at Llama-3-8B shape: BENCHMARKS.md §1a's job on a random-weight
+"""The default edit (the search) end to end at Llama-3-8B shape: BENCHMARKS.md §1m's job on a random-weight
 model on the GPU, for the stage timings and peak memory that §1e otherwise projects by arithmetic.
 
 python -m bench.gpu_default [--data multijail-dev.csv] --tokenizer DIR [--out gpu_default.json] [--small]
@@ -8,8 +8,10 @@ python -m bench.gpu_default [--data multijail-dev.csv] --tokenizer DIR [--out gp
 - The tokenizer is a real multilingual one (`--tokenizer`: a saved Hugging Face tokenizer, e.g. the demo
   model's, written by `--save-demo-tokenizer DIR` on a machine that has the demo model): the token counts of
   Thai or Bengali prompts, and so the cost, depend on it. The embedding is resized to its vocabulary.
-- The sizes are §1a's command: all calibration ids, 10 evaluation prompts and 4 + 4 harmless per language,
-  3 second-test prompts, 20 new tokens, one confirmed candidate on 6 validation prompts per language.
+- The sizes are §1m's command (the current default's held-out run): all calibration ids, 30 evaluation prompts
+  and 24 + 24 harmless per language, 3 second-test prompts, 20 new tokens; the search's own defaults (two
+  confirmed candidates on 10 validation ids per language, answer-token negatives of 16 ids). Session 9 measured
+  §1a's smaller job (10 evaluation prompts, one confirmed candidate on 6 ids) with the default of then.
 - `--small` shrinks the model to 4 tiny layers for a CPU smoke test of this script.
 """
 
@@ -36,15 +38,15 @@ from worker.engine import (
 
 from . import gpu_scale
 
-# BENCHMARKS.md §1a's command line, as EditConfig fields
-SECTION_1A = dict(
-    max_eval_prompts=10,
-    max_harmless_eval=4,
+# BENCHMARKS.md §1m's command line, as EditConfig fields (the rest: the default's)
+SECTION_1M = dict(
+    max_eval_prompts=30,
+    max_harmless_eval=24,
     second_test_prompts=3,
     max_new_tokens=20,
-    confirm_candidates=1,
-    confirm_prompts=6,
 )
+# --small (a CPU smoke test of this script): the same stages on a few prompts
+SMALL_SIZES = dict(max_eval_prompts=3, max_harmless_eval=2, second_test_prompts=1, max_new_tokens=4, confirm_prompts=2)
 
 
 def build(tokenizer_dir: str, small: bool, device: torch.device, dtype: torch.dtype) -> LoadedModel:
@@ -77,7 +79,8 @@ def run(
     build_s = time.perf_counter() - t
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    config = EditConfig(model=lm.spec, calibration=data, max_calibration_ids=max_calibration_ids, **SECTION_1A)
+    config = EditConfig(model=lm.spec, calibration=data, max_calibration_ids=max_calibration_ids,
+                        **(SMALL_SIZES if small else SECTION_1M))
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         res = run_edit(config, Path(tmp) / "job", _phase_printer(), loaded=lm)
@@ -109,7 +112,8 @@ def run(
         "peak_host_rss_mb": res.peak_memory_mb,
         "artifact_bytes": saved,
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
-        "config": {k: getattr(config, k) for k in (*SECTION_1A, "batch_size", "screen_prompts", "max_calibration_ids")},
+        "config": {k: getattr(config, k) for k in (*SECTION_1M, "batch_size", "screen_prompts", "max_calibration_ids",
+                                                   "confirm_candidates", "confirm_prompts", "readout_answer_ids")},
         "search": [
             {k: row.get(k) for k in ("name", "eligible", "why_not", "objective")}
             | {"confirmed": row.get("confirm") is not None}
