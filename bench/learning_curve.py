@@ -34,16 +34,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="calibration ids per language whose answers are the gates' negatives (default: the edit's)")
     p.add_argument("--out", default="bench/figures/learning_curve.json")
     a = p.parse_args(argv)
-    sizes = sorted({int(x) for x in a.sizes.split(",")})
-    answer_ids = (EditConfig(model=a.model, calibration=a.data).readout_answer_ids if a.readout_answer_ids is None
-                  else a.readout_answer_ids)
-    if sizes[0] < answer_ids:  # the answer rows come from the first readout_answer_ids ids and are not sliced
-        p.error(f"--sizes: each size must be at least --readout-answer-ids ({answer_ids}): the gates' answer-token "
-                "negatives come from that many calibration ids per language, so a smaller size would use more")
-    layers = "auto" if a.search_layers == "auto" else [int(x) for x in a.search_layers.split(",")]
+    try:
+        sizes = sorted({int(x) for x in a.sizes.split(",")})
+        layers = "auto" if a.search_layers == "auto" else [int(x) for x in a.search_layers.split(",")]
+    except ValueError:
+        p.error("--sizes and --search-layers: comma-separated integers")
+    answer_ids = {} if a.readout_answer_ids is None else {"readout_answer_ids": a.readout_answer_ids}
     config = EditConfig(model=a.model, calibration=a.data, max_calibration_ids=sizes[-1],
                         screen_prompts=a.screen_prompts, max_anchor_prompts=a.max_anchor_prompts,
-                        search_layers=layers, readout_answer_ids=answer_ids)
+                        search_layers=layers, **answer_ids)
+    if sizes[0] < config.readout_answer_ids:  # the answer rows come from the first ids and are not sliced
+        p.error(f"--sizes: each size must be at least --readout-answer-ids ({config.readout_answer_ids}): the gates' "
+                "answer-token negatives come from that many calibration ids per language, so a smaller size would "
+                "use more")
     rep, timer = Reporter(), StageTimer()
     plan = make_plan(config, rep)
     lm = load_model(config.model, config.device, config.dtype)

@@ -42,6 +42,15 @@ def last_token_keys(lm, texts: list[str], layer: int, batch_size: int) -> torch.
     return torch.stack([k[-1] for k in cap.keys[layer]])
 
 
+def validation_keys(lm, plan, screen_prompts: int, layer: int) -> dict[str, dict[str, torch.Tensor]]:
+    """MLP inputs at the last template token of the screen's validation prompts: group (harmful, plain,
+    borderline) -> language -> [n, d]."""
+    val_ids = plan.val_ids[:screen_prompts]
+    texts = {"harmful": {lg: [plan.harmful[i][lg] for i in val_ids] for lg in plan.langs},
+             "plain": plan.harmless_val, "borderline": plan.borderline_val}
+    return {g: {lg: last_token_keys(lm, t, layer, 16) for lg, t in by.items()} for g, by in texts.items()}
+
+
 def default_grid() -> list[tuple[float, float, float]]:
     return [(lam, gamma, 1.0) for lam in LAMS for gamma in GAMMAS]
 
@@ -142,13 +151,7 @@ def run(data: str, layer: int, max_calibration_ids: int | None = None,
         keys, val = torch.load(keys_cache, weights_only=False)
     else:
         keys = collect_keys(lm, plan, [layer], config, Reporter(), with_resid=True)[layer]
-        val_ids = plan.val_ids[: config.screen_prompts]
-        val = {
-            "harmful": {lg: last_token_keys(lm, [plan.harmful[i][lg] for i in val_ids], layer, 16)
-                        for lg in plan.langs},
-            "plain": {lg: last_token_keys(lm, plan.harmless_val[lg], layer, 16) for lg in plan.langs},
-            "borderline": {lg: last_token_keys(lm, plan.borderline_val[lg], layer, 16) for lg in plan.langs},
-        }
+        val = validation_keys(lm, plan, config.screen_prompts, layer)
         if keys_cache:
             torch.save((keys, val), keys_cache)
     targets = list(config.target_langs)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from bench.readout_sweep import last_token_keys
+from bench.readout_sweep import validation_keys
 from worker.engine import (
     EditConfig,
     NeuronActivation,
@@ -60,11 +60,7 @@ def run(data: str, layers: list[int], keys_cache: str | None) -> dict[str, Any]:
         keys, val = torch.load(keys_cache, weights_only=False)
     else:
         keys = collect_keys(lm, plan, layers, config, Reporter(), with_resid=True)
-        val_ids = plan.val_ids[: config.screen_prompts]
-        texts = {"harmful": {lg: [plan.harmful[i][lg] for i in val_ids] for lg in plan.langs},
-                 "plain": plan.harmless_val, "borderline": plan.borderline_val}
-        val = {layer: {g: {lg: last_token_keys(lm, t, layer, 16) for lg, t in by.items()} for g, by in texts.items()}
-               for layer in layers}
+        val = {layer: validation_keys(lm, plan, config.screen_prompts, layer) for layer in layers}
         if keys_cache:
             torch.save((keys, val), keys_cache)
     targets = list(config.target_langs)
