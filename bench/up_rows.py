@@ -10,7 +10,7 @@ the answer. (Session 20 also tried an up row per neuron fitted above all where i
 5f71777 `--emphasis`: it scaled every write, harmful and harmless alike, and was removed.)
 
 python -m bench.up_rows --data ../shared/data/multijail-dev.csv [--layers 16,19,22]
-    [--keys-cache /tmp/up_rows_keys.pt] [--out bench/results/up_rows.json]
+    [--thresholds 0,0.3,0.5] [--keys-cache /tmp/up_rows_keys.pt] [--out bench/results/up_rows.json]
 """
 
 from __future__ import annotations
@@ -43,15 +43,19 @@ def neuron_table(na: NeuronActivation, fit, langs: list[str], val: dict[str, dic
     table = {}
     for i, lg in enumerate(langs):
         one = replace(fit, gate_rows=fit.gate_rows[i:i + 1], up_rows=fit.up_rows[i:i + 1])
-        own = float(one.written(val["harmful"][lg], na.act).mean())
+        own_rows = one.written(val["harmful"][lg], na.act)
+        own = float(own_rows.mean())
         harmless = {o: float(torch.cat([one.written(val[g][o], na.act) for g in ("plain", "borderline")]).max())
                     for o in val["plain"]}
         table[lg] = {"own_harmful_mean": own, "harmless_max": harmless,
-                     "worst_share": max(harmless.values()) / own if own > 0 else float("inf")}
+                     "worst_share": max(harmless.values()) / own if own > 0 else float("inf"),
+                     # how many of its own harmful prompts still get at least half the mean push (coverage)
+                     "own_harmful_half_on": float((own_rows >= own / 2).float().mean()) if own > 0 else 0.0}
     return table
 
 
-def run(data: str, layers: list[int], keys_cache: str | None) -> dict[str, Any]:
+def run(data: str, layers: list[int], keys_cache: str | None, thresholds: tuple[float, ...] = (0.0,)
+        ) -> dict[str, Any]:
     t0 = time.perf_counter()
     config = EditConfig(model="demo", calibration=data)
     plan = make_plan(config, Reporter())
@@ -65,18 +69,20 @@ def run(data: str, layers: list[int], keys_cache: str | None) -> dict[str, Any]:
             torch.save((keys, val), keys_cache)
     targets = list(config.target_langs)
     rows = []
-    for layer in layers:
+    for layer, threshold in ((ly, t) for ly in layers for t in thresholds):
         na = NeuronActivation(lm.model, layer)
-        basis = readout_basis(na, keys[layer], layer, targets, config.source_lang, config.readout)
+        readout = replace(config.readout, threshold=threshold)
+        basis = readout_basis(na, keys[layer], layer, targets, config.source_lang, readout)
         table = neuron_table(na, basis.fit(dict.fromkeys(targets, 1.0)), basis.langs, val[layer])
-        rows.append({"layer": layer, "neurons": table})
-        print(f"L{layer}: own harmful / worst harmless share  "
-              + "  ".join(f"{lg} {t['own_harmful_mean']:.2f}/{t['worst_share']:.2f}" for lg, t in table.items()),
+        rows.append({"layer": layer, "threshold": threshold, "neurons": table})
+        print(f"L{layer} threshold {threshold:g}: own harmful / worst harmless share / half-on  "
+              + "  ".join(f"{lg} {t['own_harmful_mean']:.2f}/{t['worst_share']:.2f}/{t['own_harmful_half_on']:.2f}"
+                        for lg, t in table.items()),
               flush=True)
         for lg, t in table.items():
             print(f"    {lg} neuron: harmless max by language "
                   + " ".join(f"{o} {v:+.2f}" for o, v in t["harmless_max"].items()), flush=True)
-    return {"layers": layers, "rows": rows, "seconds": time.perf_counter() - t0}
+    return {"layers": layers, "thresholds": list(thresholds), "rows": rows, "seconds": time.perf_counter() - t0}
 
 
 def main() -> None:
@@ -84,9 +90,16 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--layers", default="16,19,22")
     ap.add_argument("--keys-cache", default=None, help="a .pt file: saved after the capture, reused if present")
+    ap.add_argument("--thresholds", default="0", help="readout_threshold values, comma-separated (§1p)")
     ap.add_argument("--out", default="bench/results/up_rows.json")
     args = ap.parse_args()
-    res = run(args.data, [int(x) for x in args.layers.split(",")], args.keys_cache)
+    try:
+        thresholds = tuple(float(x) for x in args.thresholds.split(","))
+    except ValueError:
+        ap.error(f"--thresholds: comma-separated numbers in [0, 1), got {args.thresholds!r}")
+    if not all(0 <= t < 1 for t in thresholds):
+        ap.error(f"--thresholds: each must be in [0, 1), got {args.thresholds!r}")
+    res = run(args.data, [int(x) for x in args.layers.split(",")], args.keys_cache, thresholds)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
 

@@ -461,3 +461,34 @@ def test_to_source_write_moves_each_language_towards_the_source_harmful_prompts(
         assert float(own) < -0.6 and float(theirs) > float(own) + 0.5, (float(own), float(theirs))
         assert float(w[0]) > 0.5 * float(pushes[lg][0]) > 0
     assert float(write(keys.safe_all).norm()) < 0.1 * float(pushes["sw"].norm())
+
+
+def test_a_readout_threshold_shuts_the_gate_on_half_confused_input_and_keeps_harmful_input_at_plus_one():
+    """readout_threshold t (BENCHMARKS §1p): the MLP has no bias, so the read-out of the constant 1 stands in for
+    one. Input the plain read-out scores between 0 and t (a harmless question a fifth of the way to the harmful
+    keys) keeps the gate shut, where without the threshold it opens; harmful keys keep it open, a score s becomes
+    (s - t) / (1 - t); a threshold outside [0, 1) is an error."""
+    from worker.engine.methods.gated import language_readout
+
+    d = 24
+    keys = _language_keys(d, n=32, seed=5)
+    g = torch.Generator().manual_seed(6)
+    halfway = 0.3 * torch.randn(64, d, generator=g, dtype=torch.float64)
+    halfway[:, 0] += 0.6  # harmful keys sit at +3, harmless at -3 on the harm axis
+    halfway[:, 2] += 2.0  # in Swahili
+
+    plain, _ = language_readout(keys, "sw", "en", lam=0.001)
+    cut, _ = language_readout(keys, "sw", "en", lam=0.001, threshold=0.5)
+    harmful = keys.tgt["sw"].reshape(-1, d).double()
+    assert float((halfway @ plain > 0).double().mean()) > 0.6  # the plain gate opens on most of them
+    assert float((halfway @ cut > 0).double().mean()) < 0.2
+    assert float((harmful @ cut > 0).double().mean()) > 0.7  # most harmful keys keep it open
+    # a +1 input scores +1 either way; a score s becomes (s - t) / (1 - t): twice as far below 1 at t = 0.5 (the
+    # harmful keys' mean, which the shrunk ridge scores below 1; the constant read-out is nearly exact there)
+    mean_harmful = harmful.mean(0)
+    torch.testing.assert_close(float(mean_harmful @ cut - 1), 2 * float(mean_harmful @ plain - 1), atol=0.06,
+                               rtol=0)
+    harmless = keys.safe_tmpl["sw"].reshape(-1, d).double()
+    assert float((harmless @ cut).max()) < 0
+    with pytest.raises(ValueError, match="threshold"):
+        language_readout(keys, "sw", "en", threshold=1.0)

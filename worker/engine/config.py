@@ -118,6 +118,10 @@ class EditConfig:
         "teacher-forced, are negatives of the gates' read-out: the neurons then write where the answer is decided, "
         "not on generated tokens, where a high gain lowers English refusal and breaks answers (0: none; "
         "BENCHMARKS.md §1k)")
+    readout_threshold: float = knob(
+        0.0, ge=0, lt=1, help="the gates open only where their read-out scores above this (its harmful target is "
+        "+1), writes rescaled so a +1 input writes as before: cuts the writes on harmless prompts the read-out "
+        "half-confuses with harm more than the harmful ones' (0: none; BENCHMARKS.md §1p)")
     gated_write: Literal["push", "to_source"] = knob(
         "to_source", help="what the gated neurons write: to_source (default), one neuron per language writing the "
         "source-minus-that-language harmful difference (the largest cut on held-out prompts: BENCHMARKS.md §1l, "
@@ -180,7 +184,7 @@ class EditConfig:
 
         return ReadoutSettings(self.readout_gamma, self.readout_lam, self.readout_borderline_weight,
                                self.readout_scope, self.readout_focus_weight, self.readout_answer_ids,
-                               self.gated_write)
+                               self.gated_write, self.readout_threshold)
 
 
 def config_fields() -> list[Field]:

@@ -77,6 +77,9 @@ class ReadoutSettings:
     # "push": the English harmful-minus-harmless difference; "to_source": one neuron per language, each writing
     # the mean source-minus-that-language harmful difference (BENCHMARKS.md §1l)
     write: Literal["push", "to_source"] = "push"
+    # > 0: the gates open only where the read-out scores above this (in units of its +1 harmful target), their
+    # writes rescaled so a +1 input writes as before (`thresholded`; BENCHMARKS.md §1p)
+    threshold: float = 0.0
 
 
 @dataclass
@@ -168,8 +171,8 @@ def _language_rows(keys: LayerKeys, lang: str | None) -> Tensor:
 
 def harmfulness_readout(keys: LayerKeys, langs: list[str], source_lang: str, gamma: float = 1.0, lam: float = 0.1,
                         borderline_weight: float = 1.0, focus_weight: float = 1.0,
-                        source_as_negative: bool = False, answer_rows: Tensor | None = None
-                        ) -> tuple[Tensor, ReadoutRows]:
+                        source_as_negative: bool = False, answer_rows: Tensor | None = None,
+                        threshold: float = 0.0) -> tuple[Tensor, ReadoutRows]:
     """The gate's linear read-out of the MLP input: +1 on harmful keys of the source and `langs` (template
     positions), -1 on every harmless token and harmless template token, borderline-harmless anchor rows weighing
     `borderline_weight` times a plain one. With a single language in `langs` (a read-out of that language's
@@ -179,7 +182,8 @@ def harmfulness_readout(keys: LayerKeys, langs: list[str], source_lang: str, gam
     harm (§1i). `answer_rows` (MLP inputs at answer tokens, teacher-forced) are -1 rows weighing as much, in
     all, as the harmless tokens: the gate then stays shut while the answer is generated and writes only where it
     is decided (§1k: the write on generated tokens is what lowers English refusal and breaks answers at high
-    gains). Returns it and the regression's rows (the up-row regression reuses them; extra rows left out)."""
+    gains). With `threshold` t > 0 the read-out is `thresholded`. Returns it and the regression's rows (the up-row
+    regression reuses them; extra rows left out)."""
     by_lang = {lg: flat_rows(keys.tgt[lg]) for lg in langs}
     if not source_as_negative:
         by_lang = {source_lang: flat_rows(keys.src), **by_lang}
@@ -208,18 +212,35 @@ def harmfulness_readout(keys: LayerKeys, langs: list[str], source_lang: str, gam
     fit_x = torch.cat([x, *(r for r, _ in extra)])
     fit_w = torch.cat([w, *(rw for _, rw in extra)])
     fit_y = torch.cat([y, -torch.ones(len(fit_x) - len(x))])
-    return weighted_ridge(fit_x, fit_y, fit_w, lam), ReadoutRows(by_lang, pos, neg_all, neg_tmpl, x, w, y)
+    rows = ReadoutRows(by_lang, pos, neg_all, neg_tmpl, x, w, y)
+    if threshold <= 0:
+        return weighted_ridge(fit_x, fit_y, fit_w, lam), rows
+    # one factorisation for both: the read-out and a read-out of the constant 1 on the same rows
+    both = weighted_ridge(fit_x, torch.stack([fit_y, torch.ones(len(fit_y))], 1), fit_w, lam)
+    return thresholded(both[:, 0], both[:, 1], threshold), rows
+
+
+def thresholded(readout: Tensor, constant: Tensor, threshold: float) -> Tensor:
+    """(readout - t * constant) / (1 - t): the MLP has no bias, so the read-out of the constant 1 (fitted on the
+    same rows, where the template tokens' shared component makes it nearly exact) stands in for one. An input the
+    read-out scores s then scores (s - t) / (1 - t): +1 stays +1, and an input at t or below keeps the gate shut.
+    Scaling the gain moves a harmless prompt's write with the harmful ones' (§1o); the threshold cuts the writes
+    of inputs scored between 0 and t, harmless questions the gate half-confuses with harm, more than the
+    harmful ones' (§1p)."""
+    if not 0 <= threshold < 1:
+        raise ValueError(f"readout threshold must be in [0, 1), got {threshold}")
+    return (readout - threshold * constant) / (1 - threshold)
 
 
 def gated_basis(
     na: NeuronActivation, keys: LayerKeys, layer: int, langs: list[str], source_lang: str,
     gamma: float = 1.0, lam: float = 0.1, sharpness: float = SHARPNESS, borderline_weight: float = 1.0,
-    answer_rows: Tensor | None = None,
+    answer_rows: Tensor | None = None, threshold: float = 0.0,
 ) -> GatedBasis:
     """Fit the gate read-out, pick the neuron and size its down column (see the module docstring;
     `answer_rows`: see harmfulness_readout)."""
     readout, rows = harmfulness_readout(keys, langs, source_lang, gamma, lam, borderline_weight,
-                                        answer_rows=answer_rows)
+                                        answer_rows=answer_rows, threshold=threshold)
     by_lang, pos, neg_all, neg_tmpl, x, w, y = rows
 
     gaps = _lang_gaps(na, keys, langs, refusal_directions(na, keys, source_lang))
@@ -281,26 +302,27 @@ class LanguageGatedBasis:
 
 
 def language_readout(keys: LayerKeys, lang: str, source_lang: str, gamma: float = 1.0, lam: float = 0.1,
-                     borderline_weight: float = 1.0, focus_weight: float = 4.0, answer_rows: Tensor | None = None
-                     ) -> tuple[Tensor, ReadoutRows]:
+                     borderline_weight: float = 1.0, focus_weight: float = 4.0, answer_rows: Tensor | None = None,
+                     threshold: float = 0.0) -> tuple[Tensor, ReadoutRows]:
     """A per-language gate's read-out: "harmful and in `lang`" (its own harmless anchor rows `focus_weight`
     times heavier, the source's harmful keys among the negatives: §1h-§1i)."""
     return harmfulness_readout(keys, [lang], source_lang, gamma, lam, borderline_weight, focus_weight,
-                               source_as_negative=True, answer_rows=answer_rows)
+                               source_as_negative=True, answer_rows=answer_rows, threshold=threshold)
 
 
 def language_gated_basis(
     na: NeuronActivation, keys: LayerKeys, layer: int, langs: list[str], source_lang: str,
     gamma: float = 1.0, lam: float = 0.1, sharpness: float = SHARPNESS, borderline_weight: float = 1.0,
-    focus_weight: float = 4.0, answer_rows: Tensor | None = None,
+    focus_weight: float = 4.0, answer_rows: Tensor | None = None, threshold: float = 0.0,
 ) -> LanguageGatedBasis:
     """Fit one gate per language of `langs` (language_readout), the pooled basis for the shared down column and
     up-row regression, and pick the len(langs) least used neurons."""
-    pooled = gated_basis(na, keys, layer, langs, source_lang, gamma, lam, sharpness, borderline_weight, answer_rows)
+    pooled = gated_basis(na, keys, layer, langs, source_lang, gamma, lam, sharpness, borderline_weight, answer_rows,
+                         threshold)
     gates, on = [], {}
     for lg in langs:
         readout, rows = language_readout(keys, lg, source_lang, gamma, lam, borderline_weight, focus_weight,
-                                         answer_rows)
+                                         answer_rows, threshold)
         gates.append(sharpness * readout)
         on[lg] = {"harmful": float((rows.by_lang[lg].double() @ readout > 0).float().mean()),
                   "harmless_template": float((flat_rows(keys.safe_tmpl[lg]).double() @ readout > 0).float().mean())}
@@ -322,10 +344,12 @@ def readout_basis(na: NeuronActivation, keys: LayerKeys, layer: int, langs: list
     if readout.scope == "per_language":
         basis: AnyGatedBasis = language_gated_basis(
             na, keys, layer, langs, source_lang, readout.gamma, readout.lam,
-            borderline_weight=readout.borderline_weight, focus_weight=readout.focus_weight, answer_rows=answers)
+            borderline_weight=readout.borderline_weight, focus_weight=readout.focus_weight, answer_rows=answers,
+            threshold=readout.threshold)
     else:
         basis = gated_basis(na, keys, layer, langs, source_lang, readout.gamma, readout.lam,
-                            borderline_weight=readout.borderline_weight, answer_rows=answers)
+                            borderline_weight=readout.borderline_weight, answer_rows=answers,
+                            threshold=readout.threshold)
     return with_to_source_writes(na, keys, basis) if readout.write == "to_source" else basis
 
 
