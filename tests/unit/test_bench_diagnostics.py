@@ -92,3 +92,43 @@ def test_up_rows_neuron_table_finds_the_neuron_that_writes_on_another_languages_
     assert sw["harmless_max"]["bn"] > 0.5 * sw["own_harmful_mean"]  # the leak is found
     assert abs(sw["harmless_max"]["sw"]) < 0.1 * sw["own_harmful_mean"]
     assert sw["worst_share"] > 0.5
+
+
+def test_up_rows_table_shows_a_readout_threshold_cutting_the_share_on_half_confused_harmless_rows(tiny_qwen2):
+    """bench.up_rows --thresholds (BENCHMARKS §1p): harmless sw rows halfway between the harmless and the harmful
+    keys (harm axis 0) get part of the sw neuron's write; through `readout_basis` with `threshold` 0.5 (the
+    config's readout_threshold) their share falls below half while the neuron still writes on most of its
+    harmful rows."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bench.up_rows import neuron_table
+    from tests.unit.test_search import _language_keys
+    from worker.engine.keys import NeuronActivation
+    from worker.engine.methods.gated import ReadoutSettings, readout_basis
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    na = NeuronActivation(model, 1)
+    d = model.config.hidden_size
+    keys = _language_keys(d, n=64, seed=3)
+    g = torch.Generator().manual_seed(4)
+
+    def rows(harm: float, axis: int) -> torch.Tensor:
+        x = 0.3 * torch.randn(16, d, generator=g)
+        x[:, 0] += harm
+        x[:, axis] += 2.0
+        return x
+
+    val = {"harmful": {"sw": rows(3, 2), "bn": rows(3, 3)}, "plain": {"sw": rows(0.0, 2), "bn": rows(-3, 3)},
+           "borderline": {"sw": rows(-3, 2), "bn": rows(-3, 3)}}
+
+    def sw_row(threshold: float) -> dict:
+        fit = readout_basis(na, keys, 1, ["sw", "bn"], "en", ReadoutSettings(lam=0.01, scope="per_language",
+                                                                             threshold=threshold)
+                            ).fit({"sw": 1.0, "bn": 1.0})
+        return neuron_table(na, fit, ["sw", "bn"], val)["sw"]
+
+    plain, cut = sw_row(0.0), sw_row(0.5)
+    assert plain["worst_share"] > 0.1
+    assert cut["worst_share"] < 0.5 * plain["worst_share"]
+    assert cut["own_harmful_mean"] > 0.5 and cut["own_harmful_half_on"] >= 0.5

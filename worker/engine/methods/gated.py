@@ -7,7 +7,8 @@ Each edited layer gets one repurposed neuron (the least used on harmless text), 
   prompts), sharpened so that silu(g·x) is "on" for harmful input and about 0 otherwise.
   Its weights are `readout_gamma` (harmless) and `readout_lam` (ridge): heavier harmless weight fires on
   fewer harmless prompts and fewer harmful ones (BENCHMARKS.md §1f); `readout_borderline_weight` weighs the
-  borderline anchor prompts apart from the plain ones (§1h);
+  borderline anchor prompts apart from the plain ones (§1h); `readout_threshold` t keeps the gate shut where the
+  read-out scores t or less (a read-out of the constant 1 stands in for the bias the MLP lacks, §1p);
 - up row u: a second ridge read-out, equal to the language's *gain* on that language's harmful keys and 0 on
   harmless ones, so the neuron fires only where both read-outs agree, with an amplitude that depends on
   the language (language identity is linear in the MLP input);
