@@ -10,7 +10,7 @@ the answer. (Session 20 also tried an up row per neuron fitted above all where i
 5f71777 `--emphasis`: it scaled every write, harmful and harmless alike, and was removed.)
 
 python -m bench.up_rows --data ../shared/data/multijail-dev.csv [--layers 16,19,22]
-    [--thresholds 0,0.3,0.5] [--keys-cache /tmp/up_rows_keys.pt] [--out bench/results/up_rows.json]
+    [--thresholds 0,0.3,0.5] [--stack-gain 4] [--keys-cache /tmp/up_rows_keys.pt] [--out bench/results/up_rows.json]
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from worker.engine import (
     EditConfig,
     NeuronActivation,
     Reporter,
+    applied,
     collect_keys,
+    gated_candidate,
     load_model,
     make_plan,
     readout_basis,
@@ -54,8 +56,8 @@ def neuron_table(na: NeuronActivation, fit, langs: list[str], val: dict[str, dic
     return table
 
 
-def run(data: str, layers: list[int], keys_cache: str | None, thresholds: tuple[float, ...] = (0.0,)
-        ) -> dict[str, Any]:
+def run(data: str, layers: list[int], keys_cache: str | None, thresholds: tuple[float, ...] = (0.0,),
+        stack_gain: float = 0.0) -> dict[str, Any]:
     t0 = time.perf_counter()
     config = EditConfig(model="demo", calibration=data)
     plan = make_plan(config, Reporter())
@@ -82,7 +84,34 @@ def run(data: str, layers: list[int], keys_cache: str | None, thresholds: tuple[
         for lg, t in table.items():
             print(f"    {lg} neuron: harmless max by language "
                   + " ".join(f"{o} {v:+.2f}" for o, v in t["harmless_max"].items()), flush=True)
-    return {"layers": layers, "thresholds": list(thresholds), "rows": rows, "seconds": time.perf_counter() - t0}
+    stacked = stacked_rows(lm, plan, config, keys, val, layers, stack_gain) if stack_gain > 0 else []
+    return {"layers": layers, "thresholds": list(thresholds), "rows": rows, "stack_gain": stack_gain,
+            "stacked": stacked, "seconds": time.perf_counter() - t0}
+
+
+def stacked_rows(lm, plan, config: EditConfig, keys, val, layers: list[int], gain: float) -> list[dict[str, Any]]:
+    """The cascade check (§1p): the search's stacked candidates fit every layer's gates on the base model's keys,
+    but in the edit a deeper layer's gates read inputs the shallower layers' neurons have written on. Per layer
+    after the first: its neurons' table on validation keys captured with every shallower layer's neurons applied
+    at `gain` (every language), beside the table on the base keys."""
+    targets, layers = list(config.target_langs), sorted(layers)
+    bases = {ly: readout_basis(NeuronActivation(lm.model, ly), keys[ly], ly, targets, config.source_lang,
+                               config.readout) for ly in layers}
+    out = []
+    for i, layer in enumerate(layers[1:], start=1):
+        below = gated_candidate(lm.model, "below", [(bases[ly], dict.fromkeys(targets, gain)) for ly in layers[:i]])
+        with applied(lm.model, below.delta):
+            val_stacked = validation_keys(lm, plan, config.screen_prompts, layer)
+        na = NeuronActivation(lm.model, layer)
+        fit = bases[layer].fit(dict.fromkeys(targets, 1.0))
+        base, now = neuron_table(na, fit, bases[layer].langs, val[layer]), neuron_table(na, fit, bases[layer].langs,
+                                                                                        val_stacked)
+        out.append({"layer": layer, "below": layers[:i], "base": base, "stacked": now})
+        print(f"L{layer} with L{'+L'.join(map(str, layers[:i]))} at x{gain:g} below: own harmful / worst share, "
+              "base -> stacked  " + "  ".join(
+                  f"{lg} {base[lg]['own_harmful_mean']:.2f}/{base[lg]['worst_share']:.2f} -> "
+                  f"{now[lg]['own_harmful_mean']:.2f}/{now[lg]['worst_share']:.2f}" for lg in base), flush=True)
+    return out
 
 
 def main() -> None:
@@ -91,6 +120,9 @@ def main() -> None:
     ap.add_argument("--layers", default="16,19,22")
     ap.add_argument("--keys-cache", default=None, help="a .pt file: saved after the capture, reused if present")
     ap.add_argument("--thresholds", default="0", help="readout_threshold values, comma-separated (§1p)")
+    ap.add_argument("--stack-gain", type=float, default=0.0,
+                    help="> 0: also each deeper layer's table with the shallower layers' neurons applied at this "
+                         "gain (the cascade check, §1p)")
     ap.add_argument("--out", default="bench/results/up_rows.json")
     args = ap.parse_args()
     try:
@@ -99,7 +131,9 @@ def main() -> None:
         ap.error(f"--thresholds: comma-separated numbers in [0, 1), got {args.thresholds!r}")
     if not all(0 <= t < 1 for t in thresholds):
         ap.error(f"--thresholds: each must be in [0, 1), got {args.thresholds!r}")
-    res = run(args.data, [int(x) for x in args.layers.split(",")], args.keys_cache, thresholds)
+    if args.stack_gain < 0:
+        ap.error(f"--stack-gain: must be 0 or more, got {args.stack_gain}")
+    res = run(args.data, [int(x) for x in args.layers.split(",")], args.keys_cache, thresholds, args.stack_gain)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
 

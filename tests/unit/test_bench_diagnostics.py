@@ -132,3 +132,29 @@ def test_up_rows_table_shows_a_readout_threshold_cutting_the_share_on_half_confu
     assert plain["worst_share"] > 0.1
     assert cut["worst_share"] < 0.5 * plain["worst_share"]
     assert cut["own_harmful_mean"] > 0.5 and cut["own_harmful_half_on"] >= 0.5
+
+
+def test_up_rows_cascade_check_reads_the_deeper_layer_through_the_shallower_neurons(tiny_qwen2):
+    """bench.up_rows --stack-gain (BENCHMARKS §1p): the deeper layer's table is measured on validation keys
+    captured with the shallower layer's neurons applied, so it differs from the base table; one row per deeper
+    layer, and the model's weights are back as they were afterwards."""
+    import torch
+
+    from bench.readout_sweep import validation_keys
+    from bench.up_rows import stacked_rows
+    from worker.engine import EditConfig, Reporter, collect_keys, load_model, make_plan
+
+    config = EditConfig(model=str(tiny_qwen2), target_langs=["sw", "bn"], max_anchor_prompts=3, readout_answer_ids=2,
+                        max_new_tokens=3, screen_prompts=3)
+    plan = make_plan(config, Reporter())
+    lm = load_model(str(tiny_qwen2))
+    keys = collect_keys(lm, plan, [0, 1], config, Reporter(), with_resid=True)
+    val = {ly: validation_keys(lm, plan, config.screen_prompts, ly) for ly in (0, 1)}
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    rows = stacked_rows(lm, plan, config, keys, val, [1, 0], 4.0)
+    assert [(r["layer"], r["below"]) for r in rows] == [(1, [0])]
+    assert set(rows[0]["base"]) == set(rows[0]["stacked"]) == {"sw", "bn"}
+    assert any(rows[0]["base"][lg]["own_harmful_mean"] != rows[0]["stacked"][lg]["own_harmful_mean"]
+               for lg in ("sw", "bn"))
+    after = lm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
