@@ -7,7 +7,8 @@ of its own language's validation harmful prompts, and the largest write on any v
 or borderline) of each language: a neuron whose harmless write in another language is a sizeable share of its
 own harmful write is the leak BENCHMARKS.md §1n suspected (Javanese refusals no Javanese gain moved); §1o has
 the answer. (Session 20 also tried an up row per neuron fitted above all where its own gate opens, commit
-5f71777 `--emphasis`: it scaled every write, harmful and harmless alike, and was removed.)
+5f71777 `--emphasis`: it scaled every write, harmful and harmless alike, and was removed.) `--thresholds` repeats
+the table for each `readout_threshold`; `--stack-gain` adds the cascade check (`stacked_rows`; both §1p).
 
 python -m bench.up_rows --data ../shared/data/multijail-dev.csv [--layers 16,19,22]
     [--thresholds 0,0.3,0.5] [--stack-gain 4] [--keys-cache /tmp/up_rows_keys.pt] [--out bench/results/up_rows.json]
