@@ -8,10 +8,12 @@ or borderline) of each language: a neuron whose harmless write in another langua
 own harmful write is the leak BENCHMARKS.md §1n suspected (Javanese refusals no Javanese gain moved); §1o has
 the answer. (Session 20 also tried an up row per neuron fitted above all where its own gate opens, commit
 5f71777 `--emphasis`: it scaled every write, harmful and harmless alike, and was removed.) `--thresholds` repeats
-the table for each `readout_threshold`; `--stack-gain` adds the cascade check (`stacked_rows`; both §1p).
+the table for each `readout_threshold`; `--constant-fit` scores its stand-in bias (`constant_fit`); `--stack-gain`
+adds the cascade check (`stacked_rows`; all §1p).
 
 python -m bench.up_rows --data ../shared/data/multijail-dev.csv [--layers 16,19,22]
-    [--thresholds 0,0.3,0.5] [--stack-gain 4] [--keys-cache /tmp/up_rows_keys.pt] [--out bench/results/up_rows.json]
+    [--thresholds 0,0.3,0.5] [--stack-gain 4] [--constant-fit] [--keys-cache /tmp/up_rows_keys.pt]
+    [--out bench/results/up_rows.json]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from worker.engine import (
     applied,
     collect_keys,
     gated_candidate,
+    harmfulness_readout,
     load_model,
     make_plan,
     readout_basis,
@@ -58,7 +61,7 @@ def neuron_table(na: NeuronActivation, fit, langs: list[str], val: dict[str, dic
 
 
 def run(data: str, layers: list[int], keys_cache: str | None, thresholds: tuple[float, ...] = (0.0,),
-        stack_gain: float = 0.0) -> dict[str, Any]:
+        stack_gain: float = 0.0, constant_check: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     config = EditConfig(model="demo", calibration=data)
     plan = make_plan(config, Reporter())
@@ -85,9 +88,35 @@ def run(data: str, layers: list[int], keys_cache: str | None, thresholds: tuple[
         for lg, t in table.items():
             print(f"    {lg} neuron: harmless max by language "
                   + " ".join(f"{o} {v:+.2f}" for o, v in t["harmless_max"].items()), flush=True)
+    constant = {ly: constant_fit(keys[ly], val[ly], config, f"L{ly}") for ly in layers} if constant_check else {}
     stacked = stacked_rows(lm, plan, config, keys, val, layers, stack_gain) if stack_gain > 0 else []
-    return {"layers": layers, "thresholds": list(thresholds), "rows": rows, "stack_gain": stack_gain,
-            "stacked": stacked, "seconds": time.perf_counter() - t0}
+    return {"layers": layers, "thresholds": list(thresholds), "rows": rows, "constant_fit": constant,
+            "stack_gain": stack_gain, "stacked": stacked, "seconds": time.perf_counter() - t0}
+
+
+def constant_fit(keys, val, config: EditConfig, label: str = "", langs: tuple[str, ...] = ("bn", "jv"),
+                 t: float = 0.5) -> dict[str, dict[str, list[float]]]:
+    """Does the read-out of the constant 1 stand in for a bias (§1p)? It is recovered from the engine's two
+    read-outs of one language, without and with threshold t (r' = (r - t·c)/(1 - t), so c = (r - (1 - t)·r')/t),
+    and scored on validation keys (that language's harmful prompts, every language's plain and borderline ones)
+    and on the calibration answer rows: [mean, std, min, max] of c·x, which should be about 1 everywhere."""
+    r = config.readout
+    out: dict[str, dict[str, list[float]]] = {}
+    for lg in langs:
+        plain, cut = (harmfulness_readout(keys, [lg], config.source_lang, r.gamma, r.lam, r.borderline_weight,
+                                          r.focus_weight, True, keys.answers, threshold)[0] for threshold in (0.0, t))
+        const = (plain - (1 - t) * cut) / t
+        groups = {"harmful": val["harmful"][lg],
+                  **{g: torch.cat(list(val[g].values())) for g in ("plain", "borderline")}}
+        if keys.answers is not None:
+            groups["answers"] = keys.answers
+        out[lg] = {}
+        for g, x in groups.items():
+            c = x.double() @ const
+            out[lg][g] = [float(c.mean()), float(c.std()), float(c.min()), float(c.max())]
+        print(f"{label} constant read-out, {lg}: c·x mean ± std [min, max]  " + "  ".join(
+            f"{g} {m:.3f} ± {sd:.3f} [{lo:.2f}, {hi:.2f}]" for g, (m, sd, lo, hi) in out[lg].items()), flush=True)
+    return out
 
 
 def stacked_rows(lm, plan, config: EditConfig, keys, val, layers: list[int], gain: float) -> list[dict[str, Any]]:
@@ -124,6 +153,8 @@ def main() -> None:
     ap.add_argument("--stack-gain", type=float, default=0.0,
                     help="> 0: also each deeper layer's table with the shallower layers' neurons applied at this "
                          "gain (the cascade check, §1p)")
+    ap.add_argument("--constant-fit", action="store_true",
+                    help="also score the read-out of the constant 1 (the threshold's stand-in bias) on validation keys")
     ap.add_argument("--out", default="bench/results/up_rows.json")
     args = ap.parse_args()
     try:
@@ -134,7 +165,8 @@ def main() -> None:
         ap.error(f"--thresholds: each must be in [0, 1), got {args.thresholds!r}")
     if args.stack_gain < 0:
         ap.error(f"--stack-gain: must be 0 or more, got {args.stack_gain}")
-    res = run(args.data, [int(x) for x in args.layers.split(",")], args.keys_cache, thresholds, args.stack_gain)
+    res = run(args.data, [int(x) for x in args.layers.split(",")], args.keys_cache, thresholds, args.stack_gain,
+              args.constant_fit)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
 

@@ -158,3 +158,33 @@ def test_up_rows_cascade_check_reads_the_deeper_layer_through_the_shallower_neur
                for lg in ("sw", "bn"))
     after = lm.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_up_rows_constant_fit_recovers_a_read_out_of_one_from_the_engines_two_read_outs():
+    """bench.up_rows --constant-fit (BENCHMARKS §1p): the stand-in bias recovered from the engine's read-outs
+    without and with a threshold scores about 1 on held-back keys that share the fitted rows' common component,
+    and the report names every group."""
+    import torch
+
+    from bench.up_rows import constant_fit
+    from tests.unit.test_search import _language_keys
+    from worker.engine import EditConfig
+
+    d = 24
+
+    def with_shared_component(k):  # real template-token keys share a large common component; add one on axis 5
+        k.src, k.safe_all = k.src + 8 * torch.eye(d)[5], k.safe_all + 8 * torch.eye(d)[5]
+        k.tgt = {lg: v + 8 * torch.eye(d)[5] for lg, v in k.tgt.items()}
+        k.safe_tmpl = {lg: v + 8 * torch.eye(d)[5] for lg, v in k.safe_tmpl.items()}
+        return k
+
+    keys = with_shared_component(_language_keys(d, n=32, seed=7))
+    held_back = with_shared_component(_language_keys(d, n=8, seed=8))
+    val = {"harmful": {"sw": held_back.tgt["sw"][:, -1], "bn": held_back.tgt["bn"][:, -1]},
+           "plain": {lg: held_back.safe_tmpl[lg][:, -1] for lg in ("sw", "bn")},
+           "borderline": {lg: held_back.safe_tmpl[lg][:, 0] for lg in ("sw", "bn")}}
+    out = constant_fit(keys, val, EditConfig(target_langs=["sw", "bn"]), "L1", langs=("sw",))
+    assert set(out["sw"]) == {"harmful", "plain", "borderline"}
+    for mean, std, lo, hi in out["sw"].values():
+        assert abs(mean - 1) < 0.1 and std < 0.2 and lo < hi
+    assert torch.isfinite(torch.tensor([v for row in out["sw"].values() for v in row])).all()
