@@ -492,3 +492,45 @@ def test_a_readout_threshold_shuts_the_gate_on_half_confused_input_and_keeps_har
     assert float((harmless @ cut).max()) < 0
     with pytest.raises(ValueError, match="threshold"):
         language_readout(keys, "sw", "en", threshold=1.0)
+
+
+def test_a_stack_fitted_in_order_writes_on_harm_the_shallower_neurons_moved_where_the_base_fit_goes_quiet(
+        tiny_qwen2):
+    """stack_fit in_order (BENCHMARKS §1p-§1q): the shallower layer's to_source neurons move each language's harm
+    towards the source's, where a per-language gate fitted on the base keys is shut (its negatives). The deeper
+    layer refitted on keys captured under the shallower neurons (here: the move, simulated on synthetic keys)
+    opens on the moved harmful keys and stays shut on harmless ones; the base fit barely writes there. The
+    recapture gets the shallower layer's edits only."""
+    from worker.engine.methods.gated import ReadoutSettings, readout_basis
+    from worker.engine.search import fitted_in_order
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    d = model.config.hidden_size
+    settings = ReadoutSettings(lam=0.001, scope="per_language", write="to_source", focus_weight=4.0)
+    base = {ly: _language_keys(d, seed=ly) for ly in (1, 2)}
+    moved = _language_keys(d, seed=7)
+    for lg, axis in (("sw", 2), ("bn", 3)):  # harm in sw/bn now reads mostly like English harm
+        for rows in (moved.tgt[lg], moved.tgt_resid[lg]):
+            rows[..., axis] -= 1.4
+            rows[..., 1] += 1.6
+    seen = []
+
+    def recapture(layer: int, delta: SparseDelta) -> LayerKeys:
+        seen.append((layer, {e.layer for e in delta.edits}))
+        return moved
+
+    gains = {"sw": 2.0, "bn": 2.0}
+    chosen = {ly: (readout_basis(NeuronActivation(model, ly), base[ly], ly, ["sw", "bn"], "en", settings), gains)
+              for ly in (1, 2)}
+    parts = fitted_in_order(model, [1, 2], chosen, recapture, ["sw", "bn"], "en", settings)
+    assert seen == [(2, {1})]
+    assert parts[0] == chosen[1]
+    act = NeuronActivation(model, 2).act
+
+    def written(basis, x: torch.Tensor) -> float:
+        return float(basis.fit(gains).written(x, act).mean())
+
+    for lg in ("sw", "bn"):
+        refit, base_fit = written(parts[1][0], moved.tgt[lg]), written(chosen[2][0], moved.tgt[lg])
+        assert refit > 1.0 and refit > 3 * abs(base_fit), (lg, refit, base_fit)
+        assert abs(written(parts[1][0], moved.safe_all)) < 0.1 * refit

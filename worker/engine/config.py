@@ -91,6 +91,11 @@ class EditConfig:
     ladder_layers: int = knob(
         0, ge=0, le=8, help="the gain ladder: how many of the best screened layers also get every gain generated on "
         "validation prompts and a gain per language chosen from those answers (0: none; BENCHMARKS.md §1g)")
+    stack_fit: Literal["in_order", "base"] = knob(
+        "in_order", help="how the search's every-layer candidate is fitted: in_order (default) also fits each deeper "
+        "layer's gates on keys captured with the shallower layers' neurons applied, a candidate beside the one "
+        "fitted on the base model's keys (under the shallower neurons the base-fitted deeper gates go quiet on "
+        "harmful prompts and keep writing on harmless ones: BENCHMARKS.md §1p, §1q); base: base keys only")
     confirm_candidates: int = knob(
         2, ge=0, le=8, help="best search candidates confirmed by generation on validation prompts (0: screen only)")
     confirm_prompts: int = knob(10, ge=1, le=256,

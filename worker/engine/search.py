@@ -7,6 +7,8 @@ Candidates (each one a SparseDelta; `Candidate.kind` says which family):
   ("per-language"): a language no multiplier helps gets gain 0, so the edit does not push it on purpose,
 - the per-language neurons of the two best layers together, and of every layer together, at half and full
   gain,
+- the every-layer stack (else the two best layers) at full gain, each deeper layer fitted on keys captured with
+  the shallower layers' neurons applied ("fitted in order", `stack_fit`; BENCHMARKS.md §1q),
 - the paper's closed form (gate_proj, soft and hard anchor) at the middle search layer.
 
 Selectivity on the screen, per target language: the rise of the refusal probability on harmful prompts minus
@@ -163,18 +165,20 @@ class SearchResult:
 
 ConfirmFn = Callable[[SparseDelta | None], dict[str, dict[str, float]]]
 """Generation on validation prompts: group ("harmful", "plain", "borderline") -> lang -> refusal rate."""
+Recapture = Callable[[int, SparseDelta], LayerKeys]
+"""One layer's calibration keys captured with a delta applied (the model back to its weights on return)."""
 
 
 def search(
     model: nn.Module, keys: dict[int, LayerKeys], layers: list[int], screen: Screen, targets: list[str],
     source: str, multipliers: list[float], confirm: ConfirmFn | None, n_confirm: int,
     paper: Callable[[int, str], Candidate] | None, reporter: Reporter, *, readout: ReadoutSettings,
-    ladder_layers: int = 0,
+    ladder_layers: int = 0, recapture: Recapture | None = None,
 ) -> SearchResult:
     cands: list[Candidate] = []
     notes: list[str] = []
     per_lang: dict[int, Candidate] = {}
-    steps = len(layers) * (len(multipliers) + 1) + 6
+    steps = len(layers) * (len(multipliers) + 1) + 6 + (recapture is not None)
     done = 0
 
     def screened(c: Candidate) -> Candidate:
@@ -208,6 +212,12 @@ def search(
                      for ly in group]
             name = "+".join(f"L{ly}" for ly in group)
             screened(gated_candidate(model, f"gated {name} per-language, {label}", parts))
+    if recapture is not None and groups:
+        group = groups[-1]  # every layer (or the two best): the stack the cascade starves most (§1p)
+        parts = fitted_in_order(model, group, {ly: (per_lang[ly].parts[0][0], per_lang[ly].gains or {})
+                                               for ly in group}, recapture, targets, source, readout)
+        name = "+".join(f"L{ly}" for ly in group)
+        screened(gated_candidate(model, f"gated {name} per-language, full gain each, fitted in order", parts))
     if paper is not None:
         mid = layers[len(layers) // 2]
         for null_space in ("soft", "hard"):
@@ -224,6 +234,25 @@ def search(
         return SearchResult(eligible[0], cands, notes)
     return confirm_best(model, eligible, cands, notes, confirm, n_confirm, multipliers, targets, source,
                         ladder_layers, reporter)
+
+
+def fitted_in_order(model: nn.Module, group: list[int], chosen: dict[int, tuple[AnyGatedBasis, dict[str, float]]],
+                    recapture: Recapture, targets: list[str], source: str, readout: ReadoutSettings
+                    ) -> list[tuple[AnyGatedBasis, dict[str, float]]]:
+    """A stacked candidate whose every layer after the shallowest is fitted on keys captured with the shallower
+    layers' neurons applied (each at its chosen gains). Fitted on the base model's keys, a deeper gate reads, in
+    the edit, inputs the shallower neurons have already moved towards the source language's harm, where the
+    per-language gates are fitted shut: it goes quiet on harmful prompts and keeps writing on harmless ones
+    (BENCHMARKS.md §1p). Refitted here, it reads what it will see. Each layer's gains stay its own per-language
+    gains; everything is still closed form (one capture and one ridge fit per deeper layer)."""
+    first = group[0]
+    parts = [chosen[first]]
+    for layer in group[1:]:
+        below = gated_candidate(model, "below", parts)
+        keys = recapture(layer, below.delta)
+        basis = readout_basis(NeuronActivation(model, layer), keys, layer, targets, source, readout)
+        parts.append((basis, chosen[layer][1]))
+    return parts
 
 
 def counted(confirm: ConfirmFn, reporter: Reporter, most: int) -> ConfirmFn:

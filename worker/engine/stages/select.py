@@ -14,7 +14,7 @@ from typing import Any
 
 from ..arch import num_layers
 from ..config import EditConfig
-from ..delta import LayerEdit, SparseDelta, apply_delta, revert_delta
+from ..delta import LayerEdit, SparseDelta, applied, apply_delta, revert_delta
 from ..errors import UserError
 from ..evaluate import generate, generate_sets, refusal_scores, refusal_token_ids
 from ..judges import make_judge
@@ -117,6 +117,7 @@ class SearchSetup:
     keys: dict[int, LayerKeys]
     confirm: Any
     paper: Any
+    recapture: Any = None  # (layer, delta) -> that layer's keys with the delta applied (stack_fit in_order)
 
 
 def confirmation_sets(plan: Plan, config: EditConfig) -> dict[str, dict[str, list[str]]]:
@@ -180,7 +181,18 @@ def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter,
         return Candidate(f"paper L{layer} gate ({null_space})", "paper", SparseDelta(ch.edits),
                          {f"{layer}.gate": ch.neurons})
 
-    return SearchSetup(layers, screen, keys, confirm_with(generate_and_judge, lm.model), paper_candidate)
+    def recapture(layer: int, delta: SparseDelta) -> LayerKeys:
+        # Prompt keys only: the answer-token rows are the base capture's. The shallower gates are fitted shut on
+        # answer tokens (readout_answer_ids), so they barely move those rows, and regenerating the answers would
+        # cost more than the rest of the capture.
+        with applied(lm.model, delta):
+            got = collect_keys(lm, plan, [layer], replace(config, readout_answer_ids=0),
+                               Reporter(should_cancel=rep.should_cancel), with_resid=True)[layer]
+        got.answers = keys[layer].answers
+        return got
+
+    return SearchSetup(layers, screen, keys, confirm_with(generate_and_judge, lm.model), paper_candidate,
+                       recapture if config.stack_fit == "in_order" else None)
 
 
 def run_search(lm: LoadedModel, setup: SearchSetup, config: EditConfig, rep: Reporter,
@@ -192,7 +204,9 @@ def run_search(lm: LoadedModel, setup: SearchSetup, config: EditConfig, rep: Rep
     return search(lm.model, keys or setup.keys, setup.layers, setup.screen, list(config.target_langs),
                   config.source_lang, list(config.search_gains), setup.confirm if confirm else None,
                   config.confirm_candidates if confirm else 0, setup.paper if confirm else None, rep,
-                  readout=config.readout, ladder_layers=config.ladder_layers)
+                  readout=config.readout, ladder_layers=config.ladder_layers,
+                  # a recapture takes every calibration id: not for a search over other keys (learning curve)
+                  recapture=setup.recapture if confirm and keys is None else None)
 
 
 def search_method(lm, plan, config, rep, timer) -> tuple[list[LayerChoice], list[dict], list[str]]:
