@@ -534,3 +534,38 @@ def test_a_stack_fitted_in_order_writes_on_harm_the_shallower_neurons_moved_wher
         refit, base_fit = written(parts[1][0], moved.tgt[lg]), written(chosen[2][0], moved.tgt[lg])
         assert refit > 1.0 and refit > 3 * abs(base_fit), (lg, refit, base_fit)
         assert abs(written(parts[1][0], moved.safe_all)) < 0.1 * refit
+
+
+def test_the_in_order_recapture_reads_the_layer_under_the_shallower_neurons_and_restores_the_weights(
+        tiny_qwen2, tmp_path):
+    """stack_fit in_order: the search's recapture of a deeper layer sees the shallower neurons' writes (its keys
+    differ from the base capture's), keeps the base capture's answer rows, reports its progress under the search
+    phase, and leaves the model's weights as they were; with the default (base) there is no recapture."""
+    from dataclasses import replace
+
+    from worker.engine.methods.gated import ReadoutSettings, readout_basis
+    from worker.engine.stages import StageTimer
+    from worker.engine.stages.select import search_setup
+
+    cal = tmp_path / "cal.jsonl"
+    _write_calibration(cal)
+    config = EditConfig(model=str(tiny_qwen2), calibration=str(cal), target_langs=["zh", "sw"], max_new_tokens=3,
+                        screen_prompts=3, confirm_prompts=2, search_layers=[1, 2], second_test_prompts=0,
+                        readout_answer_ids=2, stack_fit="in_order")
+    lm = load_model(str(tiny_qwen2))
+    plan = make_plan(config, Reporter())
+    phases: list[str] = []
+    rep = Reporter(lambda phase, done, total, message=None: phases.append(phase))
+    setup = search_setup(lm, plan, config, rep, StageTimer())
+    assert setup.recapture is not None
+    basis = readout_basis(NeuronActivation(lm.model, 1), setup.keys[1], 1, ["zh", "sw"], "en",
+                          ReadoutSettings(scope="per_language", write="to_source"))
+    below = gated_candidate(lm.model, "below", [(basis, {"zh": 30.0, "sw": 30.0})])
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    phases.clear()
+    keys = setup.recapture(2, below.delta)
+    assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+    assert not torch.allclose(keys.tgt["zh"], setup.keys[2].tgt["zh"])
+    assert keys.answers is setup.keys[2].answers is not None
+    assert phases and set(phases) == {"search"}
+    assert search_setup(lm, plan, replace(config, stack_fit="base"), Reporter(), StageTimer()).recapture is None

@@ -91,11 +91,12 @@ class EditConfig:
     ladder_layers: int = knob(
         0, ge=0, le=8, help="the gain ladder: how many of the best screened layers also get every gain generated on "
         "validation prompts and a gain per language chosen from those answers (0: none; BENCHMARKS.md §1g)")
-    stack_fit: Literal["in_order", "base"] = knob(
-        "in_order", help="how the search's every-layer candidate is fitted: in_order (default) also fits each deeper "
-        "layer's gates on keys captured with the shallower layers' neurons applied, a candidate beside the one "
-        "fitted on the base model's keys (under the shallower neurons the base-fitted deeper gates go quiet on "
-        "harmful prompts and keep writing on harmless ones: BENCHMARKS.md §1p, §1q); base: base keys only")
+    stack_fit: Literal["base", "in_order"] = knob(
+        "base", help="how the search's every-layer stack is fitted: base (default), every layer on the base model's "
+        "keys; in_order adds a candidate whose deeper layers' gates are fitted on keys captured with the shallower "
+        "layers' neurons applied (under them the base-fitted deeper gates go quiet on harmful prompts: BENCHMARKS.md "
+        "§1p). On the demo model it screened most selective but over the harmless tolerance in bn and jv, and its "
+        "two recaptures added 21 minutes on 2 CPU cores (§1q)")
     confirm_candidates: int = knob(
         2, ge=0, le=8, help="best search candidates confirmed by generation on validation prompts (0: screen only)")
     confirm_prompts: int = knob(10, ge=1, le=256,

@@ -8,7 +8,7 @@ Candidates (each one a SparseDelta; `Candidate.kind` says which family):
 - the per-language neurons of the two best layers together, and of every layer together, at half and full
   gain,
 - the every-layer stack (else the two best layers) at full gain, each deeper layer fitted on keys captured with
-  the shallower layers' neurons applied ("fitted in order", `stack_fit`; BENCHMARKS.md §1q),
+  the shallower layers' neurons applied ("fitted in order"; opt-in `stack_fit in_order`, BENCHMARKS.md §1q),
 - the paper's closed form (gate_proj, soft and hard anchor) at the middle search layer.
 
 Selectivity on the screen, per target language: the rise of the refusal probability on harmful prompts minus

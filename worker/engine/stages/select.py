@@ -185,9 +185,13 @@ def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter,
         # Prompt keys only: the answer-token rows are the base capture's. The shallower gates are fitted shut on
         # answer tokens (readout_answer_ids), so they barely move those rows, and regenerating the answers would
         # cost more than the rest of the capture.
+        # minutes on a CPU: its progress is the search phase's, named, so a poller sees it move
+        def progress(phase: str, done: int, total: int, message: str | None = None) -> None:
+            rep.step("search", done, total, f"layer {layer}'s keys under the shallower neurons (stack fitted in order)")
+
         with applied(lm.model, delta):
-            got = collect_keys(lm, plan, [layer], replace(config, readout_answer_ids=0),
-                               Reporter(should_cancel=rep.should_cancel), with_resid=True)[layer]
+            got = collect_keys(lm, plan, [layer], replace(config, readout_answer_ids=0), Reporter(progress),
+                               with_resid=True)[layer]
         got.answers = keys[layer].answers
         return got
 
