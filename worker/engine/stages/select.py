@@ -183,9 +183,8 @@ def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter,
 
     def recapture(layer: int, delta: SparseDelta) -> LayerKeys:
         # Prompt keys only: the answer-token rows are the base capture's. The shallower gates are fitted shut on
-        # answer tokens (readout_answer_ids), so they barely move those rows, and regenerating the answers would
-        # cost more than the rest of the capture.
-        # minutes on a CPU: its progress is the search phase's, named, so a poller sees it move
+        # answer tokens (readout_answer_ids), so they should barely move those rows (assumed, not measured), and
+        # regenerating the answers would cost more. Minutes on a CPU: its progress is the search phase's, named.
         def progress(phase: str, done: int, total: int, message: str | None = None) -> None:
             rep.step("search", done, total, f"layer {layer}'s keys under the shallower neurons (stack fitted in order)")
 
