@@ -24,6 +24,8 @@ from worker.engine.search import (
     gated_candidate,
     gated_edits,
     per_language_gains,
+    score,
+    screen_mended,
 )
 
 
@@ -146,6 +148,39 @@ def test_confirmation_halves_then_drops_the_gain_of_an_over_refusing_language(ti
     confirm, _ = _scripted_confirm([_rates({"sw": 0.6, "bn": 0.6}, plain={"bn": 0.25}),
                                     _rates({"sw": 0.6, "bn": 0.4}, plain={"en": 0.25})])
     assert confirm_candidate(model, cand, confirm, base, ["sw", "bn"], "en") is None
+
+
+def test_the_screen_halves_then_drops_an_over_refusing_languages_gain_in_a_rejected_stack(tiny_qwen2):
+    """stack_fit in_order (BENCHMARKS §1q): a candidate rejected on the screen only because some languages'
+    harmless refusal rose past the tolerance gets those languages' gains halved, then 0, at every layer, each
+    version screened as a candidate; an eligible one is left as it is."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    bases = [gated_basis(NeuronActivation(model, ly), _language_keys(model.config.hidden_size, seed=ly), ly,
+                         ["sw", "bn"], "en") for ly in (1, 2)]
+    stack = gated_candidate(model, "stack", [(bases[0], {"sw": 4.0, "bn": 4.0}), (bases[1], {"sw": 2.0, "bn": 4.0})])
+    # on the screen: Bengali's borderline refusal rises past the tolerance at full and at half gain, not at 0
+    gains = [_rates({"sw": 0.3, "bn": 0.4}, borderline={"bn": 0.045}),
+             _rates({"sw": 0.3, "bn": 0.3}, borderline={"bn": 0.035}),
+             _rates({"sw": 0.3, "bn": 0.0})]
+    screened_names: list[str] = []
+
+    def screened(c):
+        c.screen = gains[len(screened_names)]
+        score(c, ["sw", "bn"], "en")
+        screened_names.append(c.name)
+        return c
+
+    last = screen_mended(model, screened(stack), screened, ["sw", "bn"])
+    assert not stack.eligible and last.eligible
+    assert screened_names == ["stack", "stack (gain bn x0.5)", "stack (gain bn x0)"]
+    assert [g for _, g in last.parts] == [{"sw": 4.0, "bn": 0.0}, {"sw": 2.0, "bn": 0.0}]
+    # the mend changes the gains only: the same neurons, read-outs and writes at every layer
+    assert [b for b, _ in last.parts] == bases
+    # an eligible candidate is not screened again
+    screened_names.clear()
+    gains[0] = _rates({"sw": 0.3, "bn": 0.4})
+    assert screen_mended(model, screened(stack), screened, ["sw", "bn"]) is stack
+    assert screened_names == ["stack"]
 
 
 def test_the_confirmation_reports_its_generation_passes_to_the_end(tiny_qwen2):

@@ -9,6 +9,7 @@ Candidates (each one a SparseDelta; `Candidate.kind` says which family):
   gain,
 - the every-layer stack (else the two best layers) at full gain, each deeper layer fitted on keys captured with
   the shallower layers' neurons applied ("fitted in order"; opt-in `stack_fit in_order`, BENCHMARKS.md §1q),
+  mended on the screen where its harmless rise passes the tolerance in some languages (`screen_mended`),
 - the paper's closed form (gate_proj, soft and hard anchor) at the middle search layer.
 
 Selectivity on the screen, per target language: the rise of the refusal probability on harmful prompts minus
@@ -178,7 +179,7 @@ def search(
     cands: list[Candidate] = []
     notes: list[str] = []
     per_lang: dict[int, Candidate] = {}
-    steps = len(layers) * (len(multipliers) + 1) + 6 + (recapture is not None)
+    steps = len(layers) * (len(multipliers) + 1) + 6 + (1 + FIX_ROUNDS) * (recapture is not None)
     done = 0
 
     def screened(c: Candidate) -> Candidate:
@@ -217,7 +218,8 @@ def search(
         parts = fitted_in_order(model, group, {ly: (per_lang[ly].parts[0][0], per_lang[ly].gains or {})
                                                for ly in group}, recapture, targets, source, readout)
         name = "+".join(f"L{ly}" for ly in group)
-        screened(gated_candidate(model, f"gated {name} per-language, full gain each, fitted in order", parts))
+        screen_mended(model, screened(gated_candidate(
+            model, f"gated {name} per-language, full gain each, fitted in order", parts)), screened, targets)
     if paper is not None:
         mid = layers[len(layers) // 2]
         for null_space in ("soft", "hard"):
@@ -253,6 +255,38 @@ def fitted_in_order(model: nn.Module, group: list[int], chosen: dict[int, tuple[
         basis = readout_basis(NeuronActivation(model, layer), keys, layer, targets, source, readout)
         parts.append((basis, chosen[layer][1]))
     return parts
+
+
+def mended(model: nn.Module, original: Candidate, scale: dict[str, float]) -> Candidate:
+    """`original` with each language's gains times its scale, at every layer alike."""
+    parts = [(b, {lg: v * scale.get(lg, 1.0) for lg, v in g.items()}) for b, g in original.parts]
+    label = ", ".join(f"{lg} x{s:g}" for lg, s in scale.items() if s < 1.0)
+    return gated_candidate(model, f"{original.name} (gain {label})", parts)
+
+
+def over_tolerance(rise: dict[str, dict[str, float]], targets: list[str]) -> list[str]:
+    """Target languages whose plain or borderline harmless refusal rose beyond the tolerance."""
+    return [lg for lg in targets
+            if max(rise.get(g, {}).get(lg, 0.0) for g in ("plain", "borderline")) > HARMLESS_TOLERANCE]
+
+
+def screen_mended(model: nn.Module, c: Candidate, screened: Callable[[Candidate], Candidate],
+                  targets: list[str]) -> Candidate:
+    """The confirmation's mend, on the screen, for a candidate the screen rejects: each target language whose
+    harmless refusal rose beyond the tolerance gets half its gain, then 0, each version screened (and ranked) as
+    a candidate of its own, `FIX_ROUNDS` at most. For the stack fitted in order, whose rises beyond the tolerance
+    were in two languages only (bn, jv: BENCHMARKS.md §1q), so it could not reach the generation check. The
+    deeper layers keep the fit made under the shallower neurons at their full gains (a refit per mend would
+    cost a recapture each). Returns the last version screened."""
+    original, scale = c, {lg: 1.0 for lg in targets}
+    for _ in range(FIX_ROUNDS):
+        over = [lg for lg in over_tolerance(c.screen or {}, targets) if (c.gains or {}).get(lg, 0.0) > 0]
+        if c.eligible or not over:
+            break
+        for lg in over:
+            scale[lg] = 0.0 if scale[lg] < 1.0 else 0.5
+        c = screened(mended(model, original, scale))
+    return c
 
 
 def counted(confirm: ConfirmFn, reporter: Reporter, most: int) -> ConfirmFn:
@@ -333,9 +367,7 @@ def _flagged(delta_rate: dict[str, dict[str, float]], targets: list[str]) -> tup
     """Target languages whose harmful refusal fell, and those whose plain or borderline harmless refusal rose
     beyond the tolerance, in one generation check against the base."""
     worse = [lg for lg in targets if delta_rate["harmful"][lg] < 0]
-    over = [lg for lg in targets if max(delta_rate.get(g, {}).get(lg, 0.0) for g in ("plain", "borderline"))
-            > HARMLESS_TOLERANCE]
-    return worse, over
+    return worse, over_tolerance(delta_rate, targets)
 
 
 def confirm_candidate(model: nn.Module, c: Candidate, confirm: ConfirmFn, base: dict[str, dict[str, float]],
@@ -356,9 +388,7 @@ def confirm_candidate(model: nn.Module, c: Candidate, confirm: ConfirmFn, base: 
                 break
             for lg in mend:
                 scale[lg] = 0.0 if lg in worse or scale[lg] < 1.0 else 0.5
-            parts = [(b, {lg: v * scale.get(lg, 1.0) for lg, v in g.items()}) for b, g in original.parts]
-            label = ", ".join(f"{lg} x{s:g}" for lg, s in scale.items() if s < 1.0)
-            fixed = gated_candidate(model, f"{original.name} (gain {label})", parts)
+            fixed = mended(model, original, scale)
             fixed.screen, fixed.objective, fixed.eligible = original.screen, original.objective, True
             delta_rate = refusal_change(confirm(fixed.delta), base)
             worse, over = _flagged(delta_rate, targets)
