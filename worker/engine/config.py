@@ -95,8 +95,9 @@ class EditConfig:
         "base", help="how the search's every-layer stack is fitted: base (default), every layer on the base model's "
         "keys; in_order adds a candidate whose deeper layers' gates are fitted on keys captured with the shallower "
         "layers' neurons applied (under them the base-fitted deeper gates go quiet on harmful prompts: BENCHMARKS.md "
-        "§1p). On the demo model it screened most selective but over the harmless tolerance in bn and jv, and its "
-        "two recaptures added 21 minutes on 2 CPU cores (§1q)")
+        "§1p); where its harmless rise passes the tolerance in some languages, their gains are halved, then 0, on "
+        "the screen. On the demo model, with bn and jv halved, it screened best but the generation check kept the "
+        "base stack by one validation prompt, and its two recaptures added 21-32 minutes on 2 CPU cores (§1q, §1r)")
     confirm_candidates: int = knob(
         2, ge=0, le=8, help="best search candidates confirmed by generation on validation prompts (0: screen only)")
     confirm_prompts: int = knob(10, ge=1, le=256,
