@@ -274,8 +274,8 @@ def screen_mended(model: nn.Module, c: Candidate, screened: Callable[[Candidate]
                   targets: list[str]) -> Candidate:
     """The confirmation's mend, on the screen, for a candidate the screen rejects: each target language whose
     harmless refusal rose beyond the tolerance gets half its gain, then 0, each version screened (and ranked) as
-    a candidate of its own, `FIX_ROUNDS` at most. For the stack fitted in order, whose rises beyond the tolerance
-    were in two languages only (bn, jv: BENCHMARKS.md §1q), so it could not reach the generation check. The
+    a candidate of its own, `FIX_ROUNDS` at most. Used for the stack fitted in order, which rose beyond the
+    tolerance in two languages only (bn, jv: BENCHMARKS.md §1q) and so never reached the generation check. The
     deeper layers keep the fit made under the shallower neurons at their full gains (a refit per mend would
     cost a recapture each). Returns the last version screened."""
     original, scale = c, {lg: 1.0 for lg in targets}
