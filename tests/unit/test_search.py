@@ -183,40 +183,6 @@ def test_the_screen_halves_then_drops_an_over_refusing_languages_gain_in_a_rejec
     assert screened_names == ["stack"]
 
 
-def test_a_one_answer_margin_in_the_confirmation_is_a_tie_the_screen_breaks(tiny_qwen2):
-    """Ten validation prompts per language cannot tell two candidates one generated answer apart (§1r): within
-    one answer of the best confirmation objective the screen's objective decides; two answers apart, generation
-    does."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
-    basis = gated_basis(NeuronActivation(model, 1), _language_keys(model.config.hidden_size), 1, ["sw", "bn"], "en")
-    screen_best = gated_candidate(model, "screen best", [(basis, {"sw": 4.0, "bn": 4.0})])
-    generation_best = gated_candidate(model, "generation best", [(basis, {"sw": 2.0, "bn": 2.0})])
-    screen_best.eligible, screen_best.objective = True, 0.26
-    generation_best.eligible, generation_best.objective = True, 0.24
-    one_answer = 1 / (10 * 2)  # 10 harmful validation prompts in each of 2 target languages
-
-    def pick(sw_of_screen_best: float, one: float) -> str:
-        by_gain = {4.0: _rates({"sw": sw_of_screen_best, "bn": 0.6}), 2.0: _rates({"sw": 0.6, "bn": 0.6})}
-
-        def confirm(delta: SparseDelta | None) -> dict[str, dict[str, float]]:
-            if delta is None:
-                return _rates({"sw": 0.2, "bn": 0.2})
-            gain = next(g for g, c in ((4.0, screen_best), (2.0, generation_best)) if c.delta is delta)
-            return by_gain[gain]
-        notes: list[str] = []
-        found = confirm_best(model, [screen_best, generation_best], [], notes, confirm, 2, [], ["sw", "bn"], "en", 0,
-                             one_answer=one)
-        assert found.winner is not None
-        assert ("screen's objective decided" in " ".join(notes)) == (found.winner is screen_best and
-                                                                      sw_of_screen_best < 0.6)
-        return found.winner.name
-
-    assert pick(0.5, one_answer) == "screen best"  # one Swahili answer fewer refused: a tie
-    assert pick(0.5, 0.0) == "generation best"  # without the rule, generation alone decides
-    assert pick(0.4, one_answer) == "generation best"  # two answers apart: generation decides
-    assert pick(0.6, one_answer) == "screen best"  # an exact tie: the screen, as before
-
-
 def test_the_confirmation_reports_its_generation_passes_to_the_end(tiny_qwen2):
     """The generation checks are most of a default job's wall time: each pass is a "confirm" progress step, the
     count never passes its stated total, and the phase ends complete."""

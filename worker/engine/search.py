@@ -21,8 +21,6 @@ confirms the best `confirm` candidates against the base model with the configure
 not lower any language's refusal of harmful prompts nor raise its harmless refusal by more than the tolerance.
 A gated candidate is mended instead where it can be: a language it makes worse gets gain 0, an over-refusing
 one half its gain, then 0 (`confirm_candidate`), and the mended candidate is checked again.
-The confirmed candidate with the best objective in generation ships; candidates within one validation answer of it
-are a tie that 10 generated prompts per language cannot resolve, broken by the screen's objective (BENCHMARKS.md §1s).
 
 The gain ladder (session 10, opt-in: `ladder_layers`): the first-token screen prefers small gains, but generated
 answers on validation prompts showed layer 19's neuron cutting far more at 4-8 times the push (BENCHMARKS.md
@@ -176,7 +174,7 @@ def search(
     model: nn.Module, keys: dict[int, LayerKeys], layers: list[int], screen: Screen, targets: list[str],
     source: str, multipliers: list[float], confirm: ConfirmFn | None, n_confirm: int,
     paper: Callable[[int, str], Candidate] | None, reporter: Reporter, *, readout: ReadoutSettings,
-    ladder_layers: int = 0, recapture: Recapture | None = None, one_answer: float = 0.0,
+    ladder_layers: int = 0, recapture: Recapture | None = None,
 ) -> SearchResult:
     cands: list[Candidate] = []
     notes: list[str] = []
@@ -237,7 +235,7 @@ def search(
     if confirm is None or n_confirm <= 0:
         return SearchResult(eligible[0], cands, notes)
     return confirm_best(model, eligible, cands, notes, confirm, n_confirm, multipliers, targets, source,
-                        ladder_layers, reporter, one_answer)
+                        ladder_layers, reporter)
 
 
 def fitted_in_order(model: nn.Module, group: list[int], chosen: dict[int, tuple[AnyGatedBasis, dict[str, float]]],
@@ -307,14 +305,9 @@ def counted(confirm: ConfirmFn, reporter: Reporter, most: int) -> ConfirmFn:
 
 def confirm_best(model: nn.Module, eligible: list[Candidate], cands: list[Candidate], notes: list[str],
                  confirm: ConfirmFn, n_confirm: int, multipliers: list[float], targets: list[str], source: str,
-                 ladder_layers: int, reporter: Reporter | None = None, one_answer: float = 0.0) -> SearchResult:
+                 ladder_layers: int, reporter: Reporter | None = None) -> SearchResult:
     """Generation on validation prompts: the `n_confirm` best screened candidates and the gain ladder of the
-    `ladder_layers` best layers (by their best eligible single-layer candidate); the best that holds up wins.
-
-    `one_answer` is what one generated answer flipping in one language moves the confirmation's objective by.
-    Confirmed candidates within it of the best are a tie the generation check cannot resolve (§1r: one
-    validation prompt in 90 decided), and the screen's objective, a continuous score on more prompts, breaks it.
-    """
+    `ladder_layers` best layers (by their best eligible single-layer candidate); the best that holds up wins."""
     reporter = reporter or Reporter()
     to_confirm = eligible[:n_confirm]
     ladder: dict[int, AnyGatedBasis] = {}
@@ -330,28 +323,15 @@ def confirm_best(model: nn.Module, eligible: list[Candidate], cands: list[Candid
         if laddered is not None:
             cands.append(laddered)
             to_confirm.append(laddered)
-    confirmed = [checked for c in to_confirm
-                 if (checked := confirm_candidate(model, c, confirm, base, targets, source)) is not None]
-    reporter.step("confirm", most, most)
-    if not confirmed:
+    winner = None
+    for c in to_confirm:
+        checked = confirm_candidate(model, c, confirm, base, targets, source)
+        if checked is not None and (winner is None or checked.confirm["objective"] > winner.confirm["objective"]):
+            winner = checked
+    if winner is None:
         notes.append("no candidate held up in generation on validation prompts: no edit is shipped")
-        return SearchResult(None, cands, notes)
-    best = max(confirmed, key=lambda c: confirmed_objective(c))
-    # the small tolerance keeps a difference of exactly one answer (a float sum of rates) inside the tie
-    tied = [c for c in confirmed if confirmed_objective(c) >= confirmed_objective(best) - one_answer - 1e-9]
-    # a gain-ladder candidate has no screen objective: it wins a tie only against its own kind
-    winner = max(tied, key=lambda c: (c.objective if c.objective is not None else float("-inf"),
-                                      confirmed_objective(c)))
-    if winner is not best:
-        notes.append(f"confirmation: {winner.name!r} ({confirmed_objective(winner):.3f}) is within one "
-                     f"validation answer of {best.name!r} ({confirmed_objective(best):.3f}); the screen's objective "
-                     f"decided ({winner.objective:.3f} against {best.objective or 0.0:.3f})")
+    reporter.step("confirm", most, most)
     return SearchResult(winner, cands, notes)
-
-
-def confirmed_objective(c: Candidate) -> float:
-    assert c.confirm is not None
-    return float(c.confirm["objective"])
 
 
 def refusal_change(now: dict[str, dict[str, float]], base: dict[str, dict[str, float]]

@@ -118,7 +118,6 @@ class SearchSetup:
     confirm: Any
     paper: Any
     recapture: Any = None  # (layer, delta) -> that layer's keys with the delta applied (stack_fit in_order)
-    one_answer: float = 0.0  # the confirmation objective's step when one validation answer in one language flips
 
 
 def confirmation_sets(plan: Plan, config: EditConfig) -> dict[str, dict[str, list[str]]]:
@@ -195,10 +194,8 @@ def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter,
         got.answers = keys[layer].answers
         return got
 
-    targets = [lg for lg in config.target_langs if confirm_sets["harmful"].get(lg)]
-    one_answer = 1.0 / (len(confirm_sets["harmful"][targets[0]]) * len(targets)) if targets else 0.0
     return SearchSetup(layers, screen, keys, confirm_with(generate_and_judge, lm.model), paper_candidate,
-                       recapture if config.stack_fit == "in_order" else None, one_answer)
+                       recapture if config.stack_fit == "in_order" else None)
 
 
 def run_search(lm: LoadedModel, setup: SearchSetup, config: EditConfig, rep: Reporter,
@@ -212,7 +209,7 @@ def run_search(lm: LoadedModel, setup: SearchSetup, config: EditConfig, rep: Rep
                   config.confirm_candidates if confirm else 0, setup.paper if confirm else None, rep,
                   readout=config.readout, ladder_layers=config.ladder_layers,
                   # a recapture takes every calibration id: not for a search over other keys (learning curve)
-                  recapture=setup.recapture if confirm and keys is None else None, one_answer=setup.one_answer)
+                  recapture=setup.recapture if confirm and keys is None else None)
 
 
 def search_method(lm, plan, config, rep, timer) -> tuple[list[LayerChoice], list[dict], list[str]]:
