@@ -97,7 +97,8 @@ class EditConfig:
         "layers' neurons applied (under them the base-fitted deeper gates go quiet on harmful prompts: BENCHMARKS.md "
         "§1p); where its harmless rise passes the tolerance in some languages, their gains are halved, then 0, on "
         "the screen. On the demo model, with bn and jv halved, it screened best but the generation check kept the "
-        "base stack by one validation prompt, and its two recaptures added 21-32 minutes on 2 CPU cores (§1q, §1r)")
+        "base stack by one validation prompt; shipped once, it cut 33% held out against the default's 41% with fewer "
+        "harmless refusals (§1s). Its two recaptures add 21-32 minutes on 2 CPU cores (§1q, §1r)")
     confirm_candidates: int = knob(
         2, ge=0, le=8, help="best search candidates confirmed by generation on validation prompts (0: screen only)")
     confirm_prompts: int = knob(10, ge=1, le=256,
