@@ -319,6 +319,21 @@ def test_bundled_harmless() -> None:
             assert not same, (lg, same)
 
 
+def test_bundled_dev_harmless_sets_are_new_prompts_in_every_language() -> None:
+    """The development-only sets (plain and borderline) hold 40 ids each in all ten languages and share no text
+    with the bundled harmless and borderline sets, whose held-out part would otherwise leak into the anchor."""
+    known = {p.text.strip().lower() for cs in (data.bundled_harmless(), data.bundled_borderline()) for p in cs.prompts}
+    for cs in data.bundled_dev_harmless():
+        ids = cs.by_id("harmless")
+        assert len(ids) == 40
+        assert all(set(v) == set(SUPPORTED_LANGS) for v in ids.values())
+        assert not [p.text for p in cs.prompts if p.text.strip().lower() in known]
+        for lg in SUPPORTED_LANGS:
+            assert len({v[lg].text for v in ids.values()}) == 40, lg  # no prompt twice in one language
+            if lg != "en":
+                assert not [i for i, v in ids.items() if v[lg].text == v["en"].text], lg
+
+
 def test_bundled_harmful_demo() -> None:
     cs = data.bundled_demo_harmful()
     assert 30 <= len(cs.harmful_ids()) <= 50

@@ -77,6 +77,10 @@ class EditConfig:
     max_calibration_ids: int | None = knob(None, ge=1, help="cap on harmful calibration ids (compute budget)")
     max_anchor_prompts: int | None = knob(
         None, ge=1, help="cap per language on harmless anchor prompts (plain and borderline each)")
+    dev_harmless_prompts: int = knob(
+        40, ge=0, le=40, help="bundled development-only harmless prompts per language, plain and borderline each, "
+        "added to the read-outs' negatives (three quarters) and the validation screen (a quarter); they are never "
+        "held out (0: none; BENCHMARKS.md §1u)")
     seed: int = knob(0, ge=0, help="seed of the calibration/validation/evaluation split")
     method: Method = knob(
         "search", help="search (default): rank sparse closed-form candidates on validation prompts and ship the "

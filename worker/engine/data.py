@@ -47,6 +47,10 @@ _PACKAGE = "worker.engine"  # files under its resources/ (package data, no __ini
 HARMLESS_FILE = "harmless.jsonl"
 HARMFUL_DEMO_FILE = "harmful_demo.jsonl"
 BORDERLINE_FILE = "borderline.jsonl"
+# development-only harmless prompts (plain ids hx..., borderline ids bx...): they join the read-outs' negatives and
+# the validation screen, never a held-out set, so the held-out sets stay those of BENCHMARKS.md §1m
+HARMLESS_DEV_FILE = "harmless_dev.jsonl"
+BORDERLINE_DEV_FILE = "borderline_dev.jsonl"
 _CSV_IGNORED_HINT = re.compile(r"^[a-z]{2}$")
 _MAX_LISTED = 5
 
@@ -333,6 +337,13 @@ def bundled_borderline() -> CalibrationSet:
     """Safe prompts that look alarming (ids b001...: homonyms, safe contexts, definitions, history, public
     figures, safety information), each in all ten supported languages: the over-refusal set."""
     return _bundled(BORDERLINE_FILE, "bundled borderline-harmless set")
+
+
+def bundled_dev_harmless() -> tuple[CalibrationSet, CalibrationSet]:
+    """The development-only harmless prompts, (plain, borderline), each in all ten supported languages: for the
+    anchor and the validation screen only (never held out)."""
+    return (_bundled(HARMLESS_DEV_FILE, "bundled development harmless set"),
+            _bundled(BORDERLINE_DEV_FILE, "bundled development borderline-harmless set"))
 
 
 def demo_calibration() -> CalibrationSet:

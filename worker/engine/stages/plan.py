@@ -60,6 +60,8 @@ def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
     if not cal_ids or not eval_ids:
         raise UserError("too few harmful prompts to split into calibration and evaluation sets",
                         param="calibration")
+    plain_dev, borderline_dev = calib.bundled_dev_harmless()
+    dev_plain = _dev_split(plain_dev, config.dev_harmless_prompts, config.seed)
     anchor: dict[str, list[str]] = {}
     val: dict[str, list[str]] = {}
     held: dict[str, list[str]] = {}
@@ -67,12 +69,14 @@ def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
         by_id = {p.id: p.text for p in cs.harmless(lg)}
         a_ids, v_ids, e_ids = calib.split_ids(sorted(by_id), 0.3, 0.15, config.seed)
         anchor[lg], val[lg], held[lg] = ([by_id[i] for i in g] for g in (a_ids, v_ids, e_ids))
-        anchor[lg] = anchor[lg][: config.max_anchor_prompts]
+        anchor[lg] = (anchor[lg] + dev_plain[0].get(lg, []))[: config.max_anchor_prompts]
+        val[lg] = val[lg] + dev_plain[1].get(lg, [])
         if not anchor[lg] or not held[lg]:
             raise UserError(f"too few harmless {lg} prompts for the utility anchor and the held-out set",
                             param="calibration")
     plan = Plan(cal_ids, val_ids, eval_ids, harmful, anchor, val, held, langs, notes)
-    _add_borderline(plan, config.seed, config.max_anchor_prompts)
+    _add_borderline(plan, config.seed, config.max_anchor_prompts,
+                    _dev_split(borderline_dev, config.dev_harmless_prompts, config.seed))
     if config.calibration:  # the bundled demo set is another style: a second test set for this calibration
         demo = calib.bundled_demo_harmful().by_id("harmful")
         plan.second_test = {i: {lg: p.text for lg, p in by.items()} for i, by in sorted(demo.items())
@@ -80,17 +84,36 @@ def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
     return plan
 
 
-def _add_borderline(plan: Plan, seed: int, max_anchor: int | None) -> None:
+DevSplit = tuple[dict[str, list[str]], dict[str, list[str]]]  # (anchor, validation): lang -> texts
+
+
+def _dev_split(cs: calib.CalibrationSet, n: int, seed: int) -> DevSplit:
+    """The first `n` development-only prompts (by id) per language: three quarters for the anchor, a quarter
+    for the validation screen. None is ever held out."""
+    by_id = cs.by_id("harmless")
+    anchor_ids, val_ids, _ = calib.split_ids(sorted(by_id)[:n], 0.0, 0.25, seed)
+
+    def texts(ids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for i in ids:
+            for lg, p in by_id[i].items():
+                out.setdefault(lg, []).append(p.text)
+        return out
+
+    return texts(anchor_ids), texts(val_ids)
+
+
+def _add_borderline(plan: Plan, seed: int, max_anchor: int | None, dev: DevSplit) -> None:
     """Bundled borderline-harmless prompts: a third join the utility anchor (so the edit learns to leave them
-    alone), a sixth the validation screen, the rest are held out to measure over-refusal."""
+    alone), a sixth the validation screen, the rest are held out to measure over-refusal. The development-only
+    ones (`dev`) join the anchor and the validation screen."""
     by_id = calib.bundled_borderline().by_id("harmless")
     anchor_ids, val_ids, eval_ids = calib.split_ids(sorted(by_id), 0.5, 0.3, seed)
-    anchor_ids = anchor_ids[:max_anchor]
     for lg in plan.langs:
-        borderline = [by_id[i][lg].text for i in anchor_ids if lg in by_id[i]]
+        borderline = ([by_id[i][lg].text for i in anchor_ids if lg in by_id[i]] + dev[0].get(lg, []))[:max_anchor]
         plan.anchor[lg] = plan.anchor[lg] + borderline
         plan.anchor_borderline[lg] = len(borderline)
-        plan.borderline_val[lg] = [by_id[i][lg].text for i in val_ids if lg in by_id[i]]
+        plan.borderline_val[lg] = [by_id[i][lg].text for i in val_ids if lg in by_id[i]] + dev[1].get(lg, [])
         plan.borderline_eval[lg] = [by_id[i][lg].text for i in eval_ids if lg in by_id[i]]
 
 
