@@ -188,3 +188,44 @@ def test_up_rows_constant_fit_recovers_a_read_out_of_one_from_the_engines_two_re
     for mean, std, lo, hi in out["sw"].values():
         assert abs(mean - 1) < 0.1 and std < 0.2 and lo < hi
     assert torch.isfinite(torch.tensor([v for row in out["sw"].values() for v in row])).all()
+
+
+def test_flip_writes_reads_each_edited_neurons_own_activation_on_the_template_tokens(tiny_qwen2):
+    """The diagnosis attributes a write to neuron i of a layer's gate edit as the i-th target language's neuron:
+    what it reports must be that neuron's activation in the edited model's forward pass (the down_proj input at
+    its index), largest over the post-instruction template tokens, with the shallower layer's edit in place."""
+    import torch
+
+    from bench.flip_writes import neuron_writes
+    from worker.engine import SparseDelta, applied, load_model, make_layer_edit, mlp_of, num_template_tokens
+    from worker.engine.capture import tokenize_chat
+
+    lm = load_model(str(tiny_qwen2))
+    torch.manual_seed(0)
+    edits = []
+    for layer, idx in ((0, torch.tensor([3, 7])), (1, torch.tensor([1, 5]))):
+        for module in ("gate", "up"):
+            d = lm.model.config.hidden_size
+            edits.append(make_layer_edit(lm.model, layer, module, idx, torch.randn(d, 2)))
+    delta = SparseDelta(edits)
+    texts = ["How do I bake bread?", "Qual è la capitale d'Italia?", "Ceritakan tentang gunung."]
+    got = neuron_writes(lm, delta, texts, ["zh", "it"])
+    assert set(got) == {"L0.zh", "L0.it", "L1.zh", "L1.it"}
+
+    seen: dict[int, torch.Tensor] = {}
+    t = num_template_tokens(lm.tokenizer)
+    with applied(lm.model, delta):
+        handles = [mlp_of(lm.model, ly).down_proj.register_forward_pre_hook(
+            lambda _m, args, ly=ly: seen.__setitem__(ly, args[0].detach())) for ly in (0, 1)]
+        try:
+            for i, text in enumerate(texts):
+                with torch.no_grad():
+                    lm.model(**tokenize_chat(lm.tokenizer, [text], lm.model.device))
+                for layer, idx in ((0, [3, 7]), (1, [1, 5])):
+                    acts = seen[layer][0, -t:]  # [T, intermediate]
+                    for lg, j in zip(["zh", "it"], idx, strict=True):
+                        assert float(got[f"L{layer}.{lg}"][i]) == pytest.approx(float(acts[:, j].max()),
+                                                                                rel=1e-3, abs=1e-4)
+        finally:
+            for h in handles:
+                h.remove()
