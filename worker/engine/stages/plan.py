@@ -60,8 +60,7 @@ def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
     if not cal_ids or not eval_ids:
         raise UserError("too few harmful prompts to split into calibration and evaluation sets",
                         param="calibration")
-    plain_dev, borderline_dev = calib.bundled_dev_harmless()
-    dev_plain = _dev_split(plain_dev, config.dev_harmless_prompts, config.seed)
+    dev_plain, dev_borderline = _dev_splits(config.dev_harmless_prompts, config.seed)
     anchor: dict[str, list[str]] = {}
     val: dict[str, list[str]] = {}
     held: dict[str, list[str]] = {}
@@ -75,8 +74,7 @@ def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
             raise UserError(f"too few harmless {lg} prompts for the utility anchor and the held-out set",
                             param="calibration")
     plan = Plan(cal_ids, val_ids, eval_ids, harmful, anchor, val, held, langs, notes)
-    _add_borderline(plan, config.seed, config.max_anchor_prompts,
-                    _dev_split(borderline_dev, config.dev_harmless_prompts, config.seed))
+    _add_borderline(plan, config.seed, config.max_anchor_prompts, dev_borderline)
     if config.calibration:  # the bundled demo set is another style: a second test set for this calibration
         demo = calib.bundled_demo_harmful().by_id("harmful")
         plan.second_test = {i: {lg: p.text for lg, p in by.items()} for i, by in sorted(demo.items())
@@ -85,6 +83,14 @@ def make_plan(config: EditConfig, reporter: Reporter) -> Plan:
 
 
 DevSplit = tuple[dict[str, list[str]], dict[str, list[str]]]  # (anchor, validation): lang -> texts
+
+
+def _dev_splits(n: int, seed: int) -> tuple[DevSplit, DevSplit]:
+    """(plain, borderline) development-only splits; with n = 0 (the default) the files are not even read."""
+    if n == 0:
+        return ({}, {}), ({}, {})
+    plain, borderline = calib.bundled_dev_harmless()
+    return _dev_split(plain, n, seed), _dev_split(borderline, n, seed)
 
 
 def _dev_split(cs: calib.CalibrationSet, n: int, seed: int) -> DevSplit:
