@@ -78,10 +78,11 @@ class EditConfig:
     max_anchor_prompts: int | None = knob(
         None, ge=1, help="cap per language on harmless anchor prompts (plain and borderline each)")
     dev_harmless_prompts: int = knob(
-        0, ge=0, le=40, help="bundled development-only harmless prompts per language (0-40), plain and borderline "
+        40, ge=0, le=40, help="bundled development-only harmless prompts per language (0-40), plain and borderline "
         "each, added to the read-outs' negatives (three quarters) and the validation screen (a quarter); never held "
-        "out. Opt-in: at 40, held out, 8 instead of 13 harmless prompts newly refused, 34.9% instead of 41.4% cut "
-        "(BENCHMARKS.md §1u)")
+        "out. Default 40: held out, with confirm_candidates 3, a 43.7% cut with 11 harmless prompts newly refused "
+        "against 41.4% and 13 at 0 (BENCHMARKS.md §1v); 0 gives back the earlier default's anchor and screen "
+        "(4 GiB less peak memory on the demo model)")
     seed: int = knob(0, ge=0, help="seed of the calibration/validation/evaluation split")
     method: Method = knob(
         "search", help="search (default): rank sparse closed-form candidates on validation prompts and ship the "
@@ -105,7 +106,9 @@ class EditConfig:
         "base stack by one validation prompt; shipped once, it cut 33% held out against the default's 41% with fewer "
         "harmless refusals (§1s). Its two recaptures add 21-32 minutes on 2 CPU cores (§1q, §1r)")
     confirm_candidates: int = knob(
-        2, ge=0, le=8, help="best search candidates confirmed by generation on validation prompts (0: screen only)")
+        3, ge=0, le=8, help="best search candidates confirmed by generation on validation prompts (0: screen only; "
+        "3: with the development-only prompts the three-layer stack screens third and wins the confirmation, "
+        "BENCHMARKS.md §1v)")
     confirm_prompts: int = knob(10, ge=1, le=256,
                                 help="validation ids per language generated on in the confirmation")
     confirm_harmless_prompts: int = knob(
