@@ -253,3 +253,15 @@ def test_demo_flags_are_editconfig_flags_with_the_demo_defaults() -> None:
     body = build_request(p.parse_args(["--method", "paper", "--layers", "1,2", "--neuron-budget", "8"]))
     assert body["hyperparameters"]["layers"] == [1, 2] and body["hyperparameters"]["neuron_budget"] == 8.0
     Hyperparameters(**body["hyperparameters"])  # the demo's request passes the API's schema
+
+
+def test_demo_search_request_leaves_out_the_development_only_prompts_the_default_adds() -> None:
+    # the default reads 40 per language (BENCHMARKS.md §1v); the demo's 15-minute sizing (§1c) was measured at 0
+    from app.demo import add_arguments, build_request
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    hp = build_request(p.parse_args(["--method", "search"]))["hyperparameters"]
+    assert EditConfig().dev_harmless_prompts > 0
+    assert hp["dev_harmless_prompts"] == 0 and hp["confirm_candidates"] == 1
+    Hyperparameters(**hp)
