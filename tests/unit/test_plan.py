@@ -15,7 +15,7 @@ def _texts(groups: dict[str, dict[str, list[str]]]) -> set[str]:
 
 
 def test_dev_harmless_prompts_join_anchor_and_validation_and_leave_the_held_out_sets_alone() -> None:
-    without = make_plan(EditConfig(), Reporter())  # the default: none
+    without = make_plan(EditConfig(dev_harmless_prompts=0), Reporter())
     config = EditConfig(dev_harmless_prompts=40)
     plan = make_plan(config, Reporter())
     plain_dev, borderline_dev = ({p.text for p in cs.prompts} for cs in bundled_dev_harmless())

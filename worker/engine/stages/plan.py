@@ -86,7 +86,7 @@ DevSplit = tuple[dict[str, list[str]], dict[str, list[str]]]  # (anchor, validat
 
 
 def _dev_splits(n: int, seed: int) -> tuple[DevSplit, DevSplit]:
-    """(plain, borderline) development-only splits; with n = 0 (the default) the files are not even read."""
+    """(plain, borderline) development-only splits; with n = 0 the files are not even read."""
     if n == 0:
         return ({}, {}), ({}, {})
     plain, borderline = calib.bundled_dev_harmless()
