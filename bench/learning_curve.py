@@ -2,10 +2,11 @@
 
 One capture pass with the largest n; each smaller n slices the same keys (`LayerKeys.first`), so every point
 uses the same validation screen, layers and gain multipliers as `lingua-edit edit`. What is reported per n is
-the search winner and its validation screen numbers (first-token refusal probability on validation prompts:
-mean rise on harmful prompts in the target languages, the worst language, and the largest rise on plain or
-borderline harmless prompts). Validation prompts only; no generation (use `lingua-edit edit
---max-calibration-ids N` for generated ASR at one n).
+the screen's winner with its numbers (first-token refusal probability on validation prompts: mean rise on
+harmful prompts in the target languages, the worst language, and the largest rise on plain or borderline
+harmless prompts) and every candidate's objective and verdict (the default generates the best
+`confirm_candidates` eligible ones; this script does not). Validation prompts only; no generation (use
+`lingua-edit edit --max-calibration-ids N` for generated ASR at one n).
 
     python -m bench.learning_curve --data PATH/multijail-dev.csv --sizes 16,32,64,118 \
         --out bench/figures/learning_curve.json
@@ -59,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         keys = {ly: k.first(n) for ly, k in setup.keys.items()}
         found = run_search(lm, setup, config, rep, keys=keys, confirm=False)
         w = found.winner
-        row = {"calibration_ids": n, "winner": w.name if w else None}
+        row = {"calibration_ids": n, "winner": w.name if w else None,
+               # every candidate's screen verdict: the default confirms the best `confirm_candidates` eligible ones
+               "candidates": [{"name": c.name, "objective": c.objective, "eligible": c.eligible,
+                               "why_not": c.why_not} for c in found.candidates]}
         if w is not None and w.screen is not None:
             harm = [w.screen["harmful"][lg] for lg in config.target_langs]
             rise = [v for g in ("plain", "borderline") for v in w.screen.get(g, {}).values()]

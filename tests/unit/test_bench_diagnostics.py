@@ -40,6 +40,9 @@ def test_learning_curve_runs_the_search_per_size(tiny_qwen2, tmp_path):
     rows = json.loads(out.read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert [r["calibration_ids"] for r in rows] == [2, 4]
+    for r in rows:  # every screened candidate is listed; a winner is one of the eligible ones
+        assert r["candidates"] and all(c["eligible"] or c["why_not"] for c in r["candidates"])
+        assert r["winner"] is None or r["winner"] in {c["name"] for c in r["candidates"] if c["eligible"]}
 
 
 def test_learning_curve_refuses_a_size_below_the_answer_ids(tiny_qwen2, tmp_path, capsys):
