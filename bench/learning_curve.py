@@ -6,7 +6,9 @@ the screen's winner with its numbers (first-token refusal probability on validat
 harmful prompts in the target languages, the worst language, and the largest rise on plain or borderline
 harmless prompts) and every candidate's objective and verdict (the default generates the best
 `confirm_candidates` eligible ones; this script does not). Validation prompts only; no generation (use
-`lingua-edit edit --max-calibration-ids N` for generated ASR at one n).
+`lingua-edit edit --max-calibration-ids N` for generated ASR at one n). The anchor cap (12 per language by
+default, for speed) is filled by the bundled anchor prompts first, so it keeps the development-only harmless
+prompts out of the read-outs' negatives; they still join the screen.
 
     python -m bench.learning_curve --data PATH/multijail-dev.csv --sizes 16,32,64,118 \
         --out bench/figures/learning_curve.json
