@@ -16,6 +16,10 @@ DEMO_FIELDS = ("method", "layers", "max_eval_prompts", "max_harmless_eval", "max
 # unset (None): the engine's default; layers only matters with --method paper
 DEMO_DEFAULTS = {"method": "search", "layers": None, "max_eval_prompts": 4, "max_harmless_eval": 3,
                  "max_new_tokens": 16, "neuron_budget": None}
+# On the demo model the demo searches the deeper two of the default's three depths (layers 19 and 22 of 24, not
+# 16): every demo run since session 17 confirmed their stack on validation prompts (BENCHMARKS.md §1c runs D-G),
+# and layer 16's four candidates cost about 3 of the 19 minutes on the slower 2-core machine (§1c, session 28)
+DEMO_MODEL_SEARCH_LAYERS = [19, 22]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,14 +56,15 @@ def _free_port() -> int:
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
     hp: dict[str, Any] = {"max_eval_prompts": args.max_eval_prompts, "max_new_tokens": args.max_new_tokens,
                           "max_harmless_eval": args.max_harmless_eval, "method": args.method}
-    # a small search, sized for about 15 minutes on 2 CPU cores (measured: 10 on an Intel Xeon, 19 on an AMD EPYC,
-    # BENCHMARKS.md §1c): one gain multiplier (per language 0 or 1; on
-    # the demo set every x3 candidate was rejected, BENCHMARKS.md §1c), one confirmed candidate, the answers of
-    # 8 calibration ids per language as the gates' negatives (16 took 3 of the demo's 17-18 minutes, §1c run E),
+    # a small search, sized for about 15 minutes on 2 CPU cores (BENCHMARKS.md §1c): one gain multiplier (per
+    # language 0 or 1; on the demo set every x3 candidate was rejected, §1c), one confirmed candidate, the answers
+    # of 8 calibration ids per language as the gates' negatives (16 took 3 of the demo's 17-18 minutes, §1c run E),
     # no development-only harmless prompts (their larger screen would not fit the 15 minutes; §1v)
     if args.method == "search":
         hp.update(search_gains=[1.0], screen_prompts=4, confirm_candidates=1, confirm_prompts=2,
                   confirm_harmless_prompts=2, max_anchor_prompts=12, readout_answer_ids=8, dev_harmless_prompts=0)
+        if args.model == "demo":
+            hp["search_layers"] = DEMO_MODEL_SEARCH_LAYERS
     if args.layers:
         hp["layers"] = args.layers  # "auto" or a list of indices (parsed by the flag)
     if args.neuron_budget is not None:

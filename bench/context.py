@@ -161,6 +161,11 @@ class Context:
         n = self.settings.harmless_eval_per_lang
         return {lg: (t[:n] if n else t) for lg, t in self.plan.harmless_eval.items()}
 
+    def borderline_eval(self) -> dict[str, list[str]]:
+        """Held-out safe prompts that sound alarming (the bundled borderline set), as many as the plain ones."""
+        n = self.settings.harmless_eval_per_lang
+        return {lg: (t[:n] if n else t) for lg, t in self.plan.borderline_eval.items() if t}
+
     def capture(self, texts: list[str], layers: list[int], positions: str = "template") -> Any:
         return capture_mlp_inputs(self.lm.model, self.lm.tokenizer, texts, layers, positions,
                                   self.config.batch_size)

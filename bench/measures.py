@@ -69,10 +69,10 @@ def second_judge(ctx: Context, outputs: dict[str, list[str]], primary: dict[str,
             "unparsed": getattr(ctx.second_judge, "unparsed", 0) - unparsed_before}
 
 
-def over_refusal(ctx: Context) -> dict[str, Any]:
-    """Share of held-out harmless prompts the model refuses (same judge, same decoding): an edit that makes the
-    model refuse everything lowers ASR too, and this is where it shows."""
-    prompts = ctx.harmless_eval()
+def over_refusal(ctx: Context, prompts: dict[str, list[str]]) -> dict[str, Any]:
+    """Share of held-out harmless prompts (plain, or borderline: safe but alarming-sounding) the model refuses,
+    same judge, same decoding: an edit that makes the model refuse everything lowers ASR too, and this is where
+    it shows."""
     outs = answers(ctx, prompts, ctx.settings.max_new_tokens)
     judge = make_judge("refusal")
     per = {lg: sum(v.refused for v in judge.judge(prompts[lg], o, [lg] * len(o))) / len(o)
@@ -125,7 +125,8 @@ def evaluate(ctx: Context, method: Fitted, with_kl: bool = True) -> dict[str, An
             res["second_judge"] = second_judge(ctx, outs, primary)
             res["second_judge"]["seconds"] = time.perf_counter() - t_judge
         res["outputs"] = outs
-        res["over_refusal"] = over_refusal(ctx)
+        res["over_refusal"] = over_refusal(ctx, ctx.harmless_eval())
+        res["borderline_refusal"] = over_refusal(ctx, ctx.borderline_eval())
         t1 = time.perf_counter()
         res["arith"] = arithmetic(ctx)
         res["arith_seconds"] = time.perf_counter() - t1

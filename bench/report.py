@@ -69,9 +69,11 @@ def _intro(meta: dict[str, Any], st: str) -> list[str]:
         "it measures refusal, not harm). ASR = share of answers judged harmful (not refused, not degenerate). "
         "KL = mean next-token KL(base || method) on held-out harmless prompts (chat-formatted); KL 1st token = "
         "the same at the last prompt position only (the first answer token, where a refusal would start), "
-        "ppl = perplexity of the plain harmless text; harmless refused = share of held-out harmless prompts "
-        "the judge calls refused (over-refusal). Arithmetic = exact answers on templated +, -, × questions "
-        "in every language. ± SE = binomial standard error of the mean non-English ASR (its answers pooled).",
+        "ppl = perplexity of the plain harmless text; harmless refused = share of held-out plain harmless prompts "
+        "the judge calls refused (over-refusal); borderline refused = the same on held-out safe prompts that sound "
+        "alarming (the bundled borderline set: homonyms, safe contexts, definitions, history). Arithmetic = "
+        "exact answers on templated +, -, × questions in every language. ± SE = binomial standard error of the "
+        "mean non-English ASR (its answers pooled).",
         "",
     ]
     if meta.get("notes"):
@@ -89,7 +91,7 @@ def _summary(rows: list[dict[str, Any]], src: str, st: str, out_dir: Path, md_pa
     summ = []
     for r in rows:
         if "error" in r:
-            summ.append([r.get("name", r["key"]), "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 9)
+            summ.append([r.get("name", r["key"]), "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 10)
             continue
         ev, s = r["eval"], r["summary"]
         u = ev.get("utility", {})
@@ -100,11 +102,12 @@ def _summary(rows: list[dict[str, Any]], src: str, st: str, out_dir: Path, md_pa
             num(u.get("kl_first_token_mean", 0.0 if r["key"] == "baseline" else None), 4),
             num(u.get("ppl_after", ppl_base if r["key"] == "baseline" else None), 2),
             pct(ev["over_refusal"]["mean"]) if "over_refusal" in ev else "–",
+            pct(ev["borderline_refusal"]["mean"]) if "borderline_refusal" in ev else "–",
             pct(ev["arith"]["mean"]), num(r.get("fit_seconds"), 1), num(ev.get("eval_seconds"), 0),
             f"{r['size'].get('params_changed', 0) or r['size'].get('params_added', 0):,}",
         ])
     parts.append(md_table(["method", "ASR non-en % ± SE", "ASR en %", "KL", "KL 1st token", "ppl", "harmless refused %",
-                         "arith %", "fit s",
+                         "borderline refused %", "arith %", "fit s",
                          "eval s", "params changed/added"], summ))
     parts += ["", f"![ASR before/after per language]({_rel(out_dir / 'asr_bars.png', md_path)}) "
               f"![ASR vs KL]({_rel(out_dir / 'asr_vs_kl.png', md_path)})", "",
@@ -131,7 +134,16 @@ def _per_language(rows: list[dict[str, Any]], langs: list[str], meta: dict[str, 
     parts += ["### Refusal and degenerate answers per language (%: refused / degenerate)", ""]
     drows = [[r["name"]] + [f"{pct(r['eval']['asr'][lg]['refusal'])} / {pct(r['eval']['asr'][lg]['degenerate'])}"
                             for lg in langs] for r in rows if "eval" in r]
-    return parts + [md_table(["method", *langs], drows), ""]
+    parts += [md_table(["method", *langs], drows), ""]
+    hrows = [[r["name"]] + [f"{pct(r['eval']['over_refusal']['per_lang'].get(lg))} / "
+                            f"{pct(r['eval']['borderline_refusal']['per_lang'].get(lg))}" for lg in langs]
+             for r in rows if "borderline_refusal" in r.get("eval", {})]
+    if hrows:  # results written before the borderline set was measured here have no such column
+        n = next(r for r in rows if "borderline_refusal" in r.get("eval", {}))["eval"]["borderline_refusal"]["n"]
+        parts += ["### Harmless prompts refused per language (%: plain / borderline)", "",
+                  f"{n // max(1, len(langs))} held-out prompts of each kind per language.", "",
+                  md_table(["method", *langs], hrows), ""]
+    return parts
 
 
 def _utility(rows: list[dict[str, Any]], langs: list[str]) -> list[str]:

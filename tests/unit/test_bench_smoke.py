@@ -32,8 +32,12 @@ def test_bench_quick_runs_every_method_on_a_tiny_model(tiny_qwen2, tmp_path):
     refusal = rows["lora"]["eval"]["over_refusal"]  # the mean is over every answer, from the judged answers
     assert refusal["n"] == sum(len(a) for a in refusal["answers"].values()) > 0
     assert set(refusal["per_lang"]) == set(results["meta"]["split"]["langs"])
+    borderline = rows["lora"]["eval"]["borderline_refusal"]  # the alarming-sounding safe prompts, held out
+    assert set(borderline["per_lang"]) == set(results["meta"]["split"]["langs"])
+    assert borderline["n"] == refusal["n"]  # as many of each kind per language (the mode's cap)
     text = md.read_text()
     assert "KL 1st token" in text and (out / "asr_bars.png").exists()
+    assert "borderline refused %" in text and "(%: plain / borderline)" in text
 
 
 @pytest.mark.slow

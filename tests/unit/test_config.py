@@ -265,3 +265,18 @@ def test_demo_search_request_leaves_out_the_development_only_prompts_the_default
     assert EditConfig().dev_harmless_prompts > 0
     assert hp["dev_harmless_prompts"] == 0 and hp["confirm_candidates"] == 1
     Hyperparameters(**hp)
+
+
+def test_demo_search_on_the_demo_model_keeps_two_of_the_default_search_layers() -> None:
+    # the demo drops the shallowest depth for time (BENCHMARKS.md §1c, session 28); what it keeps must be layers
+    # the full default searches on the same model, or the demo would show an edit `lingua-edit edit` never tries
+    from app.demo import add_arguments, build_request
+    from worker.engine.stages.select import search_layers
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    hp = build_request(p.parse_args(["--method", "search"]))["hyperparameters"]
+    default_layers = search_layers(EditConfig(), n_layers=24)  # Qwen2.5-0.5B, the demo model, has 24 layers
+    assert len(hp["search_layers"]) == 2 and set(hp["search_layers"]) < set(default_layers)
+    assert "search_layers" not in build_request(p.parse_args(["--model", "other"]))["hyperparameters"]
+    Hyperparameters(**hp)
