@@ -18,7 +18,8 @@ DEMO_DEFAULTS = {"method": "search", "layers": None, "max_eval_prompts": 4, "max
                  "max_new_tokens": 16, "neuron_budget": None}
 # On the demo model the demo searches the deeper two of the default's three depths (layers 19 and 22 of 24, not
 # 16): every demo run since session 17 confirmed their stack on validation prompts (BENCHMARKS.md §1c runs D-G),
-# and layer 16's four candidates cost about 3 of the 19 minutes on the slower 2-core machine (§1c, session 28)
+# and without the four candidates with layer 16 the search stage took 459 s (546 s with them in session 27, not one
+# run), printing the same table (§1c, session 28; the whole demo still took 19 min on the slower 2-core machine)
 DEMO_MODEL_SEARCH_LAYERS = [19, 22]
 
 
@@ -56,8 +57,9 @@ def _free_port() -> int:
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
     hp: dict[str, Any] = {"max_eval_prompts": args.max_eval_prompts, "max_new_tokens": args.max_new_tokens,
                           "max_harmless_eval": args.max_harmless_eval, "method": args.method}
-    # a small search, sized for about 15 minutes on 2 CPU cores (BENCHMARKS.md §1c): one gain multiplier (per
-    # language 0 or 1; on the demo set every x3 candidate was rejected, §1c), one confirmed candidate, the answers
+    # a small search, sized for about 15 minutes on 2 CPU cores (measured: 10 on an Intel Xeon, 19 on an AMD EPYC,
+    # BENCHMARKS.md §1c): one gain multiplier (per language 0 or 1; on the demo set every x3 candidate was
+    # rejected, §1c), one confirmed candidate, the answers
     # of 8 calibration ids per language as the gates' negatives (16 took 3 of the demo's 17-18 minutes, §1c run E),
     # no development-only harmless prompts (their larger screen would not fit the 15 minutes; §1v)
     if args.method == "search":
