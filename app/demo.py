@@ -59,9 +59,9 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
                           "max_harmless_eval": args.max_harmless_eval, "method": args.method}
     # a small search, sized for about 15 minutes on 2 CPU cores (measured: 10 on an Intel Xeon, 19 on an AMD EPYC,
     # BENCHMARKS.md §1c): one gain multiplier (per language 0 or 1; on the demo set every x3 candidate was
-    # rejected, §1c), one confirmed candidate, the answers
-    # of 8 calibration ids per language as the gates' negatives (16 took 3 of the demo's 17-18 minutes, §1c run E),
-    # no development-only harmless prompts (their larger screen would not fit the 15 minutes; §1v)
+    # rejected, §1c), one confirmed candidate, the answers of 8 calibration ids per language as the gates'
+    # negatives (16 took 3 of the demo's 17-18 minutes, §1c run E), no development-only harmless prompts (their
+    # larger screen would not fit the 15 minutes; §1v)
     if args.method == "search":
         hp.update(search_gains=[1.0], screen_prompts=4, confirm_candidates=1, confirm_prompts=2,
                   confirm_harmless_prompts=2, max_anchor_prompts=12, readout_answer_ids=8, dev_harmless_prompts=0)

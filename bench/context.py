@@ -157,14 +157,16 @@ class Context:
         ids = self.plan.eval_ids[: self.settings.eval_per_lang] if self.settings.eval_per_lang else self.plan.eval_ids
         return {lg: [self.plan.harmful[i][lg] for i in ids] for lg in self.plan.langs}
 
-    def harmless_eval(self) -> dict[str, list[str]]:
+    def _capped(self, by_lang: dict[str, list[str]]) -> dict[str, list[str]]:
         n = self.settings.harmless_eval_per_lang
-        return {lg: (t[:n] if n else t) for lg, t in self.plan.harmless_eval.items()}
+        return {lg: (t[:n] if n else t) for lg, t in by_lang.items()}
+
+    def harmless_eval(self) -> dict[str, list[str]]:
+        return self._capped(self.plan.harmless_eval)
 
     def borderline_eval(self) -> dict[str, list[str]]:
         """Held-out safe prompts that sound alarming (the bundled borderline set), as many as the plain ones."""
-        n = self.settings.harmless_eval_per_lang
-        return {lg: (t[:n] if n else t) for lg, t in self.plan.borderline_eval.items() if t}
+        return self._capped(self.plan.borderline_eval)
 
     def capture(self, texts: list[str], layers: list[int], positions: str = "template") -> Any:
         return capture_mlp_inputs(self.lm.model, self.lm.tokenizer, texts, layers, positions,
