@@ -24,6 +24,7 @@ from worker.engine.search import (
     gated_candidate,
     gated_edits,
     per_language_gains,
+    pruned_by_layer,
     score,
     screen_mended,
 )
@@ -181,6 +182,41 @@ def test_the_screen_halves_then_drops_an_over_refusing_languages_gain_in_a_rejec
     gains[0] = _rates({"sw": 0.3, "bn": 0.4})
     assert screen_mended(model, screened(stack), screened, ["sw", "bn"]) is stack
     assert screened_names == ["stack"]
+
+
+def test_the_pruned_stack_drops_each_languages_neuron_at_the_one_layer_whose_removal_helps_it_most(tiny_qwen2):
+    """stack_fit pruned (BENCHMARKS §1v): the stack without each layer is screened; a language more selective
+    without layer L loses its own neuron there (at the best such layer only), the other languages and layers keep
+    their gains. Synthetic screen: each (layer, language) neuron adds a harmful and a plain harmless rise."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    bases = [gated_basis(NeuronActivation(model, ly), _language_keys(model.config.hidden_size, seed=ly), ly,
+                         ["sw", "bn"], "en") for ly in (1, 2)]
+    gains = {"sw": 4.0, "bn": 2.0}
+    stack = gated_candidate(model, "stack", [(bases[0], dict(gains)), (bases[1], dict(gains))])
+    # sw: layer 2 is starved (little harm, some harmless rise); bn: layer 1 over-refuses, layer 2 a little less
+    effect = {(1, "sw"): (0.30, 0.0), (2, "sw"): (0.02, 0.10), (1, "bn"): (0.05, 0.20), (2, "bn"): (0.0, 0.05)}
+    screened_names: list[str] = []
+
+    def screened(c):
+        on = [(b.layer, lg) for b, g in c.parts for lg, v in g.items() if v > 0]
+        c.screen = _rates({lg: sum(effect[k][0] for k in on if k[1] == lg) for lg in ("sw", "bn")},
+                          {lg: sum(effect[k][1] for k in on if k[1] == lg) for lg in ("sw", "bn")})
+        score(c, ["sw", "bn"], "en")
+        screened_names.append(c.name)
+        return c
+
+    pruned = pruned_by_layer(model, screened(stack), screened, ["sw", "bn"])
+    assert pruned is not None
+    assert screened_names == ["stack", "stack without L1", "stack without L2", pruned.name]
+    # bn gains 0.15 without layer 1 and 0.05 without layer 2: dropped at layer 1 only
+    assert [g for _, g in pruned.parts] == [{"sw": 4.0, "bn": 0.0}, {"sw": 0.0, "bn": 2.0}]
+    assert [b for b, _ in pruned.parts] == bases
+    assert pruned.objective > stack.objective
+    # nothing to gain from a removal: no pruned candidate (the stacks without a layer are still screened)
+    effect.update({(2, "sw"): (0.1, 0.0), (1, "bn"): (0.2, 0.0), (2, "bn"): (0.1, 0.0)})
+    screened_names.clear()
+    assert pruned_by_layer(model, screened(stack), screened, ["sw", "bn"]) is None
+    assert screened_names == ["stack", "stack without L1", "stack without L2"]
 
 
 def test_the_confirmation_reports_its_generation_passes_to_the_end(tiny_qwen2):
@@ -465,6 +501,31 @@ def test_a_per_language_search_runs_end_to_end(tiny_qwen2, tmp_path):
     report = run_edit(config, tmp_path / "out").to_dict()
     gated = [row for row in report["search"] if row["name"].startswith("gated")]
     assert gated and all(row["parameters"] == 3 * 2 * 64 for row in gated)  # 2 neurons × gate, up, down rows
+
+
+def test_the_search_screens_the_stack_without_each_layer_only_when_asked(tiny_qwen2):
+    """search(prune=True), which `stack_fit pruned` asks for: the every-layer stack at full gain is screened
+    without each of its layers, each a scored candidate of the table; without prune none is. The screen here is
+    scripted (every candidate raises harmful refusal a little, no harmless rise), so every layer gets a gain."""
+    from worker.engine.methods.gated import ReadoutSettings
+    from worker.engine.search import search
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    keys = {ly: _language_keys(model.config.hidden_size, seed=ly) for ly in (1, 2, 3)}
+
+    class ScriptedScreen:
+        def gain(self, delta: SparseDelta) -> dict[str, dict[str, float]]:
+            return _rates({"sw": 0.1, "bn": 0.1})
+
+    def names(prune: bool) -> list[str]:
+        found = search(model, keys, [1, 2, 3], ScriptedScreen(), ["sw", "bn"], "en", [1.0], None, 0, None,
+                       Reporter(), readout=ReadoutSettings(), prune=prune)
+        assert all(c.objective is not None for c in found.candidates)
+        return [c.name for c in found.candidates]
+
+    assert [n for n in names(True) if " without " in n] == [
+        f"gated L1+L2+L3 per-language, full gain each without L{ly}" for ly in (1, 2, 3)]
+    assert not any(" without " in n for n in names(False))
 
 
 @pytest.mark.parametrize("scope", ["pooled", "per_language"])

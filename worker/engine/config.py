@@ -97,14 +97,18 @@ class EditConfig:
     ladder_layers: int = knob(
         0, ge=0, le=8, help="the gain ladder: how many of the best screened layers also get every gain generated on "
         "validation prompts and a gain per language chosen from those answers (0: none; BENCHMARKS.md §1g)")
-    stack_fit: Literal["base", "in_order"] = knob(
-        "base", help="how the search's every-layer stack is fitted: base (default), every layer on the base model's "
-        "keys; in_order adds a candidate whose deeper layers' gates are fitted on keys captured with the shallower "
-        "layers' neurons applied (under them the base-fitted deeper gates go quiet on harmful prompts: BENCHMARKS.md "
-        "§1p); where its harmless rise passes the tolerance in some languages, their gains are halved, then 0, on "
-        "the screen. On the demo model, with bn and jv halved, it screened best but the generation check kept the "
-        "base stack by one validation prompt; shipped once, it cut 33% held out against the default's 41% with fewer "
-        "harmless refusals (§1s). Its two recaptures add 21-32 minutes on 2 CPU cores (§1q, §1r)")
+    stack_fit: Literal["base", "in_order", "pruned"] = knob(
+        "base", help="how the search's every-layer stack is fitted: base (default), every layer on the base "
+        "model's keys; pruned adds the stack without each of its layers and the stack with each language's "
+        "neuron removed at the layer whose removal raised that language's selectivity most on the screen "
+        "(a deeper gate can go quiet on harm under the shallower neurons and keep writing on harmless "
+        "questions, BENCHMARKS.md §1v; four more screen passes, minutes); in_order adds a candidate whose "
+        "deeper layers' gates are fitted on keys captured with the shallower layers' neurons applied (under "
+        "them the base-fitted deeper gates go quiet on harmful prompts: §1p); where its harmless rise passes "
+        "the tolerance in some languages, their gains are halved, then 0, on the screen. On the demo model, "
+        "with bn and jv halved, it screened best but the generation check kept the base stack by one "
+        "validation prompt; shipped once, it cut 33% held out against the default's 41% with fewer harmless "
+        "refusals (§1s). Its two recaptures add 21-32 minutes on 2 CPU cores (§1q, §1r)")
     confirm_candidates: int = knob(
         3, ge=0, le=8, help="best search candidates confirmed by generation on validation prompts (0: screen only; "
         "3: with the development-only prompts the three-layer stack screens third and wins the confirmation, "

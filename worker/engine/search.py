@@ -10,6 +10,8 @@ Candidates (each one a SparseDelta; `Candidate.kind` says which family):
 - the every-layer stack (else the two best layers) at full gain, each deeper layer fitted on keys captured with
   the shallower layers' neurons applied ("fitted in order"; opt-in `stack_fit in_order`, BENCHMARKS.md §1q),
   mended on the screen where its harmless rise passes the tolerance in some languages (`screen_mended`),
+- the every-layer stack without each of its layers, and pruned: each language's neuron removed at the layer
+  whose removal raised that language's selectivity most (opt-in `stack_fit pruned`, `pruned_by_layer`),
 - the paper's closed form (gate_proj, soft and hard anchor) at the middle search layer.
 
 Selectivity on the screen, per target language: the rise of the refusal probability on harmful prompts minus
@@ -174,12 +176,13 @@ def search(
     model: nn.Module, keys: dict[int, LayerKeys], layers: list[int], screen: Screen, targets: list[str],
     source: str, multipliers: list[float], confirm: ConfirmFn | None, n_confirm: int,
     paper: Callable[[int, str], Candidate] | None, reporter: Reporter, *, readout: ReadoutSettings,
-    ladder_layers: int = 0, recapture: Recapture | None = None,
+    ladder_layers: int = 0, recapture: Recapture | None = None, prune: bool = False,
 ) -> SearchResult:
     cands: list[Candidate] = []
     notes: list[str] = []
     per_lang: dict[int, Candidate] = {}
-    steps = len(layers) * (len(multipliers) + 1) + 6 + (1 + FIX_ROUNDS) * (recapture is not None)
+    steps = (len(layers) * (len(multipliers) + 1) + 6 + (1 + FIX_ROUNDS) * (recapture is not None)
+             + (len(layers) + 1) * prune)
     done = 0
 
     def screened(c: Candidate) -> Candidate:
@@ -207,12 +210,15 @@ def search(
     groups = [sorted(ranked_layers[:2])] if len(ranked_layers) >= 2 else []
     if len(ranked_layers) >= 3:
         groups.append(sorted(ranked_layers))
+    full_stack: Candidate | None = None
     for group in groups:
         for share, label in ((0.5, "half gain each"), (1.0, "full gain each")):
             parts = [(per_lang[ly].parts[0][0], {k: v * share for k, v in (per_lang[ly].gains or {}).items()})
                      for ly in group]
             name = "+".join(f"L{ly}" for ly in group)
-            screened(gated_candidate(model, f"gated {name} per-language, {label}", parts))
+            full_stack = screened(gated_candidate(model, f"gated {name} per-language, {label}", parts))
+    if prune and full_stack is not None:
+        pruned_by_layer(model, full_stack, screened, targets)  # the last group's stack at full gain
     if recapture is not None and groups:
         group = groups[-1]  # every layer (or the two best): the stack the cascade starves most (§1p)
         parts = fitted_in_order(model, group, {ly: (per_lang[ly].parts[0][0], per_lang[ly].gains or {})
@@ -255,6 +261,38 @@ def fitted_in_order(model: nn.Module, group: list[int], chosen: dict[int, tuple[
         basis = readout_basis(NeuronActivation(model, layer), keys, layer, targets, source, readout)
         parts.append((basis, chosen[layer][1]))
     return parts
+
+
+def pruned_by_layer(model: nn.Module, stack: Candidate, screened: Callable[[Candidate], Candidate],
+                    targets: list[str]) -> Candidate | None:
+    """The stack with each language's neuron removed at the one layer whose removal raises that language's
+    selectivity most on the screen (`stack_fit pruned`). Under the shallower layers' neurons a deeper gate,
+    fitted on the base model's keys, can go quiet on its language's harmful prompts and keep writing on
+    harmless ones (BENCHMARKS.md §1p; held out, §1v: L22's th and bn neurons wrote 6-16 times more on the
+    newly refused harmless questions than on their own harmful prompts). Each stack without one of its layers
+    is screened (a candidate of its own); a language whose selectivity is higher without layer L loses its
+    neuron there, at most at one layer (the best such), so no language is dropped everywhere by removals that
+    were each measured with the others in place. Returns the pruned stack, screened, or None (nothing to
+    prune). Neurons of another language that write on a language's prompts are not attributed: the removal of
+    a whole layer is measured per language, and only that language's own neuron is removed."""
+    if len(stack.parts) < 2 or stack.screen is None:
+        return None
+    base_sel = {lg: selectivity(stack.screen, lg) for lg in targets}
+    best: dict[str, tuple[float, int]] = {}  # lang -> (selectivity gained, index of the layer to drop it at)
+    for i, (basis, _) in enumerate(stack.parts):
+        rest = [p for j, p in enumerate(stack.parts) if j != i]
+        without = screened(gated_candidate(model, f"{stack.name} without L{basis.layer}", rest))
+        assert without.screen is not None
+        for lg in targets:
+            gained = selectivity(without.screen, lg) - base_sel[lg]
+            if stack.parts[i][1].get(lg, 0.0) > 0 and gained > best.get(lg, (0.0, -1))[0]:
+                best[lg] = (gained, i)
+    if not best:
+        return None
+    parts = [(b, {lg: 0.0 if best.get(lg, (0.0, -1))[1] == i else v for lg, v in g.items()})
+             for i, (b, g) in enumerate(stack.parts)]
+    label = ", ".join(f"{lg} at L{stack.parts[i][0].layer}" for lg, (_, i) in sorted(best.items()))
+    return screened(gated_candidate(model, f"{stack.name}, pruned ({label})", parts))
 
 
 def mended(model: nn.Module, original: Candidate, scale: dict[str, float]) -> Candidate:

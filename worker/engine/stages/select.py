@@ -209,7 +209,8 @@ def run_search(lm: LoadedModel, setup: SearchSetup, config: EditConfig, rep: Rep
                   config.confirm_candidates if confirm else 0, setup.paper if confirm else None, rep,
                   readout=config.readout, ladder_layers=config.ladder_layers,
                   # a recapture takes every calibration id: not for a search over other keys (learning curve)
-                  recapture=setup.recapture if confirm and keys is None else None)
+                  recapture=setup.recapture if confirm and keys is None else None,
+                  prune=config.stack_fit == "pruned")
 
 
 def search_method(lm, plan, config, rep, timer) -> tuple[list[LayerChoice], list[dict], list[str]]:
