@@ -104,13 +104,12 @@ class EditConfig:
         "(a deeper gate can go quiet on harm under the shallower neurons and keep writing on harmless "
         "questions, BENCHMARKS.md §1v; four more screen passes, minutes): the best on validation prompts, held "
         "out 42.3% against the default's 43.7% with as many harmless refusals and half the harmless KL (§1w); "
-        "in_order adds a candidate whose "
-        "deeper layers' gates are fitted on keys captured with the shallower layers' neurons applied (under "
-        "them the base-fitted deeper gates go quiet on harmful prompts: §1p); where its harmless rise passes "
-        "the tolerance in some languages, their gains are halved, then 0, on the screen. On the demo model, "
-        "with bn and jv halved, it screened best but the generation check kept the base stack by one "
-        "validation prompt; shipped once, it cut 33% held out against the default's 41% with fewer harmless "
-        "refusals (§1s). Its two recaptures add 21-32 minutes on 2 CPU cores (§1q, §1r)")
+        "in_order adds a candidate whose deeper layers' gates are fitted on keys captured with the shallower "
+        "layers' neurons applied (under them the base-fitted deeper gates go quiet on harmful prompts: §1p); "
+        "where its harmless rise passes the tolerance in some languages, their gains are halved, then 0, on "
+        "the screen. On the demo model, with bn and jv halved, it screened best but the generation check kept "
+        "the base stack by one validation prompt; shipped once, it cut 33% held out against the default's 41% "
+        "with fewer harmless refusals (§1s). Its two recaptures add 21-32 minutes on 2 CPU cores (§1q, §1r)")
     confirm_candidates: int = knob(
         3, ge=0, le=8, help="best search candidates confirmed by generation on validation prompts (0: screen only; "
         "3: with the development-only prompts the three-layer stack screens third and wins the confirmation, "
