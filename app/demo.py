@@ -57,8 +57,8 @@ def _free_port() -> int:
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
     hp: dict[str, Any] = {"max_eval_prompts": args.max_eval_prompts, "max_new_tokens": args.max_new_tokens,
                           "max_harmless_eval": args.max_harmless_eval, "method": args.method}
-    # a small search, sized for about 15 minutes on 2 CPU cores (measured: 10 on an Intel Xeon, 19 on an AMD EPYC,
-    # BENCHMARKS.md §1c): one gain multiplier (per language 0 or 1; on the demo set every x3 candidate was
+    # a small search, sized for about 15 minutes on 2 CPU cores (measured: 10 on an Intel Xeon, 12.5-19 on an AMD
+    # EPYC, BENCHMARKS.md §1c): one gain multiplier (per language 0 or 1; on the demo set every x3 candidate was
     # rejected, §1c), one confirmed candidate, the answers of 8 calibration ids per language as the gates'
     # negatives (16 took 3 of the demo's 17-18 minutes, §1c run E), no development-only harmless prompts (their
     # larger screen would not fit the 15 minutes; §1v)

@@ -166,7 +166,7 @@ class Context:
 
     def borderline_eval(self) -> dict[str, list[str]]:
         """Held-out safe prompts that sound alarming (the bundled borderline set), as many as the plain ones."""
-        return self._capped(self.plan.borderline_eval)
+        return self._capped({lg: t for lg, t in self.plan.borderline_eval.items() if t})
 
     def capture(self, texts: list[str], layers: list[int], positions: str = "template") -> Any:
         return capture_mlp_inputs(self.lm.model, self.lm.tokenizer, texts, layers, positions,
