@@ -13,7 +13,7 @@ from worker.engine import make_plan, run_edit
 from worker.engine.config import EditConfig
 from worker.engine.delta import SparseDelta
 from worker.engine.keys import LayerKeys, NeuronActivation
-from worker.engine.methods.gated import english_push, gated_basis, harmfulness_readout
+from worker.engine.methods.gated import ReadoutSettings, english_push, gated_basis, harmfulness_readout, readout_basis
 from worker.engine.models import load_model
 from worker.engine.progress import Reporter
 from worker.engine.screen import Screen, ScreenPrompts
@@ -149,6 +149,68 @@ def test_confirmation_halves_then_drops_the_gain_of_an_over_refusing_language(ti
     confirm, _ = _scripted_confirm([_rates({"sw": 0.6, "bn": 0.6}, plain={"bn": 0.25}),
                                     _rates({"sw": 0.6, "bn": 0.4}, plain={"en": 0.25})])
     assert confirm_candidate(model, cand, confirm, base, ["sw", "bn"], "en") is None
+
+
+def test_the_neuron_mend_first_drops_only_the_over_refusing_languages_neuron_with_the_largest_share(tiny_qwen2):
+    """confirm_mend neuron: an over-refusing language with neurons at two layers first loses the one whose
+    harmless share is largest (the other keeps its full gain, other languages untouched), then half, then 0; a
+    single-layer candidate is halved as before."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    readout = ReadoutSettings(scope="per_language")
+    bases = [readout_basis(NeuronActivation(model, ly), _language_keys(model.config.hidden_size, seed=ly), ly,
+                           ["sw", "bn"], "en", readout) for ly in (1, 2)]
+    stack = gated_candidate(model, "stack", [(bases[0], {"sw": 4.0, "bn": 4.0}), (bases[1], {"sw": 2.0, "bn": 4.0})])
+    base = _rates({"sw": 0.2, "bn": 0.2})
+    asked: list[tuple[str, list[int]]] = []
+
+    def shares(c, lang):
+        asked.append((lang, [b.layer for b, g in c.parts if g.get(lang, 0.0) > 0]))
+        return {1: 0.4, 2: 1.7}  # bn's layer-2 neuron writes on harmless questions as much as on harm
+
+    over = _rates({"sw": 0.6, "bn": 0.6}, plain={"bn": 0.25})
+    confirm, calls = _scripted_confirm([over, _rates({"sw": 0.6, "bn": 0.5})])
+    kept = confirm_candidate(model, stack, confirm, base, ["sw", "bn"], "en", shares)
+    assert kept is not None and len(calls) == 2 and asked == [("bn", [1, 2])]
+    assert [g for _, g in kept.parts] == [{"sw": 4.0, "bn": 4.0}, {"sw": 2.0, "bn": 0.0}]
+    assert kept.confirm["fixes"][0]["off"] == {"bn": 2}
+    # still over-refusing without that neuron: half of what is left, then 0 (one round more than the default)
+    confirm, calls = _scripted_confirm([over, over, over, _rates({"sw": 0.6, "bn": 0.2})])
+    kept = confirm_candidate(model, stack, confirm, base, ["sw", "bn"], "en", shares)
+    assert kept is not None and len(calls) == 4
+    assert [f["gains"]["bn"] for f in stack.confirm["fixes"]] == [4.0, 2.0, 0.0]
+    assert [g for _, g in kept.parts] == [{"sw": 4.0, "bn": 0.0}, {"sw": 2.0, "bn": 0.0}]
+    # one layer: nothing to choose between, halved as by the language mend
+    single = gated_candidate(model, "one", [(bases[0], {"sw": 4.0, "bn": 4.0})])
+    asked.clear()
+    confirm, _ = _scripted_confirm([over, _rates({"sw": 0.6, "bn": 0.4})])
+    kept = confirm_candidate(model, single, confirm, base, ["sw", "bn"], "en", shares)
+    assert kept is not None and kept.gains == {"sw": 4.0, "bn": 2.0} and not asked
+
+
+def test_the_harmless_share_is_the_largest_harmless_write_over_the_mean_harmful_write(tiny_qwen2, tmp_path):
+    """harmless_shares (confirm_mend neuron) agrees with bench.flip_writes' independent write measure on the same
+    validation prompts, one share per layer where the language's neuron writes, none where its gain is 0."""
+    from bench.flip_writes import neuron_writes
+    from worker.engine.stages.select import harmless_shares
+
+    cal = tmp_path / "cal.jsonl"
+    _write_calibration(cal)
+    config = EditConfig(model=str(tiny_qwen2), calibration=str(cal), target_langs=["sw", "bn"], screen_prompts=3)
+    plan = make_plan(config, Reporter())
+    lm = load_model(str(tiny_qwen2))
+    readout = ReadoutSettings(scope="per_language")
+    bases = [readout_basis(NeuronActivation(lm.model, ly), _language_keys(lm.model.config.hidden_size, seed=ly),
+                           ly, ["sw", "bn"], "en", readout) for ly in (1, 2)]
+    stack = gated_candidate(lm.model, "stack", [(bases[0], {"sw": 4.0, "bn": 0.0}),
+                                                (bases[1], {"sw": 2.0, "bn": 4.0})])
+    got = harmless_shares(lm, plan, config, stack, "bn")
+    assert set(got) == {2}
+    harmless = plan.harmless_val["bn"] + plan.borderline_val["bn"]
+    harmful = [plan.harmful[i]["bn"] for i in plan.val_ids[:3]]
+    on_harmless = neuron_writes(lm, stack.delta, harmless, ["sw", "bn"])["L2.bn"]
+    on_harm = neuron_writes(lm, stack.delta, harmful, ["sw", "bn"])["L2.bn"]
+    assert got[2] == pytest.approx(float(on_harmless.max() / on_harm.mean()), rel=1e-4)
+    assert set(harmless_shares(lm, plan, config, stack, "sw")) == {1, 2}
 
 
 def test_the_screen_halves_then_drops_an_over_refusing_languages_gain_in_a_rejected_stack(tiny_qwen2):

@@ -120,6 +120,12 @@ class EditConfig:
         4, ge=1, le=256, help="validation harmless prompts per language generated on in the confirmation, plain "
         "and borderline each (a single newly refused one flags the language; 256 takes every one, about 7 and 7 "
         "per language on the demo model's split; held out it cut less and over-refusal only partly, BENCHMARKS.md §1n)")
+    confirm_mend: Literal["language", "neuron"] = knob(
+        "language", help="how the confirmation mends a language whose harmless refusal rose past the tolerance "
+        "on validation prompts: language (default), half its gain at every layer, then 0; neuron, first only its "
+        "neuron with the largest harmless share (largest write on the language's validation harmless prompts "
+        "over its mean write on its validation harmful ones, with the candidate applied), keeping its push at "
+        "the other layers, then half, then 0 (one generation pass more at most per candidate)")
     readout_gamma: float = knob(
         4.0, gt=0, le=100, help="weight of harmless prompts in the gated neurons' harmfulness read-out: higher fires "
         "on fewer harmless prompts and on fewer harmful ones (BENCHMARKS.md §1f)")

@@ -22,7 +22,8 @@ confirms the best `confirm` candidates against the base model with the configure
 `confirm_harmless_prompts` plain and borderline validation prompts per language); a confirmed candidate must
 not lower any language's refusal of harmful prompts nor raise its harmless refusal by more than the tolerance.
 A gated candidate is mended instead where it can be: a language it makes worse gets gain 0, an over-refusing
-one half its gain, then 0 (`confirm_candidate`), and the mended candidate is checked again.
+one half its gain, then 0 (`confirm_candidate`; opt-in `confirm_mend neuron`: first only its neuron with the
+largest harmless share), and the mended candidate is checked again.
 
 The gain ladder (session 10, opt-in: `ladder_layers`): the first-token screen prefers small gains, but generated
 answers on validation prompts showed layer 19's neuron cutting far more at 4-8 times the push (BENCHMARKS.md
@@ -170,6 +171,10 @@ ConfirmFn = Callable[[SparseDelta | None], dict[str, dict[str, float]]]
 """Generation on validation prompts: group ("harmful", "plain", "borderline") -> lang -> refusal rate."""
 Recapture = Callable[[int, SparseDelta], LayerKeys]
 """One layer's calibration keys captured with a delta applied (the model back to its weights on return)."""
+NeuronShares = Callable[[Candidate, str], dict[int, float]]
+"""For one language of a gated candidate: layer -> that language's neuron's harmless share there (its largest
+write on the language's validation harmless prompts over its mean write on the language's validation harmful
+prompts, with the whole candidate applied)."""
 
 
 def search(
@@ -177,6 +182,7 @@ def search(
     source: str, multipliers: list[float], confirm: ConfirmFn | None, n_confirm: int,
     paper: Callable[[int, str], Candidate] | None, reporter: Reporter, *, readout: ReadoutSettings,
     ladder_layers: int = 0, recapture: Recapture | None = None, prune: bool = False,
+    shares: NeuronShares | None = None,
 ) -> SearchResult:
     cands: list[Candidate] = []
     notes: list[str] = []
@@ -241,7 +247,7 @@ def search(
     if confirm is None or n_confirm <= 0:
         return SearchResult(eligible[0], cands, notes)
     return confirm_best(model, eligible, cands, notes, confirm, n_confirm, multipliers, targets, source,
-                        ladder_layers, reporter)
+                        ladder_layers, reporter, shares)
 
 
 def fitted_in_order(model: nn.Module, group: list[int], chosen: dict[int, tuple[AnyGatedBasis, dict[str, float]]],
@@ -295,10 +301,15 @@ def pruned_by_layer(model: nn.Module, stack: Candidate, screened: Callable[[Cand
     return screened(gated_candidate(model, f"{stack.name}, pruned ({label})", parts))
 
 
-def mended(model: nn.Module, original: Candidate, scale: dict[str, float]) -> Candidate:
-    """`original` with each language's gains times its scale, at every layer alike."""
-    parts = [(b, {lg: v * scale.get(lg, 1.0) for lg, v in g.items()}) for b, g in original.parts]
-    label = ", ".join(f"{lg} x{s:g}" for lg, s in scale.items() if s < 1.0)
+def mended(model: nn.Module, original: Candidate, scale: dict[str, float], off: dict[str, int] | None = None
+           ) -> Candidate:
+    """`original` with each language's gains times its scale, at every layer alike, and with each language of
+    `off` (language -> layer) at gain 0 at that one layer."""
+    off = off or {}
+    parts = [(b, {lg: 0.0 if off.get(lg) == b.layer else v * scale.get(lg, 1.0) for lg, v in g.items()})
+             for b, g in original.parts]
+    label = ", ".join([f"{lg} x{s:g}" for lg, s in scale.items() if s < 1.0]
+                      + [f"{lg} off at L{ly}" for lg, ly in off.items()])
     return gated_candidate(model, f"{original.name} (gain {label})", parts)
 
 
@@ -343,7 +354,8 @@ def counted(confirm: ConfirmFn, reporter: Reporter, most: int) -> ConfirmFn:
 
 def confirm_best(model: nn.Module, eligible: list[Candidate], cands: list[Candidate], notes: list[str],
                  confirm: ConfirmFn, n_confirm: int, multipliers: list[float], targets: list[str], source: str,
-                 ladder_layers: int, reporter: Reporter | None = None) -> SearchResult:
+                 ladder_layers: int, reporter: Reporter | None = None, shares: NeuronShares | None = None
+                 ) -> SearchResult:
     """Generation on validation prompts: the `n_confirm` best screened candidates and the gain ladder of the
     `ladder_layers` best layers (by their best eligible single-layer candidate); the best that holds up wins."""
     reporter = reporter or Reporter()
@@ -353,7 +365,8 @@ def confirm_best(model: nn.Module, eligible: list[Candidate], cands: list[Candid
         if c.kind == "gated" and len(c.parts) == 1 and len(ladder) < ladder_layers:
             ladder.setdefault(c.parts[0][0].layer, c.parts[0][0])
     # the base, every rung of every ladder, then each candidate and its possible re-checks after mends
-    most = 1 + len(ladder) * len(multipliers) + (1 + FIX_ROUNDS) * (len(to_confirm) + len(ladder))
+    rounds = fix_rounds(shares)
+    most = 1 + len(ladder) * len(multipliers) + (1 + rounds) * (len(to_confirm) + len(ladder))
     confirm = counted(confirm, reporter, most)
     base = confirm(None)
     for basis in ladder.values():
@@ -363,7 +376,7 @@ def confirm_best(model: nn.Module, eligible: list[Candidate], cands: list[Candid
             to_confirm.append(laddered)
     winner = None
     for c in to_confirm:
-        checked = confirm_candidate(model, c, confirm, base, targets, source)
+        checked = confirm_candidate(model, c, confirm, base, targets, source, shares)
         if checked is not None and (winner is None or checked.confirm["objective"] > winner.confirm["objective"]):
             winner = checked
     if winner is None:
@@ -408,29 +421,56 @@ def _flagged(delta_rate: dict[str, dict[str, float]], targets: list[str]) -> tup
     return worse, over_tolerance(delta_rate, targets)
 
 
+def fix_rounds(shares: NeuronShares | None) -> int:
+    """Mends a confirmed candidate may get: the neuron mend (`shares` given) takes one round more."""
+    return FIX_ROUNDS + (shares is not None)
+
+
+def live_layers(c: Candidate, lang: str) -> list[int]:
+    """Layers where `lang`'s neuron writes (gain above 0) in a gated candidate."""
+    return [b.layer for b, g in c.parts if g.get(lang, 0.0) > 0]
+
+
 def confirm_candidate(model: nn.Module, c: Candidate, confirm: ConfirmFn, base: dict[str, dict[str, float]],
-             targets: list[str], source: str) -> Candidate | None:
-    """Generation check of one candidate. A gated candidate is mended up to `FIX_ROUNDS` times, each flagged
+                      targets: list[str], source: str, shares: NeuronShares | None = None) -> Candidate | None:
+    """Generation check of one candidate. A gated candidate is mended up to `fix_rounds` times, each flagged
     language on its own: one whose harmful refusal fell gets gain 0 (the push moves it the wrong way); one whose
     plain or borderline harmless refusal rose beyond the tolerance first gets half its gain (the push is too
     strong for it), then 0 if it is still flagged. A language at gain 0 that stays flagged (another language's
-    neuron writes on its prompts) cannot be mended: the candidate is rejected."""
+    neuron writes on its prompts) cannot be mended: the candidate is rejected.
+
+    With `shares` (`confirm_mend neuron`), an over-refusing language with neurons at two or more layers first
+    loses only its neuron with the largest harmless share, keeping its full push at the other layers; then half,
+    then 0 as above. Halving scales a neuron's write on harmless questions with its write on harm (the share does
+    not move, BENCHMARKS.md §1o), so it costs cut wherever the language's other neurons had a margin; held out,
+    the flips of one language came mostly from one or two of its neurons (§1v)."""
     delta_rate = refusal_change(confirm(c.delta), base)
     worse, over = _flagged(delta_rate, targets)
     c.confirm = {**(c.confirm or {}), "refusal_change": delta_rate, "worse": worse, "over_refusing": over}
     if c.kind == "gated" and c.parts:
-        original, scale, fixes = c, {lg: 1.0 for lg in targets}, []
-        for _ in range(FIX_ROUNDS):
+        original, scale, off, fixes = c, {lg: 1.0 for lg in targets}, {}, []
+        for _ in range(fix_rounds(shares)):
             mend = [lg for lg in targets if (lg in worse or lg in over) and (c.gains or {}).get(lg, 0.0) > 0]
             if not mend:
                 break
+            share_log: dict[str, dict[int, float]] = {}
             for lg in mend:
-                scale[lg] = 0.0 if lg in worse or scale[lg] < 1.0 else 0.5
-            fixed = mended(model, original, scale)
+                live = live_layers(c, lg)
+                if lg in worse:
+                    scale[lg] = 0.0
+                    continue
+                if shares is not None and lg not in off and len(live) >= 2:
+                    share_log[lg] = {ly: v for ly, v in shares(c, lg).items() if ly in live}
+                    if share_log[lg]:  # empty for a pooled neuron (not one per language): halved instead
+                        off[lg] = max(share_log[lg], key=share_log[lg].__getitem__)
+                        continue
+                scale[lg] = 0.0 if scale[lg] < 1.0 else 0.5
+            fixed = mended(model, original, scale, off)
             fixed.screen, fixed.objective, fixed.eligible = original.screen, original.objective, True
             delta_rate = refusal_change(confirm(fixed.delta), base)
             worse, over = _flagged(delta_rate, targets)
-            fixes.append({"gains": fixed.gains, "refusal_change": delta_rate, "worse": worse, "over_refusing": over})
+            fixes.append({"gains": fixed.gains, "refusal_change": delta_rate, "worse": worse, "over_refusing": over,
+                          **({"off": dict(off), "shares": share_log} if shares is not None else {})})
             # one record: the search table's row shows the checks after each mend too
             fixed.confirm = original.confirm
             fixed.confirm.update(fixes=fixes, refusal_change_after_fix=delta_rate, gains_after_fix=fixed.gains)

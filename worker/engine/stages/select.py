@@ -13,12 +13,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..arch import num_layers
+from ..capture import capture_mlp_inputs
 from ..config import EditConfig
 from ..delta import LayerEdit, SparseDelta, applied, apply_delta, revert_delta
 from ..errors import UserError
 from ..evaluate import generate, generate_sets, refusal_scores, refusal_token_ids
 from ..judges import make_judge
-from ..keys import LayerKeys
+from ..keys import LayerKeys, NeuronActivation
 from ..models import LoadedModel
 from ..progress import Reporter
 from . import StageTimer
@@ -118,6 +119,7 @@ class SearchSetup:
     confirm: Any
     paper: Any
     recapture: Any = None  # (layer, delta) -> that layer's keys with the delta applied (stack_fit in_order)
+    shares: Any = None  # (candidate, lang) -> layer -> its neuron's harmless share (confirm_mend neuron)
 
 
 def confirmation_sets(plan: Plan, config: EditConfig) -> dict[str, dict[str, list[str]]]:
@@ -194,8 +196,36 @@ def search_setup(lm: LoadedModel, plan: Plan, config: EditConfig, rep: Reporter,
         got.answers = keys[layer].answers
         return got
 
+    def shares(c: Candidate, lang: str) -> dict[int, float]:
+        return harmless_shares(lm, plan, config, c, lang)
+
     return SearchSetup(layers, screen, keys, confirm_with(generate_and_judge, lm.model), paper_candidate,
-                       recapture if config.stack_fit == "in_order" else None)
+                       recapture if config.stack_fit == "in_order" else None,
+                       shares if config.confirm_mend == "neuron" else None)
+
+
+def harmless_shares(lm: LoadedModel, plan: Plan, config: EditConfig, c: Any, lang: str) -> dict[int, float]:
+    """Layer -> the harmless share of `lang`'s neuron there, with all of candidate `c` applied (so the shallower
+    layers' neurons have written): its largest write over the template tokens of any of the language's
+    validation harmless prompts (plain and borderline) over its mean such write on the language's validation
+    harmful prompts (the screen's ids), in units of its down column. Validation prompts only (§1o's measure;
+    `bench/flip_writes.py` made it on held-out ones, after the fact)."""
+    harmless = plan.harmless_val[lang] + plan.borderline_val[lang]
+    harmful = [plan.harmful[i][lang] for i in plan.val_ids[: config.screen_prompts]]
+    parts = [b for b, g in c.parts if g.get(lang, 0.0) > 0 and lang in getattr(b, "langs", [])]
+    if not parts or not harmless or not harmful:
+        return {}
+    with applied(lm.model, c.delta):
+        keys = capture_mlp_inputs(lm.model, lm.tokenizer, harmless + harmful, [b.layer for b in parts], "template",
+                                  config.batch_size).keys
+        out = {}
+        for b in parts:
+            i = b.langs.index(lang)
+            writes = NeuronActivation(lm.model, b.layer).neurons(keys[b.layer].float(), b.index[i: i + 1])
+            largest = writes[..., 0].amax(dim=1)  # [n]: largest write over each prompt's template tokens
+            on_harm = float(largest[len(harmless):].mean())
+            out[b.layer] = float(largest[: len(harmless)].max()) / max(on_harm, 1e-6)
+    return out
 
 
 def run_search(lm: LoadedModel, setup: SearchSetup, config: EditConfig, rep: Reporter,
@@ -210,7 +240,7 @@ def run_search(lm: LoadedModel, setup: SearchSetup, config: EditConfig, rep: Rep
                   readout=config.readout, ladder_layers=config.ladder_layers,
                   # a recapture takes every calibration id: not for a search over other keys (learning curve)
                   recapture=setup.recapture if confirm and keys is None else None,
-                  prune=config.stack_fit == "pruned")
+                  prune=config.stack_fit == "pruned", shares=setup.shares if confirm else None)
 
 
 def search_method(lm, plan, config, rep, timer) -> tuple[list[LayerChoice], list[dict], list[str]]:
