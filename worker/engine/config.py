@@ -125,7 +125,9 @@ class EditConfig:
         "on validation prompts: language (default), half its gain at every layer, then 0; neuron, first only its "
         "neuron with the largest harmless share (largest write on the language's validation harmless prompts "
         "over its mean write on its validation harmful ones, with the candidate applied), keeping its push at "
-        "the other layers, then half, then 0 (one generation pass more at most per candidate)")
+        "the other layers, then half, then 0 (one generation pass more at most per candidate). Held out on the "
+        "demo model with confirm_harmless_prompts 8 it cut 38.1% against the default's 43.7%: Javanese went to "
+        "gain 0 and one prompt worse (BENCHMARKS.md §1x)")
     readout_gamma: float = knob(
         4.0, gt=0, le=100, help="weight of harmless prompts in the gated neurons' harmfulness read-out: higher fires "
         "on fewer harmless prompts and on fewer harmful ones (BENCHMARKS.md §1f)")
