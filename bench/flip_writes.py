@@ -26,13 +26,12 @@ import torch
 
 from worker.engine import (
     EditConfig,
-    NeuronActivation,
     Reporter,
     applied,
-    capture_mlp_inputs,
     configured_judge,
     eval_sets,
     generate,
+    largest_writes,
     load_delta,
     load_model,
     make_plan,
@@ -41,18 +40,10 @@ from worker.engine import (
 
 def neuron_writes(lm: Any, delta: Any, texts: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
     """"L{layer}.{lang}" -> [n_texts] largest write of that neuron over each text's template tokens (edited model)."""
-    layers = sorted({e.layer for e in delta.edits})
-    out: dict[str, torch.Tensor] = {}
-    with applied(lm.model, delta):
-        keys = capture_mlp_inputs(lm.model, lm.tokenizer, texts, layers, "template", 8).keys
-        for layer in layers:
-            index = next(e.indices for e in delta.edits if e.layer == layer and e.module == "gate")
-            na = NeuronActivation(lm.model, layer)
-            x = keys[layer].float()  # [n, T, d]
-            writes = na.neurons(x, index)  # [n, T, k]: act(g·x)·(u·x), in units of the down column
-            for i, lg in enumerate(targets[: len(index)]):
-                out[f"L{layer}.{lg}"] = writes[..., i].amax(dim=1)
-    return out
+    neurons = {e.layer: e.indices for e in delta.edits if e.module == "gate"}
+    writes = largest_writes(lm.model, lm.tokenizer, delta, texts, neurons, 8)
+    return {f"L{layer}.{lg}": w[:, i] for layer, w in sorted(writes.items())
+            for i, lg in enumerate(targets[: w.shape[1]])}
 
 
 def main(argv: list[str] | None = None) -> None:

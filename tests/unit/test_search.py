@@ -590,6 +590,34 @@ def test_the_search_screens_the_stack_without_each_layer_only_when_asked(tiny_qw
     assert not any(" without " in n for n in names(False))
 
 
+def test_an_edit_already_screened_is_not_screened_again(tiny_qwen2):
+    """A candidate whose edit (bases and gains) was screened already is not screened again: with prune, the
+    three-layer stack without its shallowest layer is the two best layers' stack at full gain; one screen pass,
+    two rows with the same numbers."""
+    from worker.engine.methods.gated import ReadoutSettings
+    from worker.engine.search import search
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    keys = {ly: _language_keys(model.config.hidden_size, seed=ly) for ly in (1, 2, 3)}
+    passes: list[int] = []
+
+    class CountingScreen:
+        def gain(self, delta: SparseDelta) -> dict[str, dict[str, float]]:
+            passes.append(len(delta.edits))
+            layers = {e.layer for e in delta.edits}  # the deeper layers help a little more
+            return _rates({"sw": 0.05 * sum(layers), "bn": 0.05 * sum(layers)})
+
+    found = search(model, keys, [1, 2, 3], CountingScreen(), ["sw", "bn"], "en", [1.0], None, 0, None,
+                   Reporter(), readout=ReadoutSettings(), prune=True)
+    rows = {c.name: c.screen for c in found.candidates}
+    two_best = "gated L2+L3 per-language, full gain each"
+    assert rows["gated L1+L2+L3 per-language, full gain each without L1"] == rows[two_best]
+    # repeats: with the one gain x1, each layer's per-language candidate is its uniform x1 (3), and the stack
+    # without L1 (1)
+    assert len(passes) == len(found.candidates) - 4
+    assert rows["gated L2 per-language"] == rows["gated L2 uniform x1"]
+
+
 @pytest.mark.parametrize("scope", ["pooled", "per_language"])
 def test_to_source_write_moves_each_language_towards_the_source_harmful_prompts(tiny_qwen2, scope):
     """gated_write to_source: one neuron per target language (a pooled gate is shared by all of them), each

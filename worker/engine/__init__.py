@@ -40,7 +40,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "stages.fit": ("LayerChoice", "edit_one", "edits_of"),
     "stages.evaluate": ("evaluate_model", "configured_judge"),
     # building blocks
-    "capture": ("capture_mlp_inputs", "capture_answer_inputs", "tokenize_chat", "StopForward", "forward_until_stop"),
+    "capture": ("capture_mlp_inputs", "capture_answer_inputs", "largest_writes", "tokenize_chat", "StopForward",
+                "forward_until_stop"),
     "keys": ("LayerKeys", "NeuronActivation", "build_problem", "refusal_gap_attribution"),
     "solve": ("solve_edit", "anchor_change", "second_moment"),
     "evaluate": ("generate", "generate_sets", "kl_and_perplexity", "refusal_scores", "refusal_token_ids",

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from .arch import decoder_layers, mlp_of
+from .delta import SparseDelta, applied
+from .keys import NeuronActivation
 from .progress import Reporter
 from .templates import format_prompt, num_template_tokens
 
@@ -171,3 +173,14 @@ def flat(keys: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     if isinstance(keys, list):
         return torch.cat(keys, dim=0)
     return keys.reshape(-1, keys.shape[-1])
+
+
+def largest_writes(model: nn.Module, tokenizer: object, delta: SparseDelta, texts: list[str],
+                   neurons: dict[int, torch.Tensor], batch_size: int = 16) -> dict[int, torch.Tensor]:
+    """Layer -> [n_texts, k]: the largest write of each of that layer's `neurons` (indices) over each text's
+    post-instruction template tokens, in units of its down column, with `delta` applied (so the shallower
+    layers' edited neurons have written)."""
+    with applied(model, delta):
+        keys = capture_mlp_inputs(model, tokenizer, texts, sorted(neurons), "template", batch_size).keys
+        return {layer: NeuronActivation(model, layer).neurons(keys[layer].float(), index).amax(dim=1)
+                for layer, index in neurons.items()}

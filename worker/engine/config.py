@@ -102,7 +102,7 @@ class EditConfig:
         "model's keys; pruned adds the stack without each of its layers and the stack with each language's "
         "neuron removed at the layer whose removal raised that language's selectivity most on the screen "
         "(a deeper gate can go quiet on harm under the shallower neurons and keep writing on harmless "
-        "questions, BENCHMARKS.md §1v; four more screen passes, minutes): the best on validation prompts, held "
+        "questions, BENCHMARKS.md §1v; up to four more screen passes, minutes): the best on validation prompts, held "
         "out 42.3% against the default's 43.7% with as many harmless refusals and half the harmless KL (§1w); "
         "in_order adds a candidate whose deeper layers' gates are fitted on keys captured with the shallower "
         "layers' neurons applied (under them the base-fitted deeper gates go quiet on harmful prompts: §1p); "

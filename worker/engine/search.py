@@ -191,9 +191,16 @@ def search(
              + (len(layers) + 1) * prune)
     done = 0
 
+    # the screen of each gated edit already measured, by its layers' bases and gains: with stack_fit pruned the
+    # stack without its shallowest layer can be the two-layer stack at full gain again (a minute of screen)
+    seen: dict[tuple[Any, ...], dict[str, dict[str, float]]] = {}
+
     def screened(c: Candidate) -> Candidate:
         nonlocal done
-        c.screen = screen.gain(c.delta)
+        key = tuple((id(b), tuple(sorted(g.items()))) for b, g in c.parts) or (id(c),)  # paper: never shared
+        if key not in seen:
+            seen[key] = screen.gain(c.delta)
+        c.screen = {group: dict(by_lang) for group, by_lang in seen[key].items()}
         score(c, targets, source)
         cands.append(c)
         done += 1

@@ -13,13 +13,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..arch import num_layers
-from ..capture import capture_mlp_inputs
+from ..capture import largest_writes
 from ..config import EditConfig
 from ..delta import LayerEdit, SparseDelta, applied, apply_delta, revert_delta
 from ..errors import UserError
 from ..evaluate import generate, generate_sets, refusal_scores, refusal_token_ids
 from ..judges import make_judge
-from ..keys import LayerKeys, NeuronActivation
+from ..keys import LayerKeys
 from ..models import LoadedModel
 from ..progress import Reporter
 from . import StageTimer
@@ -215,16 +215,12 @@ def harmless_shares(lm: LoadedModel, plan: Plan, config: EditConfig, c: Any, lan
     parts = [b for b, g in c.parts if g.get(lang, 0.0) > 0 and lang in getattr(b, "langs", [])]
     if not parts or not harmless or not harmful:
         return {}
-    with applied(lm.model, c.delta):
-        keys = capture_mlp_inputs(lm.model, lm.tokenizer, harmless + harmful, [b.layer for b in parts], "template",
-                                  config.batch_size).keys
-        out = {}
-        for b in parts:
-            i = b.langs.index(lang)
-            writes = NeuronActivation(lm.model, b.layer).neurons(keys[b.layer].float(), b.index[i: i + 1])
-            largest = writes[..., 0].amax(dim=1)  # [n]: largest write over each prompt's template tokens
-            on_harm = float(largest[len(harmless):].mean())
-            out[b.layer] = float(largest[: len(harmless)].max()) / max(on_harm, 1e-6)
+    neurons = {b.layer: b.index[b.langs.index(lang)].reshape(1) for b in parts}
+    writes = largest_writes(lm.model, lm.tokenizer, c.delta, harmless + harmful, neurons, config.batch_size)
+    out = {}
+    for layer, largest in writes.items():
+        on_harm = float(largest[len(harmless):, 0].mean())
+        out[layer] = float(largest[: len(harmless), 0].max()) / max(on_harm, 1e-6)
     return out
 
 
