@@ -7,7 +7,14 @@ on harmful prompts: what reaches the residual stream, language read-out included
 
 python -m bench.readout_sweep --data ../shared/data/multijail-dev.csv [--layer 19] [--grid 0.01:4:1,0.01:4:8]
     [--per-language [--gains zh=4,it=2,... [--focus-weight 4]]] [--margins] [--keys-cache keys.pt]
-    [--out readout_sweep.json]
+    [--separation [--lams 0.01,0.1,1] [--cal-sizes 30,60,118] [--fit-positions 5,1]] [--out readout_sweep.json]
+
+--separation: for the edit's own neurons (the default read-out settings, each lam of --lams, fitted on the first n
+calibration ids for each n of --cal-sizes, on the last k template positions for each k of --fit-positions), how well
+each language's neuron separates its language's validation
+harmful prompts from every validation harmless prompt by what it writes (AUC, and the share of harmful prompts
+written on more than the largest harmless write): whether a ridge weight or more calibration data moves the
+read-out's trade-off itself rather than a point along it.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,7 @@ from worker.engine import (
     make_plan,
     readout_basis,
 )
+from worker.engine.methods.gated import LanguageGatedBasis
 
 LAMS = (0.01, 0.03, 0.1, 0.3, 1.0)
 GAMMAS = (0.5, 1.0, 2.0, 4.0)
@@ -139,10 +148,55 @@ def neuron_writes(na, keys, layer: int, val, targets: list[str], source: str, ga
     return rows
 
 
+def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    """P(a positive scores above a negative), ties half (the Mann-Whitney statistic)."""
+    diff = pos.double()[:, None] - neg.double()[None, :]
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+
+
+def neuron_separation(na, keys, layer: int, val, targets: list[str], source: str, base: ReadoutSettings,
+                      lams: list[float], cal_sizes: list[int], fit_positions: tuple[int, ...] = (0,)
+                      ) -> list[dict[str, Any]]:
+    """Per language, its neuron's write (gain 1, `base` with each lam, fitted on the first n calibration ids and
+    on the last k template positions, 0: all) on its own validation harmful prompts (last template token) against
+    every validation harmless prompt (plain and borderline, all languages): AUC, and the share of harmful prompts
+    written on above the largest harmless write."""
+    harmless = torch.cat([k for g in ("plain", "borderline") for k in val[g].values()]).double()
+    rows = []
+    for n, k, lam in ((n, k, lam) for n in cal_sizes for k in fit_positions for lam in lams):
+        sub = keys.first(n) if k == 0 else keys.first(n).last_positions(k)
+        basis = readout_basis(na, sub, layer, targets, source, replace(base, lam=lam))
+        if not isinstance(basis, LanguageGatedBasis):
+            raise SystemExit("--separation needs one neuron per language (readout_scope per_language or the "
+                             "to_source write, the edit's defaults)")
+        fit = basis.fit(dict.fromkeys(targets, 1.0))
+        per: dict[str, dict[str, float]] = {}
+        for i, lg in enumerate(basis.langs):  # neuron i is language i's (per_language or to_source bases)
+            g, u = fit.gate_rows[i].double(), fit.up_rows[i].double()
+
+            def write(x: torch.Tensor, g: torch.Tensor = g, u: torch.Tensor = u) -> torch.Tensor:
+                x = x.double()
+                return na.act(x @ g) * (x @ u)
+
+            own, safe = write(val["harmful"][lg]), write(harmless)
+            per[lg] = {"auc": auc(own, safe), "above_max_harmless": float((own > safe.max()).double().mean()),
+                       "harmful_mean": float(own.mean()), "harmless_max": float(safe.max())}
+        row = {"calibration_ids": n, "fit_positions": k or "all", "lam": lam, "per_language": per,
+               "auc_mean": sum(v["auc"] for v in per.values()) / len(per),
+               "auc_worst": min(v["auc"] for v in per.values()),
+               "above_max_mean": sum(v["above_max_harmless"] for v in per.values()) / len(per)}
+        rows.append(row)
+        print(f"separation n {n:4d} positions {k or 'all'} lam {lam:g}: AUC mean {row['auc_mean']:.3f} "
+              f"worst {row['auc_worst']:.3f} | above the largest harmless write {row['above_max_mean']:.2f} | "
+              + " ".join(f"{lg} {v['auc']:.2f}" for lg, v in per.items()), flush=True)
+    return rows
+
+
 def run(data: str, layer: int, max_calibration_ids: int | None = None,
         grid: list[tuple[float, float, float]] | None = None, per_language: bool = False,
         keys_cache: str | None = None, gains: dict[str, float] | None = None,
-        focus_weight: float = 4.0, margins: bool = False) -> dict[str, Any]:
+        focus_weight: float = 4.0, margins: bool = False,
+        separation: tuple[list[float], list[int], tuple[int, ...]] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     config = EditConfig(model="demo", calibration=data, max_calibration_ids=max_calibration_ids)
     plan = make_plan(config, Reporter())
@@ -156,6 +210,13 @@ def run(data: str, layer: int, max_calibration_ids: int | None = None,
             torch.save((keys, val), keys_cache)
     targets = list(config.target_langs)
     na = NeuronActivation(lm.model, layer)
+    if separation:
+        lams, sizes, positions = separation
+        return {"layer": layer, "separation": neuron_separation(na, keys, layer, val, targets, config.source_lang,
+                                                                config.readout, lams,
+                                                                [min(n, len(plan.cal_ids)) for n in sizes],
+                                                                positions),
+                "seconds": time.perf_counter() - t0}
     if margins:
         return {"layer": layer, "margins": harmless_margins(na, keys, layer, val, targets, config.source_lang,
                                                             grid or default_grid()),
@@ -210,6 +271,12 @@ def main() -> None:
                     help="with --gains: the per-language neurons' readout_focus_weight")
     ap.add_argument("--margins", action="store_true", help="the worst harmless prompt's push against the harmful "
                     "prompts' (pooled and per-language neurons)")
+    ap.add_argument("--separation", action="store_true", help="the edit's own neurons: AUC of each language's "
+                    "write, harmful against harmless, per ridge weight and calibration size")
+    ap.add_argument("--lams", default="0.003,0.01,0.03,0.1,0.3,1", help="with --separation: ridge weights")
+    ap.add_argument("--cal-sizes", default="30,60,90,118", help="with --separation: calibration ids per language")
+    ap.add_argument("--fit-positions", default="0", help="with --separation: fit on the last k template "
+                    "positions, for each k (0: all of them)")
     ap.add_argument("--keys-cache", default=None, help="a .pt file: saved after the capture, reused if present")
     ap.add_argument("--out", default="bench/results/readout_sweep.json")
     args = ap.parse_args()
@@ -219,7 +286,10 @@ def main() -> None:
                 for t in (item.split(":") for item in args.grid.split(","))]
     gains = {k: float(v) for k, v in (item.split("=") for item in args.gains.split(","))} if args.gains else None
     res = run(args.data, args.layer, args.max_calibration_ids, grid, args.per_language, args.keys_cache, gains,
-              args.focus_weight, args.margins)
+              args.focus_weight, args.margins,
+              ([float(v) for v in args.lams.split(",")], [int(v) for v in args.cal_sizes.split(",")],
+               tuple(int(v) for v in args.fit_positions.split(",")))
+              if args.separation else None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
 

@@ -232,3 +232,57 @@ def test_flip_writes_reads_each_edited_neurons_own_activation_on_the_template_to
         finally:
             for h in handles:
                 h.remove()
+
+
+def test_readout_separation_tells_a_separable_language_from_one_whose_harmless_prompts_look_harmful(tiny_qwen2):
+    """bench.readout_sweep --separation (BENCHMARKS §1y): each language's own neuron is scored by what it writes
+    on its validation harmful prompts against every validation harmless prompt. Where sw's plain harmless prompts
+    sit with the harmful ones on the harm axis, few of sw's harmful prompts get more than the largest harmless
+    write and its AUC falls (those 24 of the 96 harmless prompts are a coin toss, the rest stay below); bn, whose
+    harmless prompts stay harmless, keeps AUC near 1 and far more of its harmful prompts above them all. Every
+    (calibration size, positions, ridge weight) gets a row, fitted on that many ids and positions."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bench.readout_sweep import neuron_separation
+    from tests.unit.test_search import _language_keys
+    from worker.engine.keys import NeuronActivation
+    from worker.engine.methods.gated import ReadoutSettings
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    na = NeuronActivation(model, 1)
+    d = model.config.hidden_size
+    keys = _language_keys(d, n=48, seed=5)
+    g = torch.Generator().manual_seed(6)
+
+    def rows(harm: float, axis: int) -> torch.Tensor:
+        x = 0.3 * torch.randn(24, d, generator=g)
+        x[:, 0] += harm
+        x[:, axis] += 2.0
+        return x
+
+    val = {"harmful": {"sw": rows(3, 2), "bn": rows(3, 3)}, "plain": {"sw": rows(3, 2), "bn": rows(-3, 3)},
+           "borderline": {"sw": rows(-3, 2), "bn": rows(-3, 3)}}
+    out = neuron_separation(na, keys, 1, val, ["sw", "bn"], "en", ReadoutSettings(lam=0.01, scope="per_language"),
+                            [0.01, 0.1], [24, 48], (0, 1))
+    assert [(r["calibration_ids"], r["fit_positions"], r["lam"]) for r in out] == [
+        (n, k, lam) for n in (24, 48) for k in ("all", 1) for lam in (0.01, 0.1)]
+    for r in out:
+        sw, bn = r["per_language"]["sw"], r["per_language"]["bn"]
+        assert sw["auc"] < 0.95 and sw["above_max_harmless"] < 0.1
+        assert bn["auc"] > 0.95 and bn["above_max_harmless"] > sw["above_max_harmless"] + 0.25
+        assert r["auc_worst"] == sw["auc"]
+    # fitted on fewer ids or positions, the neurons are other neurons (the sizes are not ignored)
+    assert len({round(r["per_language"]["bn"]["harmful_mean"], 6) for r in out}) > 1
+
+
+def test_last_positions_keeps_the_last_template_rows_of_every_fixed_position_group():
+    from tests.unit.test_search import _language_keys
+
+    keys = _language_keys(8, n=4, t=3, seed=1)
+    last = keys.last_positions(1)
+    assert last.src.shape == (4, 1, 8) and last.tgt["sw"].shape == (4, 1, 8)
+    assert (last.tgt["bn"][:, 0] == keys.tgt["bn"][:, -1]).all()
+    assert (last.safe_tmpl["en"][:, 0] == keys.safe_tmpl["en"][:, -1]).all()
+    assert (last.src_resid[:, 0] == keys.src_resid[:, -1]).all() and last.safe_resid_tmpl.shape[1] == 1
+    assert last.safe_all is keys.safe_all  # every harmless token stays a negative

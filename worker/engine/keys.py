@@ -56,6 +56,25 @@ class LayerKeys:
             safe_all_borderline=self.safe_all_borderline, answers=self.answers,
         )
 
+    def last_positions(self, k: int) -> LayerKeys:
+        """The same keys with only the last k template positions of every fixed-position group (harmful, harmless
+        template rows and their residuals): a read-out fitted where the answer is decided only (a diagnostic,
+        bench.readout_sweep). Every harmless token row stays a negative."""
+        if isinstance(self.src, list):
+            raise ValueError("last_positions needs fixed-position keys")
+
+        def cut(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[:, -k:]
+
+        return LayerKeys(
+            src=self.src[:, -k:], tgt={lg: t[:, -k:] for lg, t in self.tgt.items()},
+            safe_tmpl={lg: t[:, -k:] for lg, t in self.safe_tmpl.items()}, safe_all=self.safe_all,
+            src_resid=cut(self.src_resid),
+            tgt_resid=None if self.tgt_resid is None else {lg: t[:, -k:] for lg, t in self.tgt_resid.items()},
+            safe_resid_tmpl=cut(self.safe_resid_tmpl), safe_tmpl_borderline=self.safe_tmpl_borderline,
+            safe_all_borderline=self.safe_all_borderline, answers=self.answers,
+        )
+
 
 def flat_rows(k: Tensor | list[Tensor]) -> Tensor:
     """One row per (prompt, position): [n, T, d] or a list of [len_i, d] -> [rows, d]."""
