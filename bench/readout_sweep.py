@@ -7,14 +7,13 @@ on harmful prompts: what reaches the residual stream, language read-out included
 
 python -m bench.readout_sweep --data ../shared/data/multijail-dev.csv [--layer 19] [--grid 0.01:4:1,0.01:4:8]
     [--per-language [--gains zh=4,it=2,... [--focus-weight 4]]] [--margins] [--keys-cache keys.pt]
-    [--separation [--lams 0.01,0.1,1] [--cal-sizes 30,60,118] [--fit-positions 5,1]] [--out readout_sweep.json]
+    [--separation [--lams 0.01,0.1,1] [--cal-sizes 30,60,118] [--fit-positions 0,1]] [--out readout_sweep.json]
 
---separation: for the edit's own neurons (the default read-out settings, each lam of --lams, fitted on the first n
-calibration ids for each n of --cal-sizes, on the last k template positions for each k of --fit-positions), how well
-each language's neuron separates its language's validation
-harmful prompts from every validation harmless prompt by what it writes (AUC, and the share of harmful prompts
-written on more than the largest harmless write): whether a ridge weight or more calibration data moves the
-read-out's trade-off itself rather than a point along it.
+--separation: for the edit's own neurons (the default read-out settings with each lam of --lams, fitted on the first
+n calibration ids for each n of --cal-sizes and on the last k template positions for each k of --fit-positions, 0:
+all), how well each language's neuron separates its validation harmful prompts from every validation harmless
+prompt by what it writes (AUC, and the share of harmful prompts written on more than the largest harmless write):
+whether the fit moves the read-out's trade-off itself rather than a point along it (BENCHMARKS §1y).
 """
 
 from __future__ import annotations
@@ -171,14 +170,9 @@ def neuron_separation(na, keys, layer: int, val, targets: list[str], source: str
                              "to_source write, the edit's defaults)")
         fit = basis.fit(dict.fromkeys(targets, 1.0))
         per: dict[str, dict[str, float]] = {}
+        safe_writes = fit.neuron_writes(harmless, na.act)
         for i, lg in enumerate(basis.langs):  # neuron i is language i's (per_language or to_source bases)
-            g, u = fit.gate_rows[i].double(), fit.up_rows[i].double()
-
-            def write(x: torch.Tensor, g: torch.Tensor = g, u: torch.Tensor = u) -> torch.Tensor:
-                x = x.double()
-                return na.act(x @ g) * (x @ u)
-
-            own, safe = write(val["harmful"][lg]), write(harmless)
+            own, safe = fit.neuron_writes(val["harmful"][lg], na.act)[:, i], safe_writes[:, i]
             per[lg] = {"auc": auc(own, safe), "above_max_harmless": float((own > safe.max()).double().mean()),
                        "harmful_mean": float(own.mean()), "harmless_max": float(safe.max())}
         row = {"calibration_ids": n, "fit_positions": k or "all", "lam": lam, "per_language": per,
@@ -272,7 +266,7 @@ def main() -> None:
     ap.add_argument("--margins", action="store_true", help="the worst harmless prompt's push against the harmful "
                     "prompts' (pooled and per-language neurons)")
     ap.add_argument("--separation", action="store_true", help="the edit's own neurons: AUC of each language's "
-                    "write, harmful against harmless, per ridge weight and calibration size")
+                    "write, harmful against harmless, per ridge weight, calibration size and fitted positions")
     ap.add_argument("--lams", default="0.003,0.01,0.03,0.1,0.3,1", help="with --separation: ridge weights")
     ap.add_argument("--cal-sizes", default="30,60,90,118", help="with --separation: calibration ids per language")
     ap.add_argument("--fit-positions", default="0", help="with --separation: fit on the last k template "

@@ -54,11 +54,15 @@ class GatedFit:
     gains: dict[str, float]
     info: dict[str, object] = field(default_factory=dict)
 
-    def written(self, x: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
-        """What the neurons write on each row of x ([n, d] MLP inputs): Σ_i act(g_i·x)·(u_i·x), in units of the
-        down column (float64)."""
+    def neuron_writes(self, x: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
+        """What each neuron writes on each row of x ([n, d] MLP inputs): act(g_i·x)·(u_i·x), in units of its down
+        column ([n, k], float64)."""
         x = x.reshape(-1, x.shape[-1]).double()
-        return (act(x @ self.gate_rows.double().T) * (x @ self.up_rows.double().T)).sum(-1)
+        return act(x @ self.gate_rows.double().T) * (x @ self.up_rows.double().T)
+
+    def written(self, x: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
+        """What the neurons write on each row of x, summed over the neurons (`neuron_writes`)."""
+        return self.neuron_writes(x, act).sum(-1)
 
 
 @dataclass(frozen=True)
