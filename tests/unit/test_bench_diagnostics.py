@@ -17,6 +17,28 @@ def _calibration(path) -> None:
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
 
 
+def _layer_one(model_path, n: int, seed: int, val_n: int):
+    """The tiny model's layer-1 neurons, synthetic calibration keys (tests.unit.test_search._language_keys: n ids)
+    and rows(harm, axis): val_n validation keys at `harm` on the harm axis (0) in the language of `axis`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.unit.test_search import _language_keys
+    from worker.engine.keys import NeuronActivation
+
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    d = model.config.hidden_size
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def rows(harm: float, axis: int) -> torch.Tensor:
+        x = 0.3 * torch.randn(val_n, d, generator=g)
+        x[:, 0] += harm
+        x[:, axis] += 2.0
+        return x
+
+    return NeuronActivation(model, 1), _language_keys(d, n=n, seed=seed), rows
+
+
 def test_gated_depth_reports_every_layer_gain_group_and_language(tiny_qwen2, tmp_path):
     data, out = tmp_path / "cal.jsonl", tmp_path / "depth.json"
     _calibration(data)
@@ -102,26 +124,11 @@ def test_up_rows_table_shows_a_readout_threshold_cutting_the_share_on_half_confu
     keys (harm axis 0) get part of the sw neuron's write; through `readout_basis` with `threshold` 0.5 (the
     config's readout_threshold) their share falls below half while the neuron still writes on most of its
     harmful rows."""
-    import torch
-    from transformers import AutoModelForCausalLM
 
     from bench.up_rows import neuron_table
-    from tests.unit.test_search import _language_keys
-    from worker.engine.keys import NeuronActivation
     from worker.engine.methods.gated import ReadoutSettings, readout_basis
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
-    na = NeuronActivation(model, 1)
-    d = model.config.hidden_size
-    keys = _language_keys(d, n=64, seed=3)
-    g = torch.Generator().manual_seed(4)
-
-    def rows(harm: float, axis: int) -> torch.Tensor:
-        x = 0.3 * torch.randn(16, d, generator=g)
-        x[:, 0] += harm
-        x[:, axis] += 2.0
-        return x
-
+    na, keys, rows = _layer_one(tiny_qwen2, n=64, seed=3, val_n=16)
     val = {"harmful": {"sw": rows(3, 2), "bn": rows(3, 3)}, "plain": {"sw": rows(0.0, 2), "bn": rows(-3, 3)},
            "borderline": {"sw": rows(-3, 2), "bn": rows(-3, 3)}}
 
@@ -241,26 +248,11 @@ def test_readout_separation_tells_a_separable_language_from_one_whose_harmless_p
     write and its AUC falls (those 24 of the 96 harmless prompts are a coin toss, the rest stay below); bn, whose
     harmless prompts stay harmless, keeps AUC near 1 and far more of its harmful prompts above them all. Every
     (calibration size, positions, ridge weight) gets a row, fitted on that many ids and positions."""
-    import torch
-    from transformers import AutoModelForCausalLM
 
     from bench.readout_sweep import neuron_separation
-    from tests.unit.test_search import _language_keys
-    from worker.engine.keys import NeuronActivation
     from worker.engine.methods.gated import ReadoutSettings
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
-    na = NeuronActivation(model, 1)
-    d = model.config.hidden_size
-    keys = _language_keys(d, n=48, seed=5)
-    g = torch.Generator().manual_seed(6)
-
-    def rows(harm: float, axis: int) -> torch.Tensor:
-        x = 0.3 * torch.randn(24, d, generator=g)
-        x[:, 0] += harm
-        x[:, axis] += 2.0
-        return x
-
+    na, keys, rows = _layer_one(tiny_qwen2, n=48, seed=5, val_n=24)
     val = {"harmful": {"sw": rows(3, 2), "bn": rows(3, 3)}, "plain": {"sw": rows(3, 2), "bn": rows(-3, 3)},
            "borderline": {"sw": rows(-3, 2), "bn": rows(-3, 3)}}
     out = neuron_separation(na, keys, 1, val, ["sw", "bn"], "en", ReadoutSettings(lam=0.01, scope="per_language"),
