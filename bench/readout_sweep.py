@@ -29,6 +29,7 @@ import torch
 
 from worker.engine import (
     EditConfig,
+    LanguageGatedBasis,
     NeuronActivation,
     ReadoutSettings,
     Reporter,
@@ -39,7 +40,6 @@ from worker.engine import (
     make_plan,
     readout_basis,
 )
-from worker.engine.methods.gated import LanguageGatedBasis
 
 LAMS = (0.01, 0.03, 0.1, 0.3, 1.0)
 GAMMAS = (0.5, 1.0, 2.0, 4.0)

@@ -49,8 +49,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "judges": ("Judge", "Verdict", "make_judge", "is_degenerate"),
     "screen": ("ScreenPrompts",),
     "search": ("gated_candidate",),
-    "methods.gated": ("ReadoutSettings", "gated_basis", "harmfulness_readout", "language_gated_basis",
-                      "language_readout", "readout_basis"),
+    "methods.gated": ("LanguageGatedBasis", "ReadoutSettings", "gated_basis", "harmfulness_readout",
+                      "language_gated_basis", "language_readout", "readout_basis"),
     # reports: the job's markdown and the formatting and chart helpers the benchmark's report shares
     "report.markdown": ("run_markdown",),
     "report.fmt": ("md_table", "mib", "num", "pct", "pooled_se", "short", "wrap"),
