@@ -252,6 +252,20 @@ def run(data: str, layer: int, max_calibration_ids: int | None = None,
             "seconds": time.perf_counter() - t0}
 
 
+def _number_list(kind: type, minimum: float):
+    """An argparse type: a comma-separated list of `kind` values, each at least `minimum` (a usage error, not a
+    traceback, otherwise)."""
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+        if any(v < minimum for v in values):
+            raise argparse.ArgumentTypeError(f"every value must be at least {minimum}, got {text!r}")
+        return values
+    return parse
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
@@ -267,9 +281,12 @@ def main() -> None:
                     "prompts' (pooled and per-language neurons)")
     ap.add_argument("--separation", action="store_true", help="the edit's own neurons: AUC of each language's "
                     "write, harmful against harmless, per ridge weight, calibration size and fitted positions")
-    ap.add_argument("--lams", default="0.003,0.01,0.03,0.1,0.3,1", help="with --separation: ridge weights")
-    ap.add_argument("--cal-sizes", default="30,60,90,118", help="with --separation: calibration ids per language")
-    ap.add_argument("--fit-positions", default="0", help="with --separation: fit on the last k template "
+    ap.add_argument("--lams", type=_number_list(float, 1e-9), default="0.003,0.01,0.03,0.1,0.3,1",
+                    help="with --separation: ridge weights")
+    ap.add_argument("--cal-sizes", type=_number_list(int, 1), default="30,60,90,118",
+                    help="with --separation: calibration ids per language")
+    ap.add_argument("--fit-positions", type=_number_list(int, 0), default="0",
+                    help="with --separation: fit on the last k template "
                     "positions, for each k (0: all of them)")
     ap.add_argument("--keys-cache", default=None, help="a .pt file: saved after the capture, reused if present")
     ap.add_argument("--out", default="bench/results/readout_sweep.json")
@@ -281,8 +298,7 @@ def main() -> None:
     gains = {k: float(v) for k, v in (item.split("=") for item in args.gains.split(","))} if args.gains else None
     res = run(args.data, args.layer, args.max_calibration_ids, grid, args.per_language, args.keys_cache, gains,
               args.focus_weight, args.margins,
-              ([float(v) for v in args.lams.split(",")], [int(v) for v in args.cal_sizes.split(",")],
-               tuple(int(v) for v in args.fit_positions.split(",")))
+              (args.lams, args.cal_sizes, tuple(args.fit_positions))
               if args.separation else None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
