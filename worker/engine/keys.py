@@ -13,7 +13,7 @@ entering the MLP block), so one capture pass serves localisation, keys and targe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -48,12 +48,10 @@ class LayerKeys:
 
     def first(self, n: int) -> LayerKeys:
         """The same keys restricted to the first n calibration ids (a learning curve from one capture)."""
-        return LayerKeys(
-            src=self.src[:n], tgt={lg: k[:n] for lg, k in self.tgt.items()}, safe_tmpl=self.safe_tmpl,
-            safe_all=self.safe_all, src_resid=None if self.src_resid is None else self.src_resid[:n],
+        return replace(
+            self, src=self.src[:n], tgt={lg: k[:n] for lg, k in self.tgt.items()},
+            src_resid=None if self.src_resid is None else self.src_resid[:n],
             tgt_resid=None if self.tgt_resid is None else {lg: k[:n] for lg, k in self.tgt_resid.items()},
-            safe_resid_tmpl=self.safe_resid_tmpl, safe_tmpl_borderline=self.safe_tmpl_borderline,
-            safe_all_borderline=self.safe_all_borderline, answers=self.answers,
         )
 
     def last_positions(self, k: int) -> LayerKeys:
@@ -66,13 +64,11 @@ class LayerKeys:
         def cut(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[:, -k:]
 
-        return LayerKeys(
-            src=self.src[:, -k:], tgt={lg: t[:, -k:] for lg, t in self.tgt.items()},
-            safe_tmpl={lg: t[:, -k:] for lg, t in self.safe_tmpl.items()}, safe_all=self.safe_all,
-            src_resid=cut(self.src_resid),
+        return replace(
+            self, src=self.src[:, -k:], tgt={lg: t[:, -k:] for lg, t in self.tgt.items()},
+            safe_tmpl={lg: t[:, -k:] for lg, t in self.safe_tmpl.items()}, src_resid=cut(self.src_resid),
             tgt_resid=None if self.tgt_resid is None else {lg: t[:, -k:] for lg, t in self.tgt_resid.items()},
-            safe_resid_tmpl=cut(self.safe_resid_tmpl), safe_tmpl_borderline=self.safe_tmpl_borderline,
-            safe_all_borderline=self.safe_all_borderline, answers=self.answers,
+            safe_resid_tmpl=cut(self.safe_resid_tmpl),
         )
 
 
